@@ -1,0 +1,553 @@
+//! The sidecar's configuration file (TOML): what it means, its defaults, and
+//! the checks that reject impossible settings before anything starts.
+//!
+//! Every error names the file, the line and the field, and `vigil` exits
+//! with status 2 on it. `examples/vigil.toml` documents every field.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the cluster; the etcd keys live under `<prefix>/<cluster>/`.
+    pub cluster: String,
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// This node's name, unique within the cluster.
+    pub node: String,
+    pub etcd: EtcdConfig,
+    #[serde(default)]
+    pub timing: Timing,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Where the config was read from (not a field of the file).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Postgres,
+    Mariadb,
+    Mysql,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Deadline of one etcd request; a slower call is abandoned, never waited on.
+    #[serde(default = "d_1s", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// One HA loop iteration. The loop also wakes at once on etcd watch
+    /// events and when the local database process dies.
+    #[serde(rename = "loop", with = "humantime_serde")]
+    pub loop_wait: Duration,
+    /// Lease of the leader key (and of member keys).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long one operation against etcd or the database may be retried.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// The leader fences itself when its lease was last renewed more than
+    /// `ttl - safety_margin` ago.
+    #[serde(with = "humantime_serde")]
+    pub safety_margin: Duration,
+    /// Consecutive failed checks before a database that still has a process
+    /// is considered down.
+    pub fall: u32,
+    /// Consecutive good checks before a recovered database counts as healthy.
+    pub rise: u32,
+    /// No second automatic failover within this window after one.
+    #[serde(with = "humantime_serde")]
+    pub hold_down: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            loop_wait: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+            safety_margin: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+            hold_down: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Address under which peers and clients reach this database.
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default = "default_dbname")]
+    pub dbname: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Role used by replicas to stream WAL (in `primary_conninfo`).
+    #[serde(default = "default_repl_user")]
+    pub replication_user: String,
+    pub replication_password_file: Option<PathBuf>,
+    pub replication_password_env: Option<String>,
+    #[serde(default = "d_1s", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline of one monitoring query; a hung database fails checks, it
+    /// never stalls the loop.
+    #[serde(default = "d_1s", with = "humantime_serde")]
+    pub query_timeout: Duration,
+    pub data_dir: PathBuf,
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    /// When vigil runs as root, database programs run as this user.
+    #[serde(default = "default_os_user")]
+    pub os_user: String,
+    /// Server log file used when vigil starts the database.
+    pub log_file: Option<PathBuf>,
+    /// Resolved secrets (not fields of the file).
+    #[serde(skip)]
+    pub password: Secret,
+    #[serde(skip)]
+    pub replication_password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPrimaryCrash {
+    /// Fail over at once when no acknowledged write can be lost, else
+    /// restart in place and fail over if that does not work within
+    /// `restart_budget`.
+    #[default]
+    Auto,
+    /// Always restart in place first.
+    Restart,
+    /// Always fail over at once (an asynchronous replica may miss the last commits).
+    Failover,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Higher wins among equally fresh replicas; 0 never becomes primary.
+    pub priority: u32,
+    /// A replica further behind the last known primary position is not promoted.
+    #[serde(with = "crate::units::serde_size")]
+    pub max_lag_on_failover: u64,
+    pub on_primary_crash: OnPrimaryCrash,
+    #[serde(with = "humantime_serde")]
+    pub restart_budget: Duration,
+    /// How long a new primary may take to finish promotion.
+    #[serde(with = "humantime_serde")]
+    pub promote_timeout: Duration,
+    /// How long a planned switchover waits for the target to catch up.
+    #[serde(with = "humantime_serde")]
+    pub switchover_timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            priority: 100,
+            max_lag_on_failover: 1 << 20,
+            on_primary_crash: OnPrimaryCrash::Auto,
+            restart_budget: Duration::from_secs(10),
+            promote_timeout: Duration::from_secs(30),
+            switchover_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: String,
+    /// URL peers and the CLI use to reach this API; defaults to `http://<listen>`.
+    pub advertise_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    #[serde(skip)]
+    pub token: Secret,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8008".into(),
+            advertise_url: None,
+            token_file: None,
+            token_env: None,
+            token: Secret::default(),
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn url(&self) -> String {
+        self.advertise_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Replication lag (from the heartbeat table) above which an alert fires.
+    #[serde(with = "humantime_serde")]
+    pub lag_alert: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { lag_alert: Duration::from_secs(30) }
+    }
+}
+
+fn default_prefix() -> String {
+    "/vigil".into()
+}
+fn d_1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+fn default_dbname() -> String {
+    "postgres".into()
+}
+fn default_repl_user() -> String {
+    "replicator".into()
+}
+fn default_bin_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+fn default_os_user() -> String {
+    "postgres".into()
+}
+
+/// A config problem, located as precisely as the file allows.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {}{}{}: {message}", file.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads, parses, resolves secrets and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            let field = line.and_then(|l| field_at_line(text, l));
+            ConfigError { file: path.to_path_buf(), line, field, message: e.message().trim().to_string() }
+        })?;
+        cfg.source = path.to_path_buf();
+        let fail = |field: &str, message: String| {
+            let parts: Vec<&str> = field.split('.').collect();
+            ConfigError { file: path.to_path_buf(), line: locate(text, &parts), field: Some(field.to_string()), message }
+        };
+        cfg.validate().map_err(|(field, msg)| fail(&field, msg))?;
+        cfg.database.password = read_secret(&cfg.database.password_file, &cfg.database.password_env)
+            .map_err(|m| fail("database.password_file", m))?;
+        cfg.database.replication_password =
+            read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
+                .map_err(|m| fail("database.replication_password_file", m))?;
+        cfg.api.token = read_secret(&cfg.api.token_file, &cfg.api.token_env).map_err(|m| fail("api.token_file", m))?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks. Returns the dotted field name and the reason.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        for (field, value) in [("cluster", &self.cluster), ("node", &self.node)] {
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return err(field, format!("{value:?} must be non-empty and use only letters, digits, '-', '_' and '.'"));
+            }
+        }
+        if self.engine != EngineKind::Postgres {
+            return err("engine", format!("engine {:?} is not supported by this build yet; use \"postgres\"", self.engine));
+        }
+        if self.etcd.endpoints.is_empty() {
+            return err("etcd.endpoints", "at least one etcd endpoint is required".into());
+        }
+        for ep in &self.etcd.endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return err("etcd.endpoints", format!("{ep:?} must start with http:// or https://"));
+            }
+        }
+        if !self.etcd.prefix.starts_with('/') {
+            return err("etcd.prefix", "must start with '/'".into());
+        }
+        let t = &self.timing;
+        if t.loop_wait < Duration::from_millis(100) {
+            return err("timing.loop", format!("{} is too short; use at least 100ms", hd(t.loop_wait)));
+        }
+        if t.ttl < Duration::from_secs(2) {
+            return err("timing.ttl", format!("{} is below etcd's minimum lease of 2s", hd(t.ttl)));
+        }
+        if t.loop_wait + 2 * t.retry > t.ttl {
+            return err(
+                "timing.ttl",
+                format!(
+                    "loop + 2 * retry ({} + 2 * {}) must not exceed ttl ({}): the leader could lose its lease between two renewals",
+                    hd(t.loop_wait),
+                    hd(t.retry),
+                    hd(t.ttl)
+                ),
+            );
+        }
+        if t.safety_margin.is_zero() || t.safety_margin + t.loop_wait >= t.ttl {
+            return err(
+                "timing.safety_margin",
+                format!(
+                    "must be above 0 and safety_margin + loop ({} + {}) below ttl ({}), or the leader fences itself between renewals",
+                    hd(t.safety_margin),
+                    hd(t.loop_wait),
+                    hd(t.ttl)
+                ),
+            );
+        }
+        if t.fall == 0 {
+            return err("timing.fall", "must be at least 1".into());
+        }
+        if t.rise == 0 {
+            return err("timing.rise", "must be at least 1".into());
+        }
+        if self.etcd.request_timeout > t.retry {
+            return err("etcd.request_timeout", format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)));
+        }
+        if self.database.port == 0 {
+            return err("database.port", "must be a TCP port (1-65535)".into());
+        }
+        if self.database.query_timeout > t.ttl / 2 {
+            return err("database.query_timeout", "must be at most half of timing.ttl".into());
+        }
+        if !self.database.data_dir.is_absolute() {
+            return err("database.data_dir", "must be an absolute path".into());
+        }
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            return err("api.listen", format!("{:?} is not an address like 127.0.0.1:8008", self.api.listen));
+        }
+        if self.alerts.lag_alert.is_zero() {
+            return err("alerts.lag_alert", "must be above 0".into());
+        }
+        for (f, file, env) in [
+            ("database.password_file", &self.database.password_file, &self.database.password_env),
+            ("database.replication_password_file", &self.database.replication_password_file, &self.database.replication_password_env),
+            ("api.token_file", &self.api.token_file, &self.api.token_env),
+        ] {
+            if file.is_some() && env.is_some() {
+                return err(f, "set either the _file or the _env form, not both".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn api_listen(&self) -> SocketAddr {
+        self.api.listen.parse().expect("validated")
+    }
+}
+
+fn hd(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn read_secret(file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, String> {
+    if let Some(path) = file {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o004 != 0 {
+                    return Err(format!("{} is world-readable; chmod o-r it (it holds a secret)", path.display()));
+                }
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        return Ok(Secret::new(text.trim_end_matches(['\n', '\r'])));
+    }
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Secret::new)
+            .map_err(|_| format!("environment variable {var} is not set"));
+    }
+    Ok(Secret::default())
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted field name defined at a line (`[section]` context + key).
+fn field_at_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+        if i + 1 == line {
+            if t.starts_with('[') {
+                return Some(section);
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() {
+                return None;
+            }
+            return Some(if section.is_empty() { key.to_string() } else { format!("{section}.{key}") });
+        }
+    }
+    None
+}
+
+/// Finds the line that defines `path` (e.g. `["timing", "ttl"]`), or the
+/// line of its section when the key itself is absent (a default was used).
+fn locate(text: &str, path: &[&str]) -> Option<usize> {
+    let (key, section) = path.split_last()?;
+    let section = section.join(".");
+    let mut current = String::new();
+    let mut section_line = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if current == section {
+                section_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == *key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    section_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "lab"
+node = "pg1"
+
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+
+[database]
+port = 5432
+data_dir = "/var/lib/postgresql/15/main"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/vigil/test.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.timing.ttl, Duration::from_secs(10));
+        assert_eq!(c.timing.loop_wait, Duration::from_secs(1));
+        assert_eq!(c.failover.max_lag_on_failover, 1 << 20);
+        assert_eq!(c.alerts.lag_alert, Duration::from_secs(30));
+        assert_eq!(c.api.url(), "http://127.0.0.1:8008");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = format!("{GOOD}\n[timing]\nttl = \"10s\"\nlop = \"1s\"\n");
+        let e = parse(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/vigil/test.toml"), "{msg}");
+        assert_eq!(e.line, Some(14), "{msg}");
+        assert_eq!(e.field.as_deref(), Some("timing.lop"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn timing_invariant_is_enforced_with_location() {
+        let text = format!("{GOOD}\n[timing]\nloop = \"2s\"\nretry = \"5s\"\nttl = \"10s\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timing.ttl"));
+        assert_eq!(e.line, Some(15));
+        assert!(e.message.contains("loop + 2 * retry"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_duration_and_size_are_clear() {
+        let e = parse(&format!("{GOOD}\n[timing]\nttl = \"10 parsecs\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timing.ttl"), "{e}");
+        let e = parse(&format!("{GOOD}\n[failover]\nmax_lag_on_failover = \"1 XB\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("failover.max_lag_on_failover"), "{e}");
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_never_print() {
+        std::env::set_var("VIGIL_TEST_PW", "s3cret");
+        let text = GOOD.replace("port = 5432", "port = 5432\npassword_env = \"VIGIL_TEST_PW\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.database.password.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let e = parse(&GOOD.replace("port = 5432", "port = 5432\npassword_env = \"VIGIL_TEST_MISSING\"")).unwrap_err();
+        assert!(e.to_string().contains("VIGIL_TEST_MISSING"));
+    }
+
+    #[test]
+    fn names_and_addresses_are_checked() {
+        let e = parse(&GOOD.replace("\"pg1\"", "\"pg 1/x\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("node"));
+        assert_eq!(e.line, Some(3));
+        let e = parse(&format!("{GOOD}\n[api]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("api.listen"));
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../examples/vigil.toml");
+        std::env::set_var("VIGIL_EXAMPLE_DB_PASSWORD", "x");
+        std::env::set_var("VIGIL_EXAMPLE_REPL_PASSWORD", "x");
+        std::env::set_var("VIGIL_EXAMPLE_API_TOKEN", "x");
+        parse(text).unwrap();
+    }
+}

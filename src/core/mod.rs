@@ -1,0 +1,588 @@
+//! The decision core: observations in, actions out, no I/O.
+//!
+//! `decide` is called once per HA loop iteration with everything the loop
+//! observed (its own database, the cluster as etcd shows it, its own lease,
+//! and, when the leader key is vacant, fresh probes of every peer). It
+//! returns the actions to take, in order, and the reason for each. Every
+//! failover rule of the design lives here, so every rule is a table test
+//! (`core/tests.rs`) and the safety invariants are property tests.
+//!
+//! Invariants this function keeps (see ARCHITECTURE.md):
+//! 1. A node promotes only after winning the leader key (`AcquireLeader`
+//!    always precedes `Promote`).
+//! 2. It never takes the key while an eligible peer is fresher, or while
+//!    any peer's database still accepts writes.
+//! 3. Nothing automatic happens while paused or held down.
+//! 4. A leader whose lease was not renewed within `ttl - safety_margin`
+//!    fences its own database.
+//! 5. A writable database whose sidecar does not hold the key is fenced.
+
+use crate::config::OnPrimaryCrash;
+use crate::position::Position;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[cfg(test)]
+mod tests;
+
+/// The thresholds `decide` applies, taken from the config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub ttl: Duration,
+    pub safety_margin: Duration,
+    pub hold_down: Duration,
+    pub fall: u32,
+    pub priority: u32,
+    pub max_lag_on_failover: u64,
+    pub on_primary_crash: OnPrimaryCrash,
+    pub restart_budget: Duration,
+    pub switchover_timeout: Duration,
+}
+
+/// Is the local database process up, and does it answer?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbHealth {
+    /// Answers queries.
+    Running,
+    /// Process exists but is still starting or recovering.
+    Starting,
+    /// No server process.
+    Down,
+    /// A process exists but queries fail or time out.
+    Unresponsive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbRole {
+    Primary,
+    Replica,
+}
+
+/// What the sidecar saw of its own database this iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalObs {
+    pub health: DbHealth,
+    /// Consecutive failed checks (0 when the last check succeeded).
+    pub failed_checks: u32,
+    pub role: Option<DbRole>,
+    /// Primary: current WAL position. Replica: max(received, replayed),
+    /// received counting only once the WAL receiver streamed since start.
+    pub position: Option<Position>,
+    /// Replica: the WAL receiver is streaming now.
+    pub streaming: bool,
+    /// Replica: how long ago the WAL receiver was last seen streaming.
+    pub last_streamed_ago: Option<Duration>,
+    /// Primary: at the last observation some replica had flushed all WAL,
+    /// so failing over now loses no acknowledged write.
+    pub replica_caught_up: bool,
+}
+
+impl LocalObs {
+    pub fn writable(&self) -> bool {
+        self.health == DbHealth::Running && self.role == Some(DbRole::Primary)
+    }
+}
+
+/// Who holds the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderKey {
+    pub node: String,
+    /// The key's etcd create revision: the fencing token.
+    pub term: i64,
+}
+
+/// An operator's request: planned switchover or manual failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub kind: RequestKind,
+    /// Leader expected to hand over (switchover); None for failover.
+    pub from: Option<String>,
+    /// The node that must become primary.
+    pub to: String,
+    pub allow_data_loss: bool,
+    /// How long ago it was made.
+    #[serde(skip)]
+    pub age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    Switchover,
+    Failover,
+}
+
+/// The cluster as etcd shows it.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub leader: Option<LeaderKey>,
+    pub paused: bool,
+    pub request: Option<Request>,
+    /// Age of the last automatic failover (from history), for hold-down.
+    pub last_failover_age: Option<Duration>,
+    /// The last position the primary published, for `max_lag_on_failover`.
+    pub last_primary_position: Option<Position>,
+}
+
+/// What the loop knows about its own hold on the leader key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeaseState {
+    /// This process holds the leader key.
+    pub held: bool,
+    /// Time since the leader lease was last renewed.
+    pub renewed_ago: Option<Duration>,
+}
+
+/// A fresh look at one peer, taken only when the leader key is vacant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerObs {
+    pub node: String,
+    /// Direct probe of its database: Some(true) accepts writes,
+    /// Some(false) is read-only, None could not be reached.
+    pub db_writable: Option<bool>,
+    /// What its sidecar reports, if the sidecar answers or its member key lives.
+    pub candidate: Option<Candidate>,
+}
+
+/// A peer as a promotion candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub position: Option<Position>,
+    pub priority: u32,
+    /// Its own verdict on whether it may be promoted.
+    pub eligible: bool,
+    pub is_primary: bool,
+}
+
+/// Crash-handling memory kept by the loop between iterations.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrashState {
+    /// When the loop began restarting the crashed primary in place.
+    pub restart_started_ago: Option<Duration>,
+}
+
+/// Everything `decide` looks at.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub me: String,
+    pub policy: Policy,
+    pub local: LocalObs,
+    /// None when etcd could not be read this iteration.
+    pub view: Option<View>,
+    pub lease: LeaseState,
+    pub peers: Vec<PeerObs>,
+    pub crash: CrashState,
+}
+
+/// One step for the loop to carry out, in order. When a step fails the
+/// loop stops executing this decision and the next iteration decides anew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// The key names this node but belongs to an earlier process of it: take
+    /// over its lease.
+    AdoptLeader,
+    /// Keep the write-right visible: write the heartbeat row with the term.
+    WriteHeartbeat,
+    /// Create the leader key if absent, bound to a fresh lease.
+    AcquireLeader,
+    /// Promote the local replica (only after AcquireLeader or AdoptLeader).
+    Promote,
+    /// Delete the leader key so that a replica can take over.
+    ReleaseLeader { reason: String },
+    /// Make the local database read-only (demote to a standby with no upstream).
+    Fence { reason: String },
+    /// Restart a crashed primary in place (crash recovery loses nothing).
+    RestartInPlace,
+    /// Start a stopped database as a replica of `leader` (rewinding it when
+    /// its timeline diverged).
+    Rejoin { leader: String },
+    /// Make sure the local replica streams from `leader`.
+    Follow { leader: String },
+    /// Planned switchover: stop writes, wait for `to` to have everything,
+    /// release the key to it.
+    HandOver { to: String },
+    /// Drop an operator request that cannot or need not be carried out.
+    ClearRequest { reason: String },
+}
+
+/// Whether this node may become primary now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eligibility {
+    pub eligible: bool,
+    pub reason: Option<String>,
+}
+
+impl Eligibility {
+    fn yes() -> Self {
+        Eligibility { eligible: true, reason: None }
+    }
+    fn no(reason: impl Into<String>) -> Self {
+        Eligibility { eligible: false, reason: Some(reason.into()) }
+    }
+}
+
+/// The outcome of one iteration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// One line on what the node is doing, for `vigil status`.
+    pub state: String,
+    /// A failover or promotion that was refused, and why.
+    pub refusal: Option<String>,
+    pub eligibility: Eligibility,
+}
+
+impl Decision {
+    fn new(state: impl Into<String>, eligibility: &Eligibility) -> Self {
+        Decision { actions: vec![], state: state.into(), refusal: None, eligibility: eligibility.clone() }
+    }
+    fn act(mut self, a: Action) -> Self {
+        self.actions.push(a);
+        self
+    }
+    fn refuse(mut self, why: impl Into<String>) -> Self {
+        self.refusal = Some(why.into());
+        self
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Decides what to do this iteration. Pure: same inputs, same decision.
+pub fn decide(i: &Inputs) -> Decision {
+    let elig = eligibility(i);
+    let p = &i.policy;
+
+    // Lease safety comes before everything: a leader that could not renew
+    // its lease in time makes its database read-only before anyone else
+    // can take the key.
+    let fence_at = p.ttl.saturating_sub(p.safety_margin);
+    let lease_lapsing = i.lease.held && i.lease.renewed_ago.is_none_or(|a| a >= fence_at);
+    let paused = i.view.as_ref().is_some_and(|v| v.paused);
+
+    let Some(view) = &i.view else {
+        if i.lease.held {
+            if lease_lapsing {
+                let reason = format!(
+                    "etcd unreachable and the leader lease was last renewed {} ago (fencing at ttl - safety_margin = {})",
+                    i.lease.renewed_ago.map(secs).unwrap_or_else(|| "never".into()),
+                    secs(fence_at)
+                );
+                return Decision::new("fencing: leader lease lapsing", &elig).act(Action::Fence { reason });
+            }
+            let mut d = Decision::new("leading; etcd unreachable, lease still valid", &elig);
+            if i.local.writable() {
+                d = d.act(Action::WriteHeartbeat);
+            }
+            return d;
+        }
+        if i.local.writable() {
+            return Decision::new("fencing: writable without the leader key", &elig).act(Action::Fence {
+                reason: "database accepts writes but this node does not hold the leader key (etcd unreachable)".into(),
+            });
+        }
+        return Decision::new("etcd unreachable: no failover decisions until it answers", &elig);
+    };
+
+    if lease_lapsing && !paused {
+        let reason = format!(
+            "leader lease last renewed {} ago (fencing at ttl - safety_margin = {})",
+            i.lease.renewed_ago.map(secs).unwrap_or_else(|| "never".into()),
+            secs(fence_at)
+        );
+        return Decision::new("fencing: leader lease lapsing", &elig).act(Action::Fence { reason });
+    }
+
+    match &view.leader {
+        Some(l) if l.node == i.me => lead(i, view, &elig),
+        Some(l) => follow(i, view, &l.node, &elig),
+        None => race(i, view, &elig),
+    }
+}
+
+/// This node holds (or held, in an earlier process) the leader key.
+fn lead(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
+    let p = &i.policy;
+    let mut d = Decision::new("leading", elig);
+    if !i.lease.held {
+        d = d.act(Action::AdoptLeader);
+    }
+    if view.paused {
+        d.state = "leading (paused: no automatic actions)".into();
+        if i.local.writable() {
+            d = d.act(Action::WriteHeartbeat);
+        }
+        return d;
+    }
+    match (i.local.health, i.local.role) {
+        (DbHealth::Running, Some(DbRole::Primary)) => {
+            if let Some(r) = &view.request {
+                if r.to != i.me && r.from.as_deref().is_none_or(|f| f == i.me) {
+                    if r.age > p.switchover_timeout {
+                        return d.act(Action::ClearRequest { reason: format!("request to hand over to {} expired", r.to) });
+                    }
+                    d.state = format!("handing over to {}", r.to);
+                    return d.act(Action::HandOver { to: r.to.clone() });
+                }
+                if r.to == i.me {
+                    d = d.act(Action::ClearRequest { reason: format!("{} is already the primary", i.me) });
+                }
+            }
+            d.act(Action::WriteHeartbeat)
+        }
+        (DbHealth::Running, Some(DbRole::Replica)) => {
+            // Holds the key but not promoted yet (e.g. its sidecar died
+            // between the two steps): finish the promotion.
+            d.state = "leader key held; promoting".into();
+            d.act(Action::Promote)
+        }
+        (DbHealth::Starting, _) => {
+            d.state = "leading; database starting".into();
+            if let Some(ago) = i.crash.restart_started_ago {
+                if ago >= p.restart_budget {
+                    let reason = format!("primary restart did not finish within restart_budget ({})", secs(p.restart_budget));
+                    d.state = "releasing leader key".into();
+                    return d.act(Action::ReleaseLeader { reason });
+                }
+            }
+            d
+        }
+        (DbHealth::Unresponsive, _) if i.local.failed_checks < p.fall => {
+            d.state = format!("leading; database check failed {}/{}", i.local.failed_checks, p.fall);
+            d
+        }
+        _ => crashed_primary(i, d),
+    }
+}
+
+/// DESIGN §4: the primary's database died while its sidecar lives.
+fn crashed_primary(i: &Inputs, mut d: Decision) -> Decision {
+    let p = &i.policy;
+    let what = match i.local.health {
+        DbHealth::Down => "primary database process is gone".to_string(),
+        _ => format!("primary database failed {} checks in a row", i.local.failed_checks),
+    };
+    let fail_over_now = match p.on_primary_crash {
+        OnPrimaryCrash::Failover => true,
+        OnPrimaryCrash::Restart => false,
+        OnPrimaryCrash::Auto => i.local.replica_caught_up,
+    };
+    if fail_over_now {
+        d.state = "primary database down: releasing leader key".into();
+        let why = if p.on_primary_crash == OnPrimaryCrash::Failover {
+            "on_primary_crash = failover"
+        } else {
+            "a replica had received all WAL, so no acknowledged write is lost"
+        };
+        return d.act(Action::ReleaseLeader { reason: format!("{what}; {why}") });
+    }
+    match i.crash.restart_started_ago {
+        None => {
+            d.state = "primary database down: restarting in place".into();
+            d.act(Action::RestartInPlace)
+        }
+        Some(ago) if ago < p.restart_budget => {
+            d.state = format!("primary database down: restart in progress ({} of {})", secs(ago), secs(p.restart_budget));
+            d
+        }
+        Some(_) => {
+            d.state = "primary database down: releasing leader key".into();
+            d.act(Action::ReleaseLeader {
+                reason: format!("{what}; restart in place did not succeed within restart_budget ({})", secs(p.restart_budget)),
+            })
+        }
+    }
+}
+
+/// Another node holds the key.
+fn follow(i: &Inputs, view: &View, leader: &str, elig: &Eligibility) -> Decision {
+    if i.local.writable() {
+        // Two writable primaries must never coexist, paused or not.
+        return Decision::new(format!("fencing: {leader} holds the leader key"), elig)
+            .act(Action::Fence { reason: format!("{leader} holds the leader key but this database accepts writes") });
+    }
+    if view.paused {
+        return Decision::new(format!("replica of {leader} (paused)"), elig);
+    }
+    match i.local.health {
+        DbHealth::Down => Decision::new(format!("rejoining {leader}"), elig).act(Action::Rejoin { leader: leader.into() }),
+        DbHealth::Starting => Decision::new("database starting", elig),
+        DbHealth::Unresponsive => Decision::new(format!("database check failed {}x", i.local.failed_checks), elig),
+        DbHealth::Running => {
+            let state = if i.local.streaming { format!("streaming from {leader}") } else { format!("following {leader} (not streaming yet)") };
+            Decision::new(state, elig).act(Action::Follow { leader: leader.into() })
+        }
+    }
+}
+
+/// The leader key is vacant: take it, or say why not.
+fn race(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
+    let d = race_outcome(i, view, elig);
+    // A writable database that is not about to hold the key must not stay
+    // writable: fence it (unless paused, where the operator owns the node).
+    if i.local.writable() && !d.actions.contains(&Action::AcquireLeader) && !view.paused {
+        let why = d.refusal.clone().unwrap_or_else(|| d.state.clone());
+        let mut d = d;
+        d.state = "fencing: writable without the leader key".into();
+        return d.act(Action::Fence { reason: format!("database accepts writes but cannot take the leader key ({why})") });
+    }
+    d
+}
+
+fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
+    let p = &i.policy;
+    let mut d = Decision::new("no leader", elig);
+    let me_primary = i.local.role == Some(DbRole::Primary) && i.local.health == DbHealth::Running;
+
+    let request = view.request.as_ref().filter(|r| r.age <= p.switchover_timeout);
+    if let Some(r) = view.request.as_ref().filter(|r| r.age > p.switchover_timeout) {
+        d = d.act(Action::ClearRequest { reason: format!("request for {} expired after {}", r.to, secs(p.switchover_timeout)) });
+    }
+    let manual = match request {
+        Some(r) if r.to != i.me => {
+            d.state = format!("waiting for {} to take over ({:?} requested)", r.to, r.kind).to_lowercase();
+            return d;
+        }
+        Some(r) => Some(r),
+        None => None,
+    };
+
+    // A running primary retaking its own key (its sidecar restarted, or the
+    // cluster is new) is not a failover: pause and hold-down do not apply.
+    if manual.is_none() && !me_primary {
+        if view.paused {
+            d.state = "no leader; paused".into();
+            return d.refuse("cluster is paused: no automatic failover");
+        }
+        if let Some(age) = view.last_failover_age {
+            if age < p.hold_down {
+                d.state = "no leader; held down".into();
+                return d.refuse(format!(
+                    "held down: the last failover was {} ago (hold_down {}); a second one needs a human: `vigil failover --to NODE`",
+                    secs(age),
+                    secs(p.hold_down)
+                ));
+            }
+        }
+    }
+    let allow_data_loss = manual.is_some_and(|r| r.allow_data_loss);
+
+    if !elig.eligible && !(manual.is_some() && eligible_when_forced(i)) {
+        d.state = "no leader; not eligible".into();
+        return d.refuse(format!("not taking the leader key: {}", elig.reason.clone().unwrap_or_default()));
+    }
+
+    // The old primary must really be gone: no peer's database may still
+    // accept writes. (A running primary competes with writable peers on
+    // freshness instead, below.)
+    if !me_primary {
+        if let Some(w) = i.peers.iter().find(|p| p.db_writable == Some(true)) {
+            d.state = "no leader; a peer is still writable".into();
+            return d.refuse(format!("{} still accepts writes; not promoting while it does", w.node));
+        }
+    }
+
+    let mine = i.local.position;
+    for peer in &i.peers {
+        let Some(c) = &peer.candidate else { continue };
+        let is_primary = c.is_primary || peer.db_writable == Some(true);
+        if !c.eligible && !is_primary {
+            continue;
+        }
+        let better = match (c.position, mine) {
+            (Some(theirs), Some(ours)) => {
+                theirs > ours
+                    || (theirs == ours
+                        && (is_primary, c.priority, std::cmp::Reverse(&peer.node))
+                            > (me_primary, p.priority, std::cmp::Reverse(&i.me)))
+            }
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if !better {
+            continue;
+        }
+        if manual.is_none() {
+            d.state = format!("no leader; {} is fresher or preferred", peer.node);
+            return d;
+        }
+        if !allow_data_loss && c.position > mine {
+            d.state = "no leader; manual failover refused".into();
+            return d.act(Action::ClearRequest { reason: "refused: target is not the freshest".into() }).refuse(format!(
+                "{} is fresher ({} vs {}); promoting {} would lose data: use --allow-data-loss to force it",
+                peer.node,
+                fmt_pos(c.position),
+                fmt_pos(mine),
+                i.me
+            ));
+        }
+    }
+
+    d.state = if me_primary { "taking the leader key".into() } else { "promoting".into() };
+    d = d.act(Action::AcquireLeader);
+    if me_primary {
+        d.act(Action::WriteHeartbeat)
+    } else {
+        d.act(Action::Promote)
+    }
+}
+
+fn fmt_pos(p: Option<Position>) -> String {
+    p.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+/// A forced manual failover still needs a running database.
+fn eligible_when_forced(i: &Inputs) -> bool {
+    i.local.health == DbHealth::Running && i.policy.priority > 0
+}
+
+/// May this node become primary if the leader key were vacant now?
+pub fn eligibility(i: &Inputs) -> Eligibility {
+    let l = &i.local;
+    let p = &i.policy;
+    if p.priority == 0 {
+        return Eligibility::no("priority 0: never promoted");
+    }
+    if l.health != DbHealth::Running {
+        return Eligibility::no(format!("database {}", format!("{:?}", l.health).to_lowercase()));
+    }
+    let Some(mine) = l.position else {
+        return Eligibility::no("position unknown");
+    };
+    if l.role == Some(DbRole::Primary) {
+        return Eligibility::yes();
+    }
+    let recent = p.ttl * 2;
+    if !l.streaming && l.last_streamed_ago.is_none_or(|a| a > recent) {
+        return Eligibility::no(format!("has not streamed from a primary in the last {}", secs(recent)));
+    }
+    if let Some(view) = &i.view {
+        if let Some(last) = view.last_primary_position {
+            if last.timeline > mine.timeline {
+                return Eligibility::no(format!("timeline {} is behind the primary's {}", mine.timeline, last.timeline));
+            }
+            if last.timeline == mine.timeline {
+                let lag = last.lsn.0.saturating_sub(mine.lsn.0);
+                if lag > p.max_lag_on_failover {
+                    return Eligibility::no(format!(
+                        "lag {} exceeds max_lag_on_failover {}",
+                        crate::units::format_size(lag),
+                        crate::units::format_size(p.max_lag_on_failover)
+                    ));
+                }
+            }
+        }
+    }
+    let newest = i.peers.iter().filter_map(|p| p.candidate.as_ref()?.position).map(|p| p.timeline).max();
+    if let Some(t) = newest {
+        if t > mine.timeline {
+            return Eligibility::no(format!("timeline {} is behind a peer's {}", mine.timeline, t));
+        }
+    }
+    Eligibility::yes()
+}

@@ -1,0 +1,513 @@
+//! Table tests: one per failover rule, named after the rule. Then property
+//! tests for the invariants listed at the top of `core/mod.rs`.
+
+use super::*;
+use proptest::prelude::*;
+
+fn policy() -> Policy {
+    Policy {
+        ttl: Duration::from_secs(10),
+        safety_margin: Duration::from_secs(2),
+        hold_down: Duration::from_secs(300),
+        fall: 3,
+        priority: 100,
+        max_lag_on_failover: 1 << 20,
+        on_primary_crash: OnPrimaryCrash::Auto,
+        restart_budget: Duration::from_secs(10),
+        switchover_timeout: Duration::from_secs(30),
+    }
+}
+
+fn replica(lsn: u64) -> LocalObs {
+    LocalObs {
+        health: DbHealth::Running,
+        failed_checks: 0,
+        role: Some(DbRole::Replica),
+        position: Some(Position::new(1, lsn)),
+        streaming: true,
+        last_streamed_ago: Some(Duration::ZERO),
+        replica_caught_up: false,
+    }
+}
+
+fn primary(lsn: u64) -> LocalObs {
+    LocalObs { role: Some(DbRole::Primary), streaming: false, last_streamed_ago: None, ..replica(lsn) }
+}
+
+fn down() -> LocalObs {
+    LocalObs { health: DbHealth::Down, role: None, position: None, streaming: false, ..replica(0) }
+}
+
+fn leader(node: &str) -> Option<LeaderKey> {
+    Some(LeaderKey { node: node.into(), term: 7 })
+}
+
+fn held() -> LeaseState {
+    LeaseState { held: true, renewed_ago: Some(Duration::from_millis(500)) }
+}
+
+fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
+    Inputs {
+        me: me.into(),
+        policy: policy(),
+        local,
+        view: Some(view),
+        lease: LeaseState::default(),
+        peers: vec![],
+        crash: CrashState::default(),
+    }
+}
+
+fn peer(node: &str, lsn: u64) -> PeerObs {
+    PeerObs {
+        node: node.into(),
+        db_writable: Some(false),
+        candidate: Some(Candidate { position: Some(Position::new(1, lsn)), priority: 100, eligible: true, is_primary: false }),
+    }
+}
+
+fn dead_peer(node: &str) -> PeerObs {
+    PeerObs { node: node.into(), db_writable: None, candidate: None }
+}
+
+fn no_leader() -> View {
+    View { last_primary_position: Some(Position::new(1, 1000)), ..View::default() }
+}
+
+fn actions(i: &Inputs) -> Vec<Action> {
+    decide(i).actions
+}
+
+// --- the leader -----------------------------------------------------------
+
+#[test]
+fn healthy_leader_writes_heartbeat() {
+    let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), ..View::default() });
+    i.lease = held();
+    assert_eq!(actions(&i), vec![Action::WriteHeartbeat]);
+}
+
+#[test]
+fn leader_whose_lease_is_lapsing_fences_itself() {
+    let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), ..View::default() });
+    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(8)) };
+    assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
+}
+
+#[test]
+fn leader_with_etcd_unreachable_keeps_serving_until_the_safety_margin() {
+    let mut i = inputs("pg1", primary(100), View::default());
+    i.view = None;
+    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(3)) };
+    assert_eq!(actions(&i), vec![Action::WriteHeartbeat]);
+    i.lease.renewed_ago = Some(Duration::from_secs(8));
+    assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
+}
+
+#[test]
+fn writable_node_without_the_key_is_fenced_even_when_etcd_is_down() {
+    let mut i = inputs("pg2", primary(100), View::default());
+    i.view = None;
+    assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
+}
+
+#[test]
+fn writable_node_fences_when_another_holds_the_key_even_paused() {
+    let i = inputs("pg1", primary(100), View { leader: leader("pg2"), paused: true, ..View::default() });
+    assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
+}
+
+#[test]
+fn crashed_primary_restarts_in_place_when_a_write_could_be_lost() {
+    let mut i = inputs("pg1", down(), View { leader: leader("pg1"), ..View::default() });
+    i.lease = held();
+    assert_eq!(actions(&i), vec![Action::RestartInPlace]);
+    i.crash.restart_started_ago = Some(Duration::from_secs(3));
+    assert_eq!(actions(&i), vec![]);
+    i.crash.restart_started_ago = Some(Duration::from_secs(11));
+    assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
+}
+
+#[test]
+fn crashed_primary_fails_over_at_once_when_nothing_can_be_lost() {
+    let mut i = inputs("pg1", LocalObs { replica_caught_up: true, ..down() }, View { leader: leader("pg1"), ..View::default() });
+    i.lease = held();
+    assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
+}
+
+#[test]
+fn on_primary_crash_failover_releases_at_once() {
+    let mut i = inputs("pg1", down(), View { leader: leader("pg1"), ..View::default() });
+    i.lease = held();
+    i.policy.on_primary_crash = OnPrimaryCrash::Failover;
+    assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
+}
+
+#[test]
+fn unresponsive_primary_waits_for_fall_checks() {
+    let mut i = inputs(
+        "pg1",
+        LocalObs { health: DbHealth::Unresponsive, failed_checks: 2, ..primary(1) },
+        View { leader: leader("pg1"), ..View::default() },
+    );
+    i.lease = held();
+    i.policy.on_primary_crash = OnPrimaryCrash::Failover;
+    assert_eq!(actions(&i), vec![]);
+    i.local.failed_checks = 3;
+    assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
+}
+
+#[test]
+fn leader_key_of_an_earlier_process_is_adopted_then_promotion_finished() {
+    let i = inputs("pg2", replica(100), View { leader: leader("pg2"), ..View::default() });
+    assert_eq!(actions(&i), vec![Action::AdoptLeader, Action::Promote]);
+}
+
+#[test]
+fn leader_hands_over_on_switchover_request() {
+    let req = Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
+    let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), request: Some(req), ..View::default() });
+    i.lease = held();
+    assert_eq!(actions(&i), vec![Action::HandOver { to: "pg2".into() }]);
+}
+
+#[test]
+fn paused_leader_takes_no_action_on_crash() {
+    let mut i = inputs("pg1", down(), View { leader: leader("pg1"), paused: true, ..View::default() });
+    i.lease = held();
+    assert_eq!(actions(&i), vec![]);
+}
+
+// --- replicas with a leader -------------------------------------------------
+
+#[test]
+fn replica_follows_the_leader() {
+    let i = inputs("pg2", replica(100), View { leader: leader("pg1"), ..View::default() });
+    assert_eq!(actions(&i), vec![Action::Follow { leader: "pg1".into() }]);
+}
+
+#[test]
+fn stopped_node_rejoins_the_leader() {
+    let i = inputs("pg1", down(), View { leader: leader("pg2"), ..View::default() });
+    assert_eq!(actions(&i), vec![Action::Rejoin { leader: "pg2".into() }]);
+}
+
+// --- the race ---------------------------------------------------------------
+
+#[test]
+fn freshest_replica_wins_the_race() {
+    let mut i = inputs("pg2", replica(1000), no_leader());
+    i.peers = vec![dead_peer("pg1"), peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn replica_backs_off_when_a_peer_is_fresher() {
+    let mut i = inputs("pg2", replica(900), no_leader());
+    i.peers = vec![dead_peer("pg1"), peer("pg3", 1000)];
+    assert_eq!(actions(&i), vec![]);
+    assert!(decide(&i).state.contains("pg3"));
+}
+
+#[test]
+fn ties_go_to_priority_then_name() {
+    let mut i = inputs("pg3", replica(1000), no_leader());
+    i.peers = vec![peer("pg2", 1000)];
+    assert_eq!(actions(&i), vec![], "pg2 sorts first at equal priority");
+    i.policy.priority = 150;
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn ineligible_fresher_peer_does_not_block() {
+    let mut i = inputs("pg2", replica(900), no_leader());
+    let mut p3 = peer("pg3", 1000);
+    p3.candidate.as_mut().unwrap().eligible = false;
+    i.peers = vec![p3];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn no_promotion_while_the_old_primary_still_accepts_writes() {
+    let mut i = inputs("pg2", replica(1000), no_leader());
+    i.peers = vec![PeerObs { node: "pg1".into(), db_writable: Some(true), candidate: None }];
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("pg1 still accepts writes"));
+}
+
+#[test]
+fn lagging_replica_is_not_eligible() {
+    let mut i = inputs("pg2", replica(10), View { last_primary_position: Some(Position::new(1, 10 + (2 << 20))), ..View::default() });
+    i.peers = vec![dead_peer("pg1")];
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("max_lag_on_failover"));
+}
+
+#[test]
+fn replica_that_has_not_streamed_recently_is_not_eligible() {
+    let mut local = replica(1000);
+    local.streaming = false;
+    local.last_streamed_ago = Some(Duration::from_secs(60));
+    let i = inputs("pg2", local, no_leader());
+    assert!(decide(&i).refusal.unwrap().contains("has not streamed"));
+}
+
+#[test]
+fn replica_on_an_old_timeline_is_not_eligible() {
+    let mut i = inputs("pg2", replica(5000), no_leader());
+    i.peers = vec![PeerObs {
+        node: "pg3".into(),
+        db_writable: Some(false),
+        candidate: Some(Candidate { position: Some(Position::new(2, 10)), priority: 100, eligible: true, is_primary: false }),
+    }];
+    assert!(!decide(&i).eligibility.eligible);
+    assert_eq!(actions(&i), vec![]);
+}
+
+#[test]
+fn priority_zero_is_never_promoted() {
+    let mut i = inputs("pg2", replica(1000), no_leader());
+    i.policy.priority = 0;
+    assert_eq!(actions(&i), vec![]);
+}
+
+#[test]
+fn paused_cluster_does_not_fail_over() {
+    let i = inputs("pg2", replica(1000), View { paused: true, ..no_leader() });
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("paused"));
+}
+
+#[test]
+fn hold_down_blocks_a_second_automatic_failover() {
+    let i = inputs("pg2", replica(1000), View { last_failover_age: Some(Duration::from_secs(60)), ..no_leader() });
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("held down"));
+}
+
+#[test]
+fn running_primary_without_a_leader_retakes_the_key() {
+    let mut i = inputs("pg1", primary(1000), View::default());
+    i.peers = vec![peer("pg2", 1000), peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::WriteHeartbeat]);
+}
+
+#[test]
+fn only_the_requested_target_takes_the_key_during_a_switchover() {
+    let req = Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg3".into(), allow_data_loss: false, age: Duration::ZERO };
+    let mut i = inputs("pg2", replica(1000), View { request: Some(req.clone()), ..no_leader() });
+    i.peers = vec![dead_peer("pg1"), peer("pg3", 1000)];
+    assert_eq!(actions(&i), vec![]);
+    let mut t = inputs("pg3", replica(1000), View { request: Some(req), ..no_leader() });
+    t.peers = vec![dead_peer("pg1"), peer("pg2", 1000)];
+    assert_eq!(actions(&t), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn manual_failover_to_a_less_fresh_node_needs_allow_data_loss() {
+    let req = Request { kind: RequestKind::Failover, from: None, to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
+    let mut i = inputs("pg2", replica(900), View { request: Some(req), ..no_leader() });
+    i.peers = vec![peer("pg3", 1000)];
+    let d = decide(&i);
+    assert!(d.refusal.as_ref().unwrap().contains("--allow-data-loss"), "{d:?}");
+    assert!(!d.actions.contains(&Action::Promote));
+    if let Some(r) = i.view.as_mut().unwrap().request.as_mut() {
+        r.allow_data_loss = true;
+    }
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn manual_failover_ignores_hold_down_and_pause() {
+    let req = Request { kind: RequestKind::Failover, from: None, to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
+    let i = inputs("pg2", replica(1000), View { request: Some(req), paused: true, last_failover_age: Some(Duration::ZERO), ..no_leader() });
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn etcd_unreachable_never_promotes() {
+    let mut i = inputs("pg2", replica(1000), View::default());
+    i.view = None;
+    assert_eq!(actions(&i), vec![]);
+}
+
+// --- properties ---------------------------------------------------------------
+
+fn arb_local() -> impl Strategy<Value = LocalObs> {
+    (
+        prop_oneof![Just(DbHealth::Running), Just(DbHealth::Starting), Just(DbHealth::Down), Just(DbHealth::Unresponsive)],
+        0u32..5,
+        prop_oneof![Just(None), Just(Some(DbRole::Primary)), Just(Some(DbRole::Replica))],
+        proptest::option::of((1u32..3, 0u64..2000)),
+        any::<bool>(),
+        proptest::option::of(0u64..40),
+        any::<bool>(),
+    )
+        .prop_map(|(health, failed_checks, role, pos, streaming, ago, caught)| LocalObs {
+            health,
+            failed_checks,
+            role,
+            position: pos.map(|(t, l)| Position::new(t, l)),
+            streaming,
+            last_streamed_ago: ago.map(Duration::from_secs),
+            replica_caught_up: caught,
+        })
+}
+
+fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
+    (
+        proptest::option::of(any::<bool>()),
+        proptest::option::of((proptest::option::of((1u32..3, 0u64..2000)), 0u32..200, any::<bool>(), any::<bool>())),
+    )
+        .prop_map(move |(w, c)| PeerObs {
+            node: name.into(),
+            db_writable: w,
+            candidate: c.map(|(pos, priority, eligible, is_primary)| Candidate {
+                position: pos.map(|(t, l)| Position::new(t, l)),
+                priority,
+                eligible,
+                is_primary,
+            }),
+        })
+}
+
+fn arb_inputs() -> impl Strategy<Value = Inputs> {
+    (
+        arb_local(),
+        proptest::option::of(prop_oneof![Just("pg1"), Just("pg2"), Just("pg3")]),
+        any::<bool>(),
+        proptest::option::of(0u64..600),
+        any::<bool>(),
+        proptest::option::of(0u64..12),
+        (arb_peer("pg2"), arb_peer("pg3")),
+        any::<bool>(),
+        0u32..200,
+    )
+        .prop_map(|(local, leader_node, paused, failover_age, held, renewed, (p2, p3), etcd_ok, priority)| {
+            let view = View {
+                leader: leader_node.map(|n| LeaderKey { node: n.into(), term: 3 }),
+                paused,
+                request: None,
+                last_failover_age: failover_age.map(Duration::from_secs),
+                last_primary_position: Some(Position::new(1, 1500)),
+            };
+            let mut pol = policy();
+            pol.priority = priority;
+            Inputs {
+                me: "pg1".into(),
+                policy: pol,
+                local,
+                view: etcd_ok.then_some(view),
+                lease: LeaseState { held: held && leader_node == Some("pg1"), renewed_ago: renewed.map(Duration::from_secs) },
+                peers: vec![p2, p3],
+                crash: CrashState::default(),
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Promotion only ever follows winning (or adopting) the key.
+    #[test]
+    fn promote_only_after_acquiring_the_key(i in arb_inputs()) {
+        let a = decide(&i).actions;
+        if let Some(pos) = a.iter().position(|x| *x == Action::Promote) {
+            prop_assert!(a[..pos].contains(&Action::AcquireLeader) || a[..pos].contains(&Action::AdoptLeader)
+                || i.view.as_ref().and_then(|v| v.leader.as_ref()).is_some_and(|l| l.node == i.me));
+        }
+    }
+
+    /// The key is never taken while another node holds it, while etcd is
+    /// unreachable, while a peer is writable, or while an eligible peer is
+    /// strictly fresher.
+    #[test]
+    fn never_acquire_when_unsafe(i in arb_inputs()) {
+        let a = decide(&i).actions;
+        if a.contains(&Action::AcquireLeader) {
+            let v = i.view.as_ref().expect("no acquisition without etcd");
+            prop_assert!(v.leader.is_none());
+            if a.contains(&Action::Promote) {
+                prop_assert!(!i.peers.iter().any(|p| p.db_writable == Some(true)));
+            }
+            for p in &i.peers {
+                if let Some(c) = &p.candidate {
+                    if c.eligible || c.is_primary || p.db_writable == Some(true) {
+                        prop_assert!(c.position <= i.local.position, "{} is fresher", p.node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Paused or held down: no automatic promotion, release or restart. (A
+    /// running primary may still retake its own vacant key: not a failover.)
+    #[test]
+    fn nothing_automatic_while_paused_or_held_down(i in arb_inputs()) {
+        let Some(v) = &i.view else { return Ok(()) };
+        let held_down = v.leader.is_none() && v.last_failover_age.is_some_and(|a| a < i.policy.hold_down);
+        if v.paused || held_down {
+            for a in decide(&i).actions {
+                let retake = a == Action::AcquireLeader && i.local.writable();
+                prop_assert!(retake || !matches!(a, Action::AcquireLeader | Action::ReleaseLeader{..} | Action::RestartInPlace | Action::HandOver{..}), "{a:?}");
+                if v.paused {
+                    prop_assert!(!matches!(a, Action::Promote | Action::Rejoin{..} | Action::Follow{..}), "{a:?}");
+                }
+            }
+        }
+    }
+
+    /// A leader whose lease has lapsed past ttl - safety_margin fences
+    /// (unless paused with etcd answering, where nothing is touched).
+    #[test]
+    fn lapsing_leader_fences(i in arb_inputs()) {
+        let lapsed = i.lease.held && i.lease.renewed_ago.is_none_or(|a| a >= i.policy.ttl - i.policy.safety_margin);
+        let paused = i.view.as_ref().is_some_and(|v| v.paused);
+        if lapsed && !paused {
+            let fenced = matches!(decide(&i).actions[..], [Action::Fence { .. }]);
+            prop_assert!(fenced);
+        }
+    }
+
+    /// A writable database without the key never stays writable.
+    #[test]
+    fn writable_without_key_is_fenced_or_takes_the_key(i in arb_inputs()) {
+        let is_leader = i.view.as_ref().and_then(|v| v.leader.as_ref()).is_some_and(|l| l.node == i.me);
+        if i.local.writable() && !is_leader && !i.lease.held {
+            let a = decide(&i).actions;
+            let ok = a.iter().any(|x| matches!(x, Action::Fence{..}))
+                || a.first() == Some(&Action::AcquireLeader)
+                || i.view.as_ref().is_some_and(|v| v.leader.is_none());
+            prop_assert!(ok, "{a:?}");
+        }
+    }
+}
+
+/// Two sidecars looking at the same vacant key never both decide to take
+/// it: of any set of nodes with the same view, at most one races.
+#[test]
+fn at_most_one_racer_for_one_view() {
+    let nodes = [("pg1", 1000u64, 100u32), ("pg2", 1000, 100), ("pg3", 900, 200)];
+    let mut racers = vec![];
+    for (me, lsn, prio) in nodes {
+        let mut i = inputs(me, replica(lsn), no_leader());
+        i.policy.priority = prio;
+        i.peers = nodes
+            .iter()
+            .filter(|(n, _, _)| *n != me)
+            .map(|(n, l, p)| {
+                let mut x = peer(n, *l);
+                x.candidate.as_mut().unwrap().priority = *p;
+                x
+            })
+            .collect();
+        if actions(&i).contains(&Action::AcquireLeader) {
+            racers.push(me);
+        }
+    }
+    assert_eq!(racers, vec!["pg1"]);
+}
