@@ -4,6 +4,16 @@
 
 pub mod config;
 pub mod core;
+pub mod dcs;
+pub mod engine;
+pub mod ha;
+pub mod proc;
 pub mod position;
 pub mod secret;
+pub mod status;
 pub mod units;
+pub mod api;
+pub mod cli;
+pub mod lab;
+pub mod metrics;
+pub mod ops;

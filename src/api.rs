@@ -1,0 +1,251 @@
+//! The application-facing HTTP API of one sidecar (DESIGN.md §6), with
+//! Patroni's semantics so that HAProxy and keepalived setups work as they
+//! are: health endpoints answer 200 or 503 (HEAD and OPTIONS too),
+//! `/cluster`, `/history`, `/metrics` describe the cluster, and the POST
+//! endpoints need the bearer token.
+
+use crate::config::Config;
+use crate::core::{DbHealth, DbRole};
+use crate::dcs::{now_ms, Dcs, MemberRecord};
+use crate::engine::Engine;
+use crate::status::{Shared, Snapshot};
+use crate::units::{parse_lag_limit, LagLimit};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct ApiState<E: Engine, D: Dcs> {
+    pub cfg: Config,
+    pub shared: Arc<Shared>,
+    pub engine: Arc<E>,
+    pub dcs: Arc<D>,
+}
+
+type St<E, D> = State<Arc<ApiState<E, D>>>;
+
+pub fn router<E: Engine, D: Dcs>(state: Arc<ApiState<E, D>>) -> Router {
+    Router::new()
+        .route("/", any(primary::<E, D>))
+        .route("/primary", any(primary::<E, D>))
+        .route("/read-write", any(primary::<E, D>))
+        .route("/master", any(primary::<E, D>))
+        .route("/leader", any(leader::<E, D>))
+        .route("/replica", any(replica::<E, D>))
+        .route("/read-only", any(read_only::<E, D>))
+        .route("/health", any(health::<E, D>))
+        .route("/liveness", any(liveness::<E, D>))
+        .route("/readiness", any(readiness::<E, D>))
+        .route("/member", get(member::<E, D>))
+        .route("/cluster", get(cluster::<E, D>))
+        .route("/history", get(history::<E, D>))
+        .route("/metrics", get(metrics::<E, D>))
+        .route("/switchover", post(switchover::<E, D>))
+        .route("/failover", post(failover::<E, D>))
+        .route("/pause", post(pause::<E, D>))
+        .route("/resume", post(resume::<E, D>))
+        .with_state(state)
+}
+
+/// A health answer: the code, and for GET a JSON body describing the node.
+fn check(method: &Method, ok: bool, snap: &Snapshot, why: Option<String>) -> Response {
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if method != Method::GET {
+        return code.into_response();
+    }
+    let me = snap.me.as_ref();
+    let body = json!({
+        "node": me.map(|m| m.node.clone()),
+        "role": me.and_then(|m| m.role),
+        "health": me.map(|m| m.health),
+        "state": me.map(|m| m.state.clone()),
+        "term": snap.term,
+        "leader": snap.cluster.leader.as_ref().map(|l| l.node.clone()),
+        "position": me.and_then(|m| m.position.map(|p| p.to_string())),
+        "lag_seconds": me.and_then(|m| m.lag_seconds),
+        "lag_bytes": me.and_then(|m| m.lag_bytes),
+        "reason": why,
+    });
+    (code, Json(body)).into_response()
+}
+
+fn is_running(m: Option<&MemberRecord>, role: DbRole) -> bool {
+    m.is_some_and(|m| m.health == DbHealth::Running && m.role == Some(role))
+}
+
+async fn primary<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
+    let snap = s.shared.get();
+    let why = (!snap.writable_leader).then(|| "not the leader with a writable database".to_string());
+    check(&method, snap.writable_leader, &snap, why)
+}
+
+async fn leader<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
+    let snap = s.shared.get();
+    check(&method, snap.holds_leader, &snap, None)
+}
+
+fn lag_ok(m: &MemberRecord, q: &HashMap<String, String>) -> Result<bool, String> {
+    let Some(limit) = q.get("lag") else { return Ok(true) };
+    match parse_lag_limit(limit)? {
+        LagLimit::Bytes(b) => Ok(m.lag_bytes.is_some_and(|l| l <= b)),
+        LagLimit::Time(t) => Ok(m.lag_seconds.is_some_and(|l| l <= t.as_secs_f64())),
+    }
+}
+
+async fn replica<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(q): Query<HashMap<String, String>>) -> Response {
+    let snap = s.shared.get();
+    let me = snap.me.as_ref();
+    if !is_running(me, DbRole::Replica) {
+        return check(&method, false, &snap, Some("not a running replica".into()));
+    }
+    match lag_ok(me.expect("checked"), &q) {
+        Ok(ok) => check(&method, ok, &snap, (!ok).then(|| "lag above the limit".into())),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+async fn read_only<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
+    let snap = s.shared.get();
+    let ok = snap.writable_leader || is_running(snap.me.as_ref(), DbRole::Replica);
+    check(&method, ok, &snap, None)
+}
+
+async fn health<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
+    let snap = s.shared.get();
+    let running = snap.me.as_ref().is_some_and(|m| m.health == DbHealth::Running);
+    let why = (!running).then(|| format!("database: {}", snap.me.as_ref().map(|m| format!("{:?}", m.health).to_lowercase()).unwrap_or_else(|| "not observed yet".into())));
+    check(&method, running, &snap, why)
+}
+
+async fn liveness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
+    let snap = s.shared.get();
+    let limit = s.cfg.timing.ttl.as_millis() as u64 * if snap.holds_leader { 1 } else { 2 };
+    let ok = now_ms().saturating_sub(snap.last_loop_ms) <= limit;
+    check(&method, ok, &snap, (!ok).then(|| "HA loop stalled".into()))
+}
+
+async fn readiness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(q): Query<HashMap<String, String>>) -> Response {
+    let snap = s.shared.get();
+    if snap.writable_leader {
+        return check(&method, true, &snap, None);
+    }
+    let me = snap.me.as_ref();
+    let ok = is_running(me, DbRole::Replica) && me.is_some_and(|m| m.streaming) && me.is_some_and(|m| lag_ok(m, &q).unwrap_or(false));
+    check(&method, ok, &snap, (!ok).then(|| "not a streaming replica within lag".into()))
+}
+
+/// This node's member record. `?fresh=1` first looks at the database again,
+/// which is what a racing peer needs after the leader vanished.
+async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(mut me) = s.shared.get().me else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "not observed yet"}))).into_response();
+    };
+    if q.contains_key("fresh") {
+        let obs = s.engine.observe().await;
+        me.health = obs.local.health;
+        me.role = obs.local.role;
+        me.position = obs.local.position;
+        me.receive_lsn = obs.receive_lsn;
+        me.replay_lsn = obs.replay_lsn;
+        me.streaming = obs.local.streaming;
+        me.updated_ms = now_ms();
+    }
+    Json(me).into_response()
+}
+
+async fn cluster<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+    let snap = s.shared.get();
+    Json(crate::cli::status::cluster_json(&s.cfg.cluster, &snap.cluster)).into_response()
+}
+
+async fn history<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+    match s.dcs.history().await {
+        Ok(h) => Json(h).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": format!("{e:#}")}))).into_response(),
+    }
+}
+
+async fn metrics<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+    let snap = s.shared.get();
+    let body = crate::metrics::render(&s.cfg, &snap);
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// Constant-time comparison of the bearer token.
+fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), Response> {
+    let want = cfg.api.token.expose().as_bytes();
+    if want.is_empty() {
+        return Err((StatusCode::FORBIDDEN, Json(json!({"error": "no api token configured (api.token_file); mutating endpoints are disabled"}))).into_response());
+    }
+    let got = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .as_bytes();
+    let mut diff = (got.len() ^ want.len()) as u8;
+    for (i, w) in want.iter().enumerate() {
+        diff |= w ^ got.get(i).copied().unwrap_or(0);
+    }
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "missing or wrong bearer token"}))).into_response())
+    }
+}
+
+fn outcome<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
+    match r {
+        Ok(v) => (StatusCode::ACCEPTED, Json(json!({ "accepted": v }))).into_response(),
+        Err(e) => (StatusCode::PRECONDITION_FAILED, Json(json!({ "error": format!("{e:#}") }))).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    leader: Option<String>,
+    candidate: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverBody {
+    candidate: String,
+    #[serde(default)]
+    allow_data_loss: bool,
+}
+
+async fn switchover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, body: Option<Json<SwitchoverBody>>) -> Response {
+    if let Err(r) = authorized(&s.cfg, &headers) {
+        return r;
+    }
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    outcome(crate::ops::switchover(&*s.dcs, b.leader.as_deref(), b.candidate.as_deref()).await)
+}
+
+async fn failover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, body: Json<FailoverBody>) -> Response {
+    if let Err(r) = authorized(&s.cfg, &headers) {
+        return r;
+    }
+    outcome(crate::ops::failover(&*s.dcs, &body.candidate, body.allow_data_loss).await)
+}
+
+async fn pause<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s.cfg, &headers) {
+        return r;
+    }
+    outcome(crate::ops::pause(&*s.dcs, "api").await.map(|_| "paused"))
+}
+
+async fn resume<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s.cfg, &headers) {
+        return r;
+    }
+    outcome(crate::ops::resume(&*s.dcs).await.map(|_| "resumed"))
+}

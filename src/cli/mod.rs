@@ -1,0 +1,403 @@
+//! Command-line interface: argument parsing and one function per command.
+
+pub mod status;
+
+use crate::config::Config;
+use crate::dcs::{Dcs, EtcdDcs};
+use crate::lab::{Lab, LabSpec};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Database-replication failover supervisor (one sidecar per node, leader key bound to an etcd lease)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// Sidecar config file (any node's, for read commands). Defaults to
+    /// $VIGIL_CONFIG, then to the local lab's first node.
+    #[arg(short, long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the sidecar for one node.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show the cluster: leader, term, every member's role, lag and eligibility.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Planned switchover with zero data loss.
+    Switchover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The current leader (checked).
+        #[arg(long)]
+        from: Option<String>,
+        /// The new primary; default: the freshest eligible replica.
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the new primary.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Manual failover to a node (refuses a less fresh node without --allow-data-loss).
+    Failover {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, required_unless_present = "cancel")]
+        to: Option<String>,
+        #[arg(long)]
+        allow_data_loss: bool,
+        /// Drop a pending switchover/failover request.
+        #[arg(long)]
+        cancel: bool,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Stop automatic failover (maintenance).
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Resume automatic failover.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Every failover and switchover, as a timeline.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if this node is (primary|replica|healthy), else 1: for keepalived vrrp_script and Nagios.
+    Check {
+        what: CheckKind,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Ask this sidecar API instead of the configured one.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print a libpq multi-host URI that always reaches the primary.
+    Dsn {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local lab: etcd, a 3-node PostgreSQL 15 cluster and its sidecars.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CheckKind {
+    Primary,
+    Replica,
+    Health,
+}
+
+#[derive(Subcommand)]
+pub enum LabAction {
+    /// Build and start the lab, then print the cluster table.
+    Up {
+        #[arg(long, env = "VIGIL_LAB_DIR", default_value = crate::lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = crate::lab::DEFAULT_BASE_PORT)]
+        base_port: u16,
+        /// What a sidecar does when its primary database crashes: auto, restart, failover.
+        #[arg(long, default_value = "auto")]
+        on_primary_crash: String,
+    },
+    /// Stop everything the lab started and remove its directory.
+    Down {
+        #[arg(long, env = "VIGIL_LAB_DIR", default_value = crate::lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Keep the directory (logs, data).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Endpoints of the running lab.
+    Status {
+        #[arg(long, env = "VIGIL_LAB_DIR", default_value = crate::lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Finds the config a read/operator command should use.
+fn resolve_config(arg: &ConfigArg) -> Result<Config> {
+    let path = match &arg.config {
+        Some(p) => p.clone(),
+        None => {
+            let dir = std::env::var("VIGIL_LAB_DIR").unwrap_or_else(|_| crate::lab::DEFAULT_DIR.into());
+            let lab = Lab::load(std::path::Path::new(&dir)).context("no --config given and no local lab running")?;
+            lab.nodes[0].config.clone()
+        }
+    };
+    Ok(Config::load(&path)?)
+}
+
+async fn connect(cfg: &Config) -> Result<EtcdDcs> {
+    connect_as(cfg, &format!("cli-{}", std::process::id())).await
+}
+
+async fn connect_as(cfg: &Config, node: &str) -> Result<EtcdDcs> {
+    EtcdDcs::new(&cfg.etcd.endpoints, &cfg.etcd.prefix, &cfg.cluster, node, cfg.timing.ttl, cfg.etcd.request_timeout).await
+}
+
+pub async fn status(arg: &ConfigArg, json: bool, watch: bool) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    loop {
+        let c = dcs.load().await.context("cannot read the cluster from etcd")?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status::cluster_json(&cfg.cluster, &c))?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", status::render(&cfg.cluster, &c));
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until `to` leads with a writable database, showing progress.
+async fn wait_for_leader(dcs: &EtcdDcs, to: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let c = dcs.load().await?;
+        let done = c.leader.as_ref().is_some_and(|l| l.node == to) && c.members.get(to).is_some_and(|m| m.term.is_some() && m.role == Some(crate::core::DbRole::Primary));
+        if done {
+            eprintln!("{to} is the primary (term {}) after {:.1}s", c.term.unwrap_or(0), start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        let line = format!("leader {}; {}", c.leader.as_ref().map(|l| l.node.as_str()).unwrap_or("none"), c.members.get(to).map(|m| m.state.clone()).unwrap_or_default());
+        if line != last {
+            eprintln!("  {:.1}s  {line}", start.elapsed().as_secs_f64());
+            last = line.clone();
+        }
+        if let Some(r) = c.members.values().find_map(|m| m.refusal.clone().filter(|_| m.node == to)) {
+            if c.request.is_none() {
+                bail!("{to} refused: {r}");
+            }
+        }
+        if start.elapsed() > limit {
+            bail!("{to} did not become primary within {limit:?} (last: {line})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn switchover(arg: &ConfigArg, from: Option<&str>, to: Option<&str>, wait: Duration) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    let req = crate::ops::switchover(&dcs, from, to).await?;
+    eprintln!("switchover requested: {} -> {}", req.from.clone().unwrap_or_default(), req.to);
+    wait_for_leader(&dcs, &req.to, wait).await
+}
+
+pub async fn failover(arg: &ConfigArg, to: Option<&str>, allow_data_loss: bool, cancel: bool, wait: Duration) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    if cancel {
+        crate::ops::cancel_request(&dcs).await?;
+        eprintln!("pending request cleared");
+        return Ok(());
+    }
+    let to = to.context("--to NODE is required")?;
+    let req = crate::ops::failover(&dcs, to, allow_data_loss).await?;
+    eprintln!("failover to {} requested{}", req.to, if allow_data_loss { " (data loss allowed)" } else { "" });
+    wait_for_leader(&dcs, &req.to, wait).await
+}
+
+pub async fn pause(arg: &ConfigArg, on: bool) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    if on {
+        crate::ops::pause(&dcs, &format!("cli@{}", hostname())).await?;
+        eprintln!("cluster {} paused: no automatic failover until `vigil resume`", cfg.cluster);
+    } else {
+        crate::ops::resume(&dcs).await?;
+        eprintln!("cluster {} resumed: automatic failover on", cfg.cluster);
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+pub async fn history(arg: &ConfigArg, json: bool) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    let h = dcs.history().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+    } else {
+        print!("{}", status::render_history(&h));
+    }
+    Ok(())
+}
+
+/// Exit code 0 when the check passes, 1 when it does not (also when the
+/// sidecar cannot be reached).
+pub async fn check(what: CheckKind, arg: &ConfigArg, url: Option<&str>) -> Result<i32> {
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => resolve_config(arg)?.api.url(),
+    };
+    let path = match what {
+        CheckKind::Primary => "/primary",
+        CheckKind::Replica => "/replica",
+        CheckKind::Health => "/health",
+    };
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    match client.get(format!("{base}{path}")).send().await {
+        Ok(r) if r.status().is_success() => Ok(0),
+        Ok(r) => {
+            eprintln!("{path}: {}", r.status());
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("{path}: sidecar unreachable: {e}");
+            Ok(1)
+        }
+    }
+}
+
+pub async fn dsn(arg: &ConfigArg, json: bool) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    let c = dcs.load().await?;
+    let mut hosts: Vec<_> = c.members.values().collect();
+    // The current leader first, so clients try it first.
+    hosts.sort_by_key(|m| (c.leader.as_ref().map(|l| l.node != m.node).unwrap_or(true), m.node.clone()));
+    let list = hosts.iter().map(|m| format!("{}:{}", m.db_host, m.db_port)).collect::<Vec<_>>().join(",");
+    let uri = format!("postgresql://{}@{}/{}?target_session_attrs=read-write&connect_timeout=2", cfg.database.user, list, cfg.database.dbname);
+    if json {
+        println!("{}", serde_json::json!({"dsn": uri, "leader": c.leader.map(|l| l.node), "term": c.term}));
+    } else {
+        println!("{uri}");
+    }
+    Ok(())
+}
+
+pub fn lab(action: &LabAction) -> Result<()> {
+    match action {
+        LabAction::Up { dir, nodes, base_port, on_primary_crash } => {
+            let bin = std::env::current_exe()?;
+            let mut spec = LabSpec::new(dir.clone(), *base_port, bin);
+            spec.nodes = *nodes;
+            spec.on_primary_crash = on_primary_crash.clone();
+            let t0 = Instant::now();
+            let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).map_err(|e| {
+                eprintln!("lab up failed; logs are in {} (stop what started with `vigil lab down`)", dir.display());
+                e
+            })?;
+            eprintln!("[{:5.1}s] lab is up\n", t0.elapsed().as_secs_f64());
+            let c = lab.cluster_state()?;
+            print!("{}", status::render(&lab.cluster, &c));
+            println!("\n{}", lab_endpoints(&lab));
+            Ok(())
+        }
+        LabAction::Down { dir, keep } => {
+            let mut lab = Lab::load(dir)?;
+            lab.down(*keep)?;
+            eprintln!("lab stopped{}", if *keep { "" } else { " and removed" });
+            Ok(())
+        }
+        LabAction::Status { dir, json } => {
+            let lab = Lab::load(dir)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&lab)?);
+            } else {
+                println!("{}", lab_endpoints(&lab));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn lab_endpoints(lab: &Lab) -> String {
+    let rows: Vec<Vec<String>> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("127.0.0.1:{}", n.pg_port),
+                format!("http://127.0.0.1:{}", n.api_port),
+                n.sidecar_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                n.config.display().to_string(),
+            ]
+        })
+        .collect();
+    format!(
+        "etcd {} · lab dir {}\n\n{}",
+        lab.etcd_url(),
+        lab.dir.display(),
+        status::table(&["NODE", "POSTGRES", "SIDECAR API", "SIDECAR PID", "CONFIG"], &rows)
+    )
+}
+
+/// `vigil run`: the sidecar.
+pub async fn run(arg: &ConfigArg) -> Result<()> {
+    let cfg = resolve_config(arg)?;
+    tracing::info!(cluster = %cfg.cluster, node = %cfg.node, config = %cfg.source.display(), "vigil sidecar starting");
+    let engine = Arc::new(crate::engine::postgres::Postgres::new(cfg.database.clone(), &cfg.node, cfg.failover.promote_timeout));
+    let dcs = Arc::new(connect_as(&cfg, &cfg.node).await?);
+    let shared = Arc::new(crate::status::Shared::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    dcs.spawn_watch(Arc::clone(&wake));
+
+    let listener = tokio::net::TcpListener::bind(cfg.api_listen()).await.with_context(|| format!("api.listen {}", cfg.api.listen))?;
+    let api = crate::api::router(Arc::new(crate::api::ApiState { cfg: cfg.clone(), shared: Arc::clone(&shared), engine: Arc::clone(&engine), dcs: Arc::clone(&dcs) }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, api).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+
+    let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = ha.run() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // The database keeps running; the leader key (if held) expires with
+    // its lease, and a restarted sidecar takes it back.
+    tracing::info!("stopping; the database is left running");
+    let _ = tokio::time::timeout(Duration::from_secs(1), dcs.remove_member()).await;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `vigil status` and `/cluster`: the cluster as a table or as JSON.
+
+use crate::core::{DbHealth, DbRole};
+use crate::dcs::{now_ms, ClusterState, HistoryRecord, MemberRecord};
+use crate::units::format_size;
+use serde_json::{json, Value};
+
+pub fn cluster_json(cluster: &str, c: &ClusterState) -> Value {
+    json!({
+        "cluster": cluster,
+        "leader": c.leader.as_ref().map(|l| l.node.clone()),
+        "term": c.term,
+        "leader_since_ms": c.leader.as_ref().map(|l| l.since_ms),
+        "paused": c.pause.is_some(),
+        "pending_request": c.request,
+        "members": c.members.values().collect::<Vec<&MemberRecord>>(),
+        "last_change": c.last_history,
+    })
+}
+
+fn role(m: &MemberRecord, leader: Option<&str>) -> String {
+    match (m.role, m.health) {
+        (_, DbHealth::Down) => "down".into(),
+        (_, DbHealth::Starting) => "starting".into(),
+        (_, DbHealth::Unresponsive) => "unresponsive".into(),
+        (Some(DbRole::Primary), _) if leader == Some(m.node.as_str()) => "primary".into(),
+        (Some(DbRole::Primary), _) => "primary (no key!)".into(),
+        (Some(DbRole::Replica), _) => "replica".into(),
+        (None, _) => "?".into(),
+    }
+}
+
+/// Renders rows as a left-aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{:w$}", c, w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(header.iter().map(|s| s.to_string()).collect())];
+    out.push(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    for r in rows {
+        out.push(line(r.clone()));
+    }
+    out.join("\n") + "\n"
+}
+
+pub fn render(cluster: &str, c: &ClusterState) -> String {
+    let leader = c.leader.as_ref().map(|l| l.node.as_str());
+    let mut out = format!(
+        "cluster {cluster} · leader {} · term {} · {}\n\n",
+        leader.unwrap_or("NONE"),
+        c.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+        if c.pause.is_some() { "PAUSED" } else { "automatic failover on" }
+    );
+    let rows: Vec<Vec<String>> = c
+        .members
+        .values()
+        .map(|m| {
+            let lag = match (m.lag_seconds, m.lag_bytes) {
+                (Some(s), Some(b)) => format!("{s:.1}s / {}", format_size(b)),
+                (Some(s), None) => format!("{s:.1}s"),
+                (None, Some(b)) => format_size(b),
+                _ => "-".into(),
+            };
+            let eligible = if m.eligible { "yes".to_string() } else { format!("no: {}", m.ineligible_reason.clone().unwrap_or_default()) };
+            vec![
+                m.node.clone(),
+                role(m, leader),
+                format!("{}:{}", m.db_host, m.db_port),
+                m.position.map(|p| p.timeline.to_string()).unwrap_or_else(|| "-".into()),
+                m.position.map(|p| p.lsn.to_string()).unwrap_or_else(|| "-".into()),
+                if m.role == Some(DbRole::Replica) { lag } else { "-".into() },
+                eligible,
+                m.state.clone(),
+            ]
+        })
+        .collect();
+    out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
+    if let Some(r) = &c.request {
+        out += &format!("\npending {:?}: {} -> {}\n", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();
+    }
+    for m in c.members.values() {
+        if let Some(r) = &m.refusal {
+            out += &format!("\n{} refuses to fail over: {r}", m.node);
+        }
+        let age = now_ms().saturating_sub(m.updated_ms);
+        if age > 5_000 {
+            out += &format!("\n{}: member key not refreshed for {:.0}s", m.node, age as f64 / 1000.0);
+        }
+    }
+    if let Some(h) = &c.last_history {
+        out += &format!("\nlast change: {} (term {}) {} -> {}, {}\n", h.kind, h.term, h.old_primary.clone().unwrap_or_else(|| "-".into()), h.new_primary, ago(h.at_ms));
+    }
+    out
+}
+
+pub fn ago(ms: u64) -> String {
+    let s = now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+pub fn render_history(h: &[HistoryRecord]) -> String {
+    if h.is_empty() {
+        return "no failovers or switchovers recorded\n".into();
+    }
+    let mut out = String::new();
+    for r in h {
+        out += &format!(
+            "term {} · {} · {} -> {} · {}\n  reason: {}\n",
+            r.term,
+            r.kind,
+            r.old_primary.clone().unwrap_or_else(|| "-".into()),
+            r.new_primary,
+            ago(r.at_ms),
+            r.reason
+        );
+        let t0 = r.steps.first().map(|s| s.at_ms).unwrap_or(r.at_ms);
+        for s in &r.steps {
+            out += &format!("  +{:>7.3}s  {}{}\n", (s.at_ms.saturating_sub(t0)) as f64 / 1000.0, s.name, s.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
+        }
+        for c in &r.candidates {
+            out += &format!(
+                "  candidate {}: {} at {}\n",
+                c.node,
+                if c.eligible { "eligible".to_string() } else { format!("not eligible ({})", c.reason.clone().unwrap_or_default()) },
+                c.position.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+    }
+    out
+}

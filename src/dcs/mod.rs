@@ -1,0 +1,173 @@
+//! The distributed configuration store: what vigil keeps in etcd, and the
+//! trait the HA loop and the CLI use to read and write it.
+//!
+//! Keyspace under `<prefix>/<cluster>/` (DESIGN.md §2):
+//! `leader` (bound to the leader's lease; its create revision is the term),
+//! `members/<node>` (bound to each sidecar's own lease), `history/<term>`,
+//! `pause`, `switchover` (a pending operator request).
+
+pub mod etcd;
+
+use crate::core::{DbHealth, DbRole, RequestKind};
+use crate::position::{Lsn, Position, TimelineSwitch};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+pub use etcd::EtcdDcs;
+
+/// Milliseconds since the Unix epoch, the time unit of every record.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Value of the `leader` key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaderRecord {
+    pub node: String,
+    pub since_ms: u64,
+}
+
+/// Value of `members/<node>`: one sidecar's view of its own node, refreshed
+/// every loop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberRecord {
+    pub node: String,
+    pub api_url: String,
+    pub db_host: String,
+    pub db_port: u16,
+    pub health: DbHealth,
+    pub role: Option<DbRole>,
+    pub position: Option<Position>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub streaming: bool,
+    /// The host:port this replica streams from.
+    pub upstream: Option<String>,
+    /// Heartbeat lag in seconds (replicas).
+    pub lag_seconds: Option<f64>,
+    /// Bytes behind the primary's last published position (replicas).
+    pub lag_bytes: Option<u64>,
+    /// Primary: its timeline history, so that followers can tell whether
+    /// they diverged.
+    #[serde(default)]
+    pub timeline_history: Vec<TimelineSwitch>,
+    pub priority: u32,
+    pub eligible: bool,
+    pub ineligible_reason: Option<String>,
+    /// What the HA loop is doing, in words.
+    pub state: String,
+    /// The last refusal to fail over, with its reason.
+    pub refusal: Option<String>,
+    /// The term this node leads in, if it leads.
+    pub term: Option<i64>,
+    pub paused: bool,
+    pub updated_ms: u64,
+    pub version: String,
+}
+
+/// One step of a failover or switchover, with when it happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A candidate as the new primary saw it when it took over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CandidateRecord {
+    pub node: String,
+    pub position: Option<Position>,
+    pub eligible: bool,
+    pub reason: Option<String>,
+}
+
+/// Value of `history/<term>`: the incident record of one change of primary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryRecord {
+    pub term: i64,
+    /// `failover`, `switchover`, `manual_failover` or `bootstrap`.
+    pub kind: String,
+    pub reason: String,
+    pub old_primary: Option<String>,
+    pub new_primary: String,
+    pub at_ms: u64,
+    pub steps: Vec<Step>,
+    pub candidates: Vec<CandidateRecord>,
+    /// The old primary's last published position and the new primary's position.
+    pub old_position: Option<Position>,
+    pub new_position: Option<Position>,
+}
+
+impl HistoryRecord {
+    /// Automatic failovers count for hold-down; switchovers, manual
+    /// failovers and bootstraps do not.
+    pub fn is_automatic_failover(&self) -> bool {
+        self.kind == "failover"
+    }
+}
+
+/// Value of the `switchover` key: an operator's pending request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestRecord {
+    pub kind: RequestKind,
+    pub from: Option<String>,
+    pub to: String,
+    pub allow_data_loss: bool,
+    pub requested_ms: u64,
+    /// Steps the old primary already took (switchover), handed to the new
+    /// primary for the history record.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// Value of the `pause` key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PauseRecord {
+    pub paused_ms: u64,
+    pub by: String,
+}
+
+/// Everything one read of the cluster's keys returns.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub leader: Option<LeaderRecord>,
+    /// The leader key's create revision.
+    pub term: Option<i64>,
+    /// The lease the leader key is bound to.
+    pub leader_lease: Option<i64>,
+    pub members: BTreeMap<String, MemberRecord>,
+    pub pause: Option<PauseRecord>,
+    pub request: Option<RequestRecord>,
+    /// The newest history record.
+    pub last_history: Option<HistoryRecord>,
+}
+
+/// The coordination store as the HA loop and the CLI see it. Every call
+/// has a deadline; none blocks longer than the configured request timeout
+/// times the number of endpoints.
+pub trait Dcs: Send + Sync + 'static {
+    /// Reads leader, members, pause, pending request and the last history record.
+    fn load(&self) -> impl Future<Output = anyhow::Result<ClusterState>> + Send;
+    /// Writes this node's member key (on its own lease, renewed here).
+    fn put_member(&self, rec: &MemberRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Renews the leader lease. Ok(false) when the lease is gone.
+    fn renew_leader(&self) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    /// Creates the leader key if absent. Returns the term when won.
+    fn acquire_leader(&self, rec: &LeaderRecord) -> impl Future<Output = anyhow::Result<Option<i64>>> + Send;
+    /// Takes over the lease of a leader key written by an earlier process of this node.
+    fn adopt_leader(&self, lease: i64) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    /// Deletes the leader key (revokes its lease).
+    fn release_leader(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Forgets the leader lease locally without touching etcd.
+    fn forget_leader(&self);
+    fn holds_leader(&self) -> bool;
+    fn put_history(&self, rec: &HistoryRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn history(&self) -> impl Future<Output = anyhow::Result<Vec<HistoryRecord>>> + Send;
+    fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Deletes this node's member key (clean shutdown).
+    fn remove_member(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}

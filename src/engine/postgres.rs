@@ -1,0 +1,617 @@
+//! PostgreSQL streaming replication: observing, promoting, following,
+//! fencing and rewinding one local PostgreSQL server.
+//!
+//! Monitoring goes through one TCP connection (tokio-postgres), every query
+//! under `query_timeout`. Control goes through PostgreSQL's own tools
+//! (`pg_ctl`, `pg_rewind`, `pg_basebackup`, `pg_controldata`) run as the
+//! database's OS user.
+
+use super::{Engine, FollowOutcome, Observation, Upstream};
+use crate::config::DatabaseConfig;
+use crate::core::{DbHealth, DbRole, LocalObs};
+use crate::position::{diverged, parse_timeline_history, Lsn, Position, TimelineSwitch};
+use crate::proc;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+/// The heartbeat table's DDL, shipped in `sql/postgres/`.
+pub const HEARTBEAT_DDL: &str = include_str!("../../sql/postgres/heartbeat.sql");
+
+/// How long after `pg_ctl start` a missing server process still counts as
+/// "starting" rather than "down".
+const START_GRACE: Duration = Duration::from_secs(15);
+
+pub struct Postgres {
+    cfg: DatabaseConfig,
+    node: String,
+    promote_timeout: Duration,
+    client: Mutex<Option<Arc<Client>>>,
+    mem: StdMutex<Memory>,
+}
+
+/// What the engine remembers between observations.
+#[derive(Default)]
+struct Memory {
+    pid: Option<i32>,
+    /// The WAL receiver streamed since this server process started, so its
+    /// received LSN is real and not the start of an old segment.
+    streamed_since_start: bool,
+    last_streamed: Option<Instant>,
+    last_timeline: Option<u32>,
+    failed_checks: u32,
+    start_issued: Option<Instant>,
+    heartbeat_ready: bool,
+    history_cache: Option<(u32, Vec<TimelineSwitch>)>,
+}
+
+impl Postgres {
+    pub fn new(cfg: DatabaseConfig, node: &str, promote_timeout: Duration) -> Self {
+        Postgres { cfg, node: node.to_string(), promote_timeout, client: Mutex::new(None), mem: StdMutex::new(Memory::default()) }
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bin(&self, tool: &str) -> PathBuf {
+        self.cfg.bin_dir.join(tool)
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.cfg.log_file.clone().unwrap_or_else(|| {
+            let mut p = self.cfg.data_dir.clone().into_os_string();
+            p.push(".log");
+            PathBuf::from(p)
+        })
+    }
+
+    fn pg_config(&self, host: &str, port: u16, timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(host)
+            .port(port)
+            .user(&self.cfg.user)
+            .dbname(&self.cfg.dbname)
+            .connect_timeout(timeout)
+            .application_name("vigil");
+        if !self.cfg.password.is_empty() {
+            c.password(self.cfg.password.expose());
+        }
+        c
+    }
+
+    async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Client> {
+        let cfg = self.pg_config(host, port, timeout);
+        let (client, conn) = tokio::time::timeout(timeout + Duration::from_millis(100), cfg.connect(NoTls))
+            .await
+            .map_err(|_| anyhow!("no answer from {host}:{port} within {timeout:?}"))?
+            .map_err(describe_pg_error)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The monitoring connection, opened on demand.
+    async fn client(&self) -> Result<Arc<Client>> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(Arc::clone(c));
+            }
+        }
+        *guard = None;
+        let c = Arc::new(self.connect(&self.cfg.host, self.cfg.port, self.cfg.connect_timeout).await?);
+        *guard = Some(Arc::clone(&c));
+        Ok(c)
+    }
+
+    async fn drop_client(&self) {
+        *self.client.lock().await = None;
+    }
+
+    async fn query_one(&self, sql: &str) -> Result<tokio_postgres::Row> {
+        let c = self.client().await?;
+        match tokio::time::timeout(self.cfg.query_timeout, c.query_one(sql, &[])).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => {
+                if c.is_closed() {
+                    self.drop_client().await;
+                }
+                Err(describe_pg_error(e))
+            }
+            Err(_) => {
+                self.drop_client().await;
+                bail!("query did not answer within {:?}", self.cfg.query_timeout)
+            }
+        }
+    }
+
+    async fn execute(&self, sql: &str, limit: Duration) -> Result<()> {
+        let c = self.client().await?;
+        match tokio::time::timeout(limit, c.batch_execute(sql)).await {
+            Ok(r) => r.map_err(describe_pg_error),
+            Err(_) => {
+                self.drop_client().await;
+                bail!("statement did not finish within {limit:?}")
+            }
+        }
+    }
+
+    /// The postmaster PID from `postmaster.pid`, if that process is alive.
+    fn read_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        proc::alive(pid).then_some(pid)
+    }
+
+    fn timeline_history(&self, tli: u32) -> Vec<TimelineSwitch> {
+        if tli <= 1 {
+            return vec![];
+        }
+        if let Some((t, h)) = &self.mem().history_cache {
+            if *t == tli {
+                return h.clone();
+            }
+        }
+        let path = self.cfg.data_dir.join("pg_wal").join(format!("{tli:08X}.history"));
+        let h = std::fs::read_to_string(&path).ok().and_then(|t| parse_timeline_history(&t).ok()).unwrap_or_default();
+        self.mem().history_cache = Some((tli, h.clone()));
+        h
+    }
+
+    fn conninfo(&self, up: &Upstream) -> String {
+        let mut parts = vec![
+            format!("user={}", conn_quote(&self.cfg.replication_user)),
+            format!("host={}", conn_quote(&up.host)),
+            format!("port={}", up.port),
+            format!("application_name={}", conn_quote(&self.node)),
+            "connect_timeout=2".to_string(),
+            "keepalives=1 keepalives_idle=5 keepalives_interval=1 keepalives_count=3".to_string(),
+        ];
+        if !self.cfg.replication_password.is_empty() {
+            parts.push(format!("password={}", conn_quote(self.cfg.replication_password.expose())));
+        }
+        parts.join(" ")
+    }
+
+    async fn pg_ctl(&self, args: &[&str], limit: Duration) -> Result<String> {
+        let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_ctl"));
+        cmd.args(args).arg("-D").arg(&self.cfg.data_dir);
+        proc::run(cmd, &format!("pg_ctl {}", args.first().copied().unwrap_or("")), limit).await
+    }
+
+    /// Starts the server without waiting for it to accept connections; the
+    /// next observations report "starting" until it does.
+    async fn start_server(&self) -> Result<()> {
+        if self.read_pid().is_some() {
+            return Ok(());
+        }
+        let port = format!("-p {}", self.cfg.port);
+        let log = self.log_file();
+        self.pg_ctl(&["start", "-W", "-s", "-l", &log.to_string_lossy(), "-o", &port], Duration::from_secs(30)).await?;
+        self.mem().start_issued = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Stops the server: fast shutdown, then immediate if that hangs.
+    async fn stop_server(&self) -> Result<()> {
+        self.drop_client().await;
+        if self.read_pid().is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.pg_ctl(&["stop", "-s", "-m", "fast", "-w", "-t", "10"], Duration::from_secs(15)).await {
+            tracing::warn!("fast shutdown failed ({e:#}); using immediate shutdown");
+            self.pg_ctl(&["stop", "-s", "-m", "immediate", "-w", "-t", "10"], Duration::from_secs(15)).await?;
+        }
+        Ok(())
+    }
+
+    async fn controldata(&self) -> Result<ControlData> {
+        let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_controldata"));
+        cmd.arg("-D").arg(&self.cfg.data_dir).env("LC_ALL", "C");
+        let out = proc::run(cmd, "pg_controldata", Duration::from_secs(10)).await?;
+        ControlData::parse(&out)
+    }
+
+    /// Writes a file into the data directory, owned like the directory.
+    fn write_owned(&self, path: &Path, content: &str) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::write(path, content).with_context(|| format!("write {}", path.display()))?;
+        let meta = std::fs::metadata(&self.cfg.data_dir)?;
+        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
+        Ok(())
+    }
+
+    /// Sets a parameter in `postgresql.auto.conf` while the server is down.
+    fn set_auto_conf(&self, key: &str, value: &str) -> Result<()> {
+        let path = self.cfg.data_dir.join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut out: Vec<String> = old
+            .lines()
+            .filter(|l| l.split('=').next().map(|k| k.trim()) != Some(key))
+            .map(str::to_string)
+            .collect();
+        out.push(format!("{key} = '{}'", value.replace('\\', "\\\\").replace('\'', "''")));
+        self.write_owned(&path, &(out.join("\n") + "\n"))
+    }
+
+    fn make_standby(&self, up: Option<&Upstream>) -> Result<()> {
+        self.write_owned(&self.cfg.data_dir.join("standby.signal"), "")?;
+        let conninfo = up.map(|u| self.conninfo(u)).unwrap_or_default();
+        self.set_auto_conf("primary_conninfo", &conninfo)?;
+        self.set_auto_conf("recovery_target_timeline", "latest")
+    }
+
+    async fn rewind(&self, up: &Upstream) -> Result<String> {
+        let source = format!(
+            "host={} port={} user={} dbname={} connect_timeout=5",
+            conn_quote(&up.host),
+            up.port,
+            conn_quote(&self.cfg.user),
+            conn_quote(&self.cfg.dbname)
+        );
+        let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_rewind"));
+        cmd.arg("--target-pgdata").arg(&self.cfg.data_dir).arg("--source-server").arg(source);
+        if !self.cfg.password.is_empty() {
+            cmd.env("PGPASSWORD", self.cfg.password.expose());
+        }
+        let out = proc::run(cmd, "pg_rewind", Duration::from_secs(600)).await?;
+        Ok(if out.contains("no rewind required") { "no rewind required".into() } else { "rewound with pg_rewind".into() })
+    }
+
+    async fn base_backup(&self, up: &Upstream) -> Result<String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = &self.cfg.data_dir;
+        let meta = std::fs::metadata(data)?;
+        let mut aside = data.clone().into_os_string();
+        aside.push(format!(".vigil-old-{}", crate::dcs::now_ms() / 1000));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(data, &aside).with_context(|| format!("move {} aside", data.display()))?;
+        std::fs::create_dir(data)?;
+        std::os::unix::fs::chown(data, Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+        let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(data)
+            .args(["-h", &up.host, "-p", &up.port.to_string(), "-U", &self.cfg.replication_user, "-X", "stream", "-c", "fast"]);
+        if !self.cfg.replication_password.is_empty() {
+            cmd.env("PGPASSWORD", self.cfg.replication_password.expose());
+        }
+        proc::run(cmd, "pg_basebackup", Duration::from_secs(3600)).await?;
+        Ok(format!("took a fresh base backup from {} (old data kept in {})", up.node, aside.display()))
+    }
+}
+
+/// The parts of `pg_controldata` output vigil uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlData {
+    pub state: String,
+    pub checkpoint: Lsn,
+    pub timeline: u32,
+}
+
+impl ControlData {
+    pub fn parse(text: &str) -> Result<ControlData> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+                .ok_or_else(|| anyhow!("pg_controldata output lacks {name:?}"))
+        };
+        Ok(ControlData {
+            state: field("Database cluster state")?,
+            checkpoint: Lsn::parse(&field("Latest checkpoint location")?).map_err(|e| anyhow!(e))?,
+            timeline: field("Latest checkpoint's TimeLineID")?.parse().context("timeline")?,
+        })
+    }
+
+    /// Was the server running as a primary when it stopped?
+    pub fn was_primary(&self) -> bool {
+        !self.state.contains("recovery")
+    }
+}
+
+/// Quotes a libpq connection-string value.
+pub fn conn_quote(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
+        return v.to_string();
+    }
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Extracts host:port from a `primary_conninfo` string.
+pub fn conninfo_target(conninfo: &str) -> Option<String> {
+    let mut host = None;
+    let mut port = None;
+    for part in conninfo.split_whitespace() {
+        if let Some((k, v)) = part.split_once('=') {
+            let v = v.trim_matches('\'');
+            match k {
+                "host" | "hostaddr" => host = Some(v.to_string()),
+                "port" => port = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some(format!("{}:{}", host?, port.unwrap_or_else(|| "5432".into())))
+}
+
+/// tokio-postgres displays connect errors as "error connecting to server";
+/// the useful part is in the source chain.
+fn describe_pg_error(e: tokio_postgres::Error) -> anyhow::Error {
+    if let Some(db) = e.as_db_error() {
+        return anyhow!("{}: {}", db.code().code(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    anyhow!(msg)
+}
+
+fn is_starting(msg: &str) -> bool {
+    ["starting up", "shutting down", "not yet accepting", "in recovery mode", "57P03"].iter().any(|m| msg.contains(m))
+}
+
+const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
+  CASE WHEN pg_is_in_recovery() THEN NULL
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int END,
+  pg_last_wal_receive_lsn()::text,
+  pg_last_wal_replay_lsn()::text,
+  (SELECT status FROM pg_stat_wal_receiver),
+  (SELECT received_tli FROM pg_stat_wal_receiver),
+  (SELECT timeline_id FROM pg_control_checkpoint()),
+  current_setting('primary_conninfo'),
+  CASE WHEN pg_is_in_recovery() THEN false
+       ELSE coalesce((SELECT bool_or(flush_lsn >= pg_current_wal_flush_lsn()) FROM pg_stat_replication), false) END,
+  to_regclass('vigil.heartbeat') IS NOT NULL";
+
+const LAG_SQL: &str = "SELECT EXTRACT(EPOCH FROM (clock_timestamp() - ts))::float8 FROM vigil.heartbeat WHERE id = 1";
+
+impl Engine for Postgres {
+    async fn observe(&self) -> Observation {
+        let mut obs = Observation {
+            local: LocalObs {
+                health: DbHealth::Down,
+                failed_checks: 0,
+                role: None,
+                position: None,
+                streaming: false,
+                last_streamed_ago: None,
+                replica_caught_up: false,
+            },
+            receive_lsn: None,
+            replay_lsn: None,
+            upstream: None,
+            lag_seconds: None,
+            timeline_history: vec![],
+            error: None,
+        };
+        let pid = self.read_pid();
+        {
+            let mut m = self.mem();
+            if m.pid != pid {
+                // A new server process: what the old one streamed says nothing.
+                m.pid = pid;
+                m.streamed_since_start = false;
+                m.heartbeat_ready = false;
+            }
+            obs.local.last_streamed_ago = m.last_streamed.map(|t| t.elapsed());
+            if pid.is_none() {
+                let starting = m.start_issued.is_some_and(|t| t.elapsed() < START_GRACE);
+                obs.local.health = if starting { DbHealth::Starting } else { DbHealth::Down };
+                obs.error = Some("no server process".into());
+                m.failed_checks = 0;
+                return obs;
+            }
+        }
+        let row = match self.query_one(OBSERVE_SQL).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if is_starting(&msg) {
+                    obs.local.health = DbHealth::Starting;
+                } else {
+                    let mut m = self.mem();
+                    m.failed_checks += 1;
+                    obs.local.health = DbHealth::Unresponsive;
+                    obs.local.failed_checks = m.failed_checks;
+                }
+                obs.error = Some(msg);
+                return obs;
+            }
+        };
+        let in_recovery: bool = row.get(0);
+        let flush: Option<String> = row.get(1);
+        let cur_tli: Option<i32> = row.get(2);
+        let receive = row.get::<_, Option<String>>(3).and_then(|s| Lsn::parse(&s).ok());
+        let replay = row.get::<_, Option<String>>(4).and_then(|s| Lsn::parse(&s).ok());
+        let wr_status: Option<String> = row.get(5);
+        let wr_tli: Option<i32> = row.get(6);
+        let ckpt_tli: Option<i32> = row.get(7);
+        let conninfo: String = row.get(8);
+        let caught_up: bool = row.get(9);
+        let has_heartbeat: bool = row.get(10);
+
+        obs.local.health = DbHealth::Running;
+        obs.receive_lsn = receive;
+        obs.replay_lsn = replay;
+        {
+        let mut m = self.mem();
+        m.failed_checks = 0;
+        m.start_issued = None;
+        if in_recovery {
+            obs.local.role = Some(DbRole::Replica);
+            let streaming = wr_status.as_deref() == Some("streaming");
+            if streaming {
+                m.streamed_since_start = true;
+                m.last_streamed = Some(Instant::now());
+                obs.local.last_streamed_ago = Some(Duration::ZERO);
+            }
+            if let Some(t) = wr_tli {
+                m.last_timeline = Some(t as u32);
+            }
+            let tli = wr_tli.map(|t| t as u32).or(m.last_timeline).or(ckpt_tli.map(|t| t as u32)).unwrap_or(1);
+            let received = if m.streamed_since_start { receive } else { None };
+            let lsn = match (received, replay) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            obs.local.position = lsn.map(|lsn| Position { timeline: tli, lsn });
+            obs.local.streaming = streaming;
+            obs.upstream = conninfo_target(&conninfo);
+        } else {
+            obs.local.role = Some(DbRole::Primary);
+            let tli = cur_tli.map(|t| t as u32).unwrap_or(1);
+            m.last_timeline = Some(tli);
+            obs.local.position = flush.and_then(|s| Lsn::parse(&s).ok()).map(|lsn| Position { timeline: tli, lsn });
+            obs.local.replica_caught_up = caught_up;
+        }
+        }
+        if let (Some(DbRole::Primary), Some(p)) = (obs.local.role, obs.local.position) {
+            obs.timeline_history = self.timeline_history(p.timeline);
+        }
+        if in_recovery && has_heartbeat {
+            if let Ok(row) = self.query_one(LAG_SQL).await {
+                obs.lag_seconds = row.get::<_, Option<f64>>(0).map(|s| s.max(0.0));
+            }
+        }
+        obs
+    }
+
+    fn server_pid(&self) -> Option<i32> {
+        self.read_pid()
+    }
+
+    async fn write_heartbeat(&self, node: &str, term: i64) -> Result<()> {
+        let ready = self.mem().heartbeat_ready;
+        if !ready {
+            self.execute(HEARTBEAT_DDL, self.cfg.query_timeout * 3).await.context("create vigil.heartbeat")?;
+            self.mem().heartbeat_ready = true;
+        }
+        let sql = format!(
+            "BEGIN; SET LOCAL synchronous_commit TO local;
+             INSERT INTO vigil.heartbeat (id, node, term, ts) VALUES (1, '{}', {term}, now())
+             ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, term = EXCLUDED.term, ts = EXCLUDED.ts;
+             COMMIT;",
+            node.replace('\'', "''")
+        );
+        self.execute(&sql, self.cfg.query_timeout).await.context("write heartbeat")
+    }
+
+    async fn promote(&self) -> Result<()> {
+        let started = Instant::now();
+        self.query_one("SELECT pg_promote(false)").await.context("pg_promote")?;
+        // pg_promote(true) polls only every 100 ms; poll faster ourselves.
+        loop {
+            if let Ok(row) = self.query_one("SELECT pg_is_in_recovery()").await {
+                if !row.get::<_, bool>(0) {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > self.promote_timeout {
+                bail!("promotion did not finish within {:?}", self.promote_timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn fence(&self) -> Result<()> {
+        self.stop_server().await.context("stop for fencing")?;
+        self.make_standby(None)?;
+        self.start_server().await.context("start fenced as a read-only replica")
+    }
+
+    async fn restart_in_place(&self) -> Result<()> {
+        self.start_server().await
+    }
+
+    async fn follow(&self, up: &Upstream, obs: &Observation) -> Result<FollowOutcome> {
+        if let (Some(leader_tli), Some(mine)) = (up.timeline, obs.local.position) {
+            if diverged(mine, leader_tli, &up.history) {
+                return Ok(FollowOutcome::Diverged);
+            }
+        }
+        let want = self.conninfo(up);
+        let row = self.query_one("SELECT current_setting('primary_conninfo')").await?;
+        let have: String = row.get(0);
+        if have == want {
+            return Ok(FollowOutcome::Unchanged);
+        }
+        let literal = want.replace('\'', "''");
+        self.execute(&format!("ALTER SYSTEM SET primary_conninfo = '{literal}'"), self.cfg.query_timeout * 3).await?;
+        self.execute("SELECT pg_reload_conf()", self.cfg.query_timeout).await?;
+        Ok(FollowOutcome::Repointed)
+    }
+
+    async fn rejoin(&self, up: &Upstream) -> Result<String> {
+        self.stop_server().await?;
+        let cd = self.controldata().await?;
+        let needs_rewind = cd.was_primary() || up.timeline.is_some_and(|t| t != cd.timeline);
+        let mut what = String::from("restarted as a replica");
+        if needs_rewind {
+            what = match self.rewind(up).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "pg_rewind failed; falling back to a fresh base backup");
+                    self.base_backup(up).await.context("base backup after a failed pg_rewind")?
+                }
+            };
+        }
+        self.make_standby(Some(up))?;
+        self.start_server().await?;
+        Ok(format!("{what}; streaming from {}", up.node))
+    }
+
+    async fn stop_for_switchover(&self) -> Result<Lsn> {
+        self.stop_server().await?;
+        Ok(self.controldata().await?.checkpoint)
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.start_server().await
+    }
+
+    async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {
+        let timeout = self.cfg.connect_timeout.min(Duration::from_secs(1));
+        let client = self.connect(host, port, timeout).await.ok()?;
+        let row = tokio::time::timeout(self.cfg.query_timeout, client.query_one("SELECT pg_is_in_recovery()", &[])).await.ok()?.ok()?;
+        Some(!row.get::<_, bool>(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(conn_quote("127.0.0.1"), "127.0.0.1");
+        assert_eq!(conn_quote("it's"), r"'it\'s'");
+        assert_eq!(conn_quote(""), "''");
+        assert_eq!(conn_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn conninfo_target_reads_host_and_port() {
+        assert_eq!(conninfo_target("user=r host=127.0.0.1 port=5433 application_name=pg2").as_deref(), Some("127.0.0.1:5433"));
+        assert_eq!(conninfo_target("host='db1'").as_deref(), Some("db1:5432"));
+        assert_eq!(conninfo_target(""), None);
+    }
+
+    #[test]
+    fn controldata_parses() {
+        let text = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000060\nLatest checkpoint's TimeLineID:       2\n";
+        let cd = ControlData::parse(text).unwrap();
+        assert_eq!(cd.timeline, 2);
+        assert_eq!(cd.checkpoint.to_string(), "0/3000060");
+        assert!(cd.was_primary());
+        assert!(!ControlData { state: "shut down in recovery".into(), ..cd }.was_primary());
+    }
+}

@@ -1,0 +1,583 @@
+//! The HA loop: once per `loop` (or at once when etcd's leader key changes
+//! or the local database process dies) it observes, asks the decision core
+//! what to do, does it, and publishes the result.
+//!
+//! ```text
+//! observe own db ─┐
+//! read etcd ──────┼─> core::decide ─> execute actions ─> put member key
+//! renew lease ────┤                                   └> status snapshot (API)
+//! probe peers* ───┘        (* only while the leader key is vacant)
+//! ```
+
+use crate::config::Config;
+use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaseState, LeaderKey, PeerObs, Policy, Request, View};
+use crate::dcs::{now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, LeaderRecord, MemberRecord, RequestRecord, Step};
+use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
+use crate::position::{Lsn, Position};
+use crate::status::Shared;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+pub struct Ha<E: Engine, D: Dcs> {
+    cfg: Config,
+    policy: Policy,
+    engine: Arc<E>,
+    dcs: Arc<D>,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    http: reqwest::Client,
+    /// Every member ever seen, so that a vanished leader can still be probed.
+    known: BTreeMap<String, MemberRecord>,
+    last_leader: Option<String>,
+    last_primary_position: Option<Position>,
+    last_renewal: Option<Instant>,
+    term: Option<i64>,
+    leader_lost_ms: Option<u64>,
+    restart_started: Option<Instant>,
+    not_streaming_since: Option<Instant>,
+    last_state: String,
+    last_refusal: Option<String>,
+    /// The heartbeat write of this iteration succeeded (leader only).
+    heartbeat_ok: bool,
+}
+
+impl<E: Engine, D: Dcs> Ha<E, D> {
+    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, shared: Arc<Shared>, wake: Arc<Notify>) -> Self {
+        let policy = Policy {
+            ttl: cfg.timing.ttl,
+            safety_margin: cfg.timing.safety_margin,
+            hold_down: cfg.timing.hold_down,
+            fall: cfg.timing.fall,
+            priority: cfg.failover.priority,
+            max_lag_on_failover: cfg.failover.max_lag_on_failover,
+            on_primary_crash: cfg.failover.on_primary_crash,
+            restart_budget: cfg.failover.restart_budget,
+            switchover_timeout: cfg.failover.switchover_timeout,
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
+        Ha {
+            cfg,
+            policy,
+            engine,
+            dcs,
+            shared,
+            wake,
+            http,
+            known: BTreeMap::new(),
+            last_leader: None,
+            last_primary_position: None,
+            last_renewal: None,
+            term: None,
+            leader_lost_ms: None,
+            restart_started: None,
+            not_streaming_since: None,
+            last_state: String::new(),
+            last_refusal: None,
+            heartbeat_ok: false,
+        }
+    }
+
+    /// Runs until the process is told to stop.
+    pub async fn run(mut self) {
+        self.spawn_process_watch();
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.iterate().await {
+                tracing::warn!(error = %format!("{e:#}"), "loop iteration failed");
+            }
+            let rest = self.cfg.timing.loop_wait.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Watches the local server process and wakes the loop the moment it
+    /// dies, so a crash is handled in milliseconds rather than after polls.
+    fn spawn_process_watch(&self) {
+        let engine = Arc::clone(&self.engine);
+        let wake = Arc::clone(&self.wake);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let pid = engine.server_pid();
+                if last.is_some() && pid != last {
+                    wake.notify_one();
+                }
+                last = pid;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    async fn iterate(&mut self) -> Result<()> {
+        self.heartbeat_ok = false;
+        let obs = self.engine.observe().await;
+        let loaded = self.dcs.load().await;
+        let (cluster, dcs_error) = match loaded {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        if let Some(c) = &cluster {
+            self.remember(c);
+        }
+        self.renew_lease(cluster.as_ref()).await;
+
+        let vacant = cluster.as_ref().is_some_and(|c| c.leader.is_none());
+        if vacant && self.leader_lost_ms.is_none() {
+            self.leader_lost_ms = Some(now_ms());
+        }
+        if !vacant {
+            self.leader_lost_ms = None;
+        }
+        let peers = if vacant { self.probe_peers().await } else { vec![] };
+        let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
+        let decision = core::decide(&inputs);
+        self.log_decision(&decision);
+
+        let mut outcome = Ok(());
+        for action in &decision.actions {
+            if let Err(e) = self.execute(action, &obs, cluster.as_ref(), &peers, &decision).await {
+                tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
+                outcome = Err(e);
+                break;
+            }
+        }
+        if obs.local.health == crate::core::DbHealth::Running {
+            self.restart_started = None;
+        }
+        self.publish(&obs, cluster, dcs_error, &decision).await;
+        outcome
+    }
+
+    fn remember(&mut self, c: &ClusterState) {
+        for (name, m) in &c.members {
+            self.known.insert(name.clone(), m.clone());
+        }
+        if let Some(l) = &c.leader {
+            self.last_leader = Some(l.node.clone());
+            if let Some(m) = c.members.get(&l.node) {
+                if m.role == Some(crate::core::DbRole::Primary) && m.position.is_some() {
+                    self.last_primary_position = m.position;
+                }
+            }
+        }
+    }
+
+    async fn renew_lease(&mut self, cluster: Option<&ClusterState>) {
+        if !self.dcs.holds_leader() {
+            return;
+        }
+        // The key names someone else: our lease no longer guards anything.
+        if let Some(c) = cluster {
+            if c.leader.as_ref().is_some_and(|l| l.node != self.cfg.node) || c.leader.is_none() {
+                tracing::warn!("leader key is no longer ours; dropping the lease");
+                self.dcs.forget_leader();
+                self.last_renewal = None;
+                return;
+            }
+        }
+        match self.dcs.renew_leader().await {
+            Ok(true) => self.last_renewal = Some(Instant::now()),
+            Ok(false) => {
+                tracing::error!("leader lease expired");
+                self.last_renewal = None;
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease"),
+        }
+    }
+
+    /// Fresh looks at every other member: its database (writable?) and its
+    /// sidecar (position, eligibility), in parallel.
+    async fn probe_peers(&self) -> Vec<PeerObs> {
+        let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
+            let m = m.clone();
+            async move {
+                let writable = self.engine.probe_writable(&m.db_host, m.db_port).await;
+                let fresh = self.fetch_member(&m.api_url).await;
+                let rec = fresh.or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
+                PeerObs {
+                    node: m.node.clone(),
+                    db_writable: writable,
+                    candidate: rec.map(|r| Candidate {
+                        position: r.position,
+                        priority: r.priority,
+                        eligible: r.eligible,
+                        is_primary: r.role == Some(crate::core::DbRole::Primary) && r.health == crate::core::DbHealth::Running,
+                    }),
+                }
+            }
+        });
+        futures_util::future::join_all(futs).await
+    }
+
+    async fn fetch_member(&self, api_url: &str) -> Option<MemberRecord> {
+        let r = self.http.get(format!("{api_url}/member?fresh=1")).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    fn inputs(&self, obs: &Observation, cluster: Option<&ClusterState>, peers: Vec<PeerObs>) -> Inputs {
+        let view = cluster.map(|c| View {
+            leader: c.leader.as_ref().map(|l| LeaderKey { node: l.node.clone(), term: c.term.unwrap_or(0) }),
+            paused: c.pause.is_some(),
+            request: c.request.as_ref().map(|r| Request {
+                kind: r.kind,
+                from: r.from.clone(),
+                to: r.to.clone(),
+                allow_data_loss: r.allow_data_loss,
+                age: Duration::from_millis(now_ms().saturating_sub(r.requested_ms)),
+            }),
+            last_failover_age: c
+                .last_history
+                .as_ref()
+                .filter(|h| h.is_automatic_failover())
+                .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
+            last_primary_position: self.last_primary_position,
+        });
+        Inputs {
+            me: self.cfg.node.clone(),
+            policy: self.policy.clone(),
+            local: obs.local.clone(),
+            view,
+            lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.last_renewal.map(|t| t.elapsed()) },
+            peers,
+            crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
+        }
+    }
+
+    fn log_decision(&mut self, d: &Decision) {
+        if d.state != self.last_state {
+            tracing::info!(state = %d.state, "state");
+            self.last_state = d.state.clone();
+        }
+        if d.refusal != self.last_refusal {
+            if let Some(r) = &d.refusal {
+                tracing::warn!(reason = %r, "refusing to fail over");
+            }
+            self.last_refusal = d.refusal.clone();
+        }
+    }
+
+    fn upstream(&self, leader: &str) -> Result<Upstream> {
+        let m = self.known.get(leader).with_context(|| format!("no member record for leader {leader}"))?;
+        Ok(Upstream {
+            node: m.node.clone(),
+            host: m.db_host.clone(),
+            port: m.db_port,
+            timeline: m.position.filter(|_| m.role == Some(crate::core::DbRole::Primary)).map(|p| p.timeline),
+            history: m.timeline_history.clone(),
+        })
+    }
+
+    async fn execute(&mut self, action: &Action, obs: &Observation, cluster: Option<&ClusterState>, peers: &[PeerObs], d: &Decision) -> Result<()> {
+        let node = self.cfg.node.clone();
+        match action {
+            Action::AdoptLeader => {
+                let lease = cluster.and_then(|c| c.leader_lease).context("leader key has no lease")?;
+                if !self.dcs.adopt_leader(lease).await? {
+                    bail!("the leader key's lease expired before it could be adopted");
+                }
+                self.term = cluster.and_then(|c| c.term);
+                self.last_renewal = Some(Instant::now());
+                tracing::info!(term = ?self.term, "adopted the leader key of an earlier process of this node");
+            }
+            Action::WriteHeartbeat => {
+                let term = self.term.or(cluster.and_then(|c| c.term)).unwrap_or(0);
+                self.engine.write_heartbeat(&node, term).await?;
+                self.heartbeat_ok = true;
+            }
+            Action::AcquireLeader => {
+                let rec = LeaderRecord { node: node.clone(), since_ms: now_ms() };
+                match self.dcs.acquire_leader(&rec).await? {
+                    Some(term) => {
+                        self.term = Some(term);
+                        self.last_renewal = Some(Instant::now());
+                        tracing::info!(term, "took the leader key");
+                        if obs.local.writable() {
+                            self.record_retake(cluster, term).await;
+                        }
+                    }
+                    None => bail!("another node took the leader key first"),
+                }
+            }
+            Action::Promote => {
+                let acquired_ms = now_ms();
+                let t0 = Instant::now();
+                if let Err(e) = self.engine.promote().await {
+                    tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
+                    let _ = self.dcs.release_leader().await;
+                    return Err(e);
+                }
+                let promoted_ms = now_ms();
+                let term = self.term.unwrap_or(0);
+                self.engine.write_heartbeat(&node, term).await.context("first write after promotion")?;
+                self.heartbeat_ok = true;
+                let writable_ms = now_ms();
+                tracing::info!(term, promote_ms = t0.elapsed().as_millis() as u64, "promoted; accepting writes");
+                self.shared.update(|s| {
+                    s.writable_leader = true;
+                    s.promotions += 1;
+                });
+                self.record_promotion(obs, cluster, peers, d, term, acquired_ms, promoted_ms, writable_ms).await;
+            }
+            Action::ReleaseLeader { reason } => {
+                tracing::warn!(%reason, "releasing the leader key");
+                self.shared.update(|s| s.writable_leader = false);
+                self.dcs.release_leader().await?;
+                self.last_renewal = None;
+            }
+            Action::Fence { reason } => {
+                tracing::error!(%reason, "fencing the local database (read-only)");
+                self.shared.update(|s| s.writable_leader = false);
+                self.dcs.forget_leader();
+                self.last_renewal = None;
+                self.engine.fence().await?;
+            }
+            Action::RestartInPlace => {
+                tracing::warn!("primary database is down; restarting it in place");
+                self.restart_started = Some(Instant::now());
+                self.engine.restart_in_place().await?;
+            }
+            Action::Rejoin { leader } => {
+                let up = self.upstream(leader)?;
+                tracing::info!(%leader, "rejoining as a replica");
+                let what = self.engine.rejoin(&up).await?;
+                tracing::info!(%leader, "{what}");
+            }
+            Action::Follow { leader } => {
+                let up = self.upstream(leader)?;
+                match self.engine.follow(&up, obs).await? {
+                    FollowOutcome::Unchanged => {}
+                    FollowOutcome::Repointed => tracing::info!(%leader, "re-pointed replication to the new primary"),
+                    FollowOutcome::Diverged => {
+                        tracing::warn!(%leader, "timeline diverged from the new primary; rewinding");
+                        let what = self.engine.rejoin(&up).await?;
+                        tracing::info!(%leader, "{what}");
+                    }
+                }
+                self.check_stuck_replica(&up, obs).await?;
+            }
+            Action::HandOver { to } => self.hand_over(to, cluster).await?,
+            Action::ClearRequest { reason } => {
+                tracing::info!(%reason, "clearing the switchover/failover request");
+                self.dcs.set_request(None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A replica pointed at a healthy leader that has not streamed for a
+    /// whole `ttl` has most likely diverged in a way the position check
+    /// could not see: rewind it.
+    async fn check_stuck_replica(&mut self, up: &Upstream, obs: &Observation) -> Result<()> {
+        let pointed = obs.upstream.as_deref() == Some(&format!("{}:{}", up.host, up.port));
+        let leader_ok = self.known.get(&up.node).is_some_and(|m| m.health == crate::core::DbHealth::Running);
+        if obs.local.streaming || !pointed || !leader_ok {
+            self.not_streaming_since = None;
+            return Ok(());
+        }
+        let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.cfg.timing.ttl {
+            tracing::warn!(leader = %up.node, "not streaming from a healthy primary for {:?}; rewinding", since.elapsed());
+            self.not_streaming_since = None;
+            let what = self.engine.rejoin(up).await?;
+            tracing::info!(leader = %up.node, "{what}");
+        }
+        Ok(())
+    }
+
+    /// Planned switchover on the leader: stop writes (clean shutdown, which
+    /// sends all WAL to connected replicas), check the target has all of
+    /// it, then release the key to the target. Any doubt: start again as
+    /// primary and keep the key.
+    async fn hand_over(&mut self, to: &str, cluster: Option<&ClusterState>) -> Result<()> {
+        let c = cluster.context("no cluster view")?;
+        let target = c.members.get(to).cloned();
+        let ready = target.as_ref().is_some_and(|t| t.health == crate::core::DbHealth::Running && t.role == Some(crate::core::DbRole::Replica) && t.streaming);
+        if !ready {
+            tracing::warn!(%to, "switchover refused: target is not a streaming replica");
+            self.dcs.set_request(None).await?;
+            bail!("switchover to {to} refused: it is not a healthy streaming replica");
+        }
+        let target = target.expect("checked");
+        let mut steps = vec![Step { name: "switchover started".into(), at_ms: now_ms(), detail: None }];
+        self.shared.update(|s| s.writable_leader = false);
+        let checkpoint = self.engine.stop_for_switchover().await?;
+        steps.push(Step { name: "writes stopped".into(), at_ms: now_ms(), detail: Some(format!("shutdown checkpoint {checkpoint}")) });
+        let deadline = Instant::now() + self.cfg.failover.switchover_timeout;
+        loop {
+            let caught_up = self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l > checkpoint);
+            if caught_up {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::error!(%to, "switchover abandoned: target did not receive the shutdown checkpoint; starting again as primary");
+                self.engine.start().await?;
+                self.dcs.set_request(None).await?;
+                bail!("switchover to {to} abandoned: it did not catch up within switchover_timeout");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        steps.push(Step { name: "target has all WAL".into(), at_ms: now_ms(), detail: None });
+        if let Some(mut req) = c.request.clone() {
+            steps.push(Step { name: "leader key released".into(), at_ms: now_ms(), detail: None });
+            req.steps = steps;
+            // Hand the steps to the target for its history record; then release.
+            let _ = self.dcs.set_request(Some(req)).await;
+        }
+        self.dcs.release_leader().await?;
+        self.last_renewal = None;
+        tracing::info!(%to, "switchover: leader key released to the target");
+        Ok(())
+    }
+
+    async fn record_retake(&mut self, cluster: Option<&ClusterState>, term: i64) {
+        if cluster.is_some_and(|c| c.last_history.is_none()) {
+            let rec = HistoryRecord {
+                term,
+                kind: "bootstrap".into(),
+                reason: "first leader of the cluster".into(),
+                old_primary: None,
+                new_primary: self.cfg.node.clone(),
+                at_ms: now_ms(),
+                steps: vec![Step { name: "leader key acquired".into(), at_ms: now_ms(), detail: None }],
+                candidates: vec![],
+                old_position: None,
+                new_position: None,
+            };
+            if let Err(e) = self.dcs.put_history(&rec).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not write history");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_promotion(
+        &mut self,
+        obs: &Observation,
+        cluster: Option<&ClusterState>,
+        peers: &[PeerObs],
+        d: &Decision,
+        term: i64,
+        acquired_ms: u64,
+        promoted_ms: u64,
+        writable_ms: u64,
+    ) {
+        let req: Option<RequestRecord> = cluster.and_then(|c| c.request.clone()).filter(|r| r.to == self.cfg.node);
+        let kind = match req.as_ref().map(|r| r.kind) {
+            Some(crate::core::RequestKind::Switchover) => "switchover",
+            Some(crate::core::RequestKind::Failover) => "manual_failover",
+            None => "failover",
+        };
+        let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
+        if let Some(ms) = self.leader_lost_ms {
+            steps.push(Step { name: "leader key seen vacant".into(), at_ms: ms, detail: None });
+        }
+        steps.push(Step { name: "leader key acquired".into(), at_ms: acquired_ms, detail: Some(format!("term {term}")) });
+        steps.push(Step { name: "promoted".into(), at_ms: promoted_ms, detail: None });
+        steps.push(Step { name: "accepting writes".into(), at_ms: writable_ms, detail: None });
+        steps.sort_by_key(|s| s.at_ms);
+        let mut candidates = vec![CandidateRecord {
+            node: self.cfg.node.clone(),
+            position: obs.local.position,
+            eligible: d.eligibility.eligible,
+            reason: d.eligibility.reason.clone(),
+        }];
+        for p in peers {
+            let known = self.known.get(&p.node);
+            candidates.push(CandidateRecord {
+                node: p.node.clone(),
+                position: p.candidate.as_ref().and_then(|c| c.position),
+                eligible: p.candidate.as_ref().is_some_and(|c| c.eligible),
+                reason: match (&p.candidate, p.db_writable) {
+                    (None, _) => Some("sidecar unreachable".into()),
+                    (_, None) => Some("database unreachable".into()),
+                    _ => known.and_then(|k| k.ineligible_reason.clone()),
+                },
+            });
+        }
+        let reason = match kind {
+            "switchover" => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
+            "manual_failover" => format!("manual failover to {}", self.cfg.node),
+            _ => format!("leader key of {} vacant", self.last_leader.clone().unwrap_or_else(|| "?".into())),
+        };
+        let rec = HistoryRecord {
+            term,
+            kind: kind.into(),
+            reason,
+            old_primary: self.last_leader.clone().filter(|l| *l != self.cfg.node),
+            new_primary: self.cfg.node.clone(),
+            at_ms: writable_ms,
+            steps,
+            candidates,
+            old_position: self.last_primary_position,
+            new_position: obs.local.position,
+        };
+        if let Err(e) = self.dcs.put_history(&rec).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the history record");
+        }
+        if req.is_some() {
+            let _ = self.dcs.set_request(None).await;
+        }
+    }
+
+    async fn publish(&mut self, obs: &Observation, cluster: Option<ClusterState>, dcs_error: Option<String>, d: &Decision) {
+        let holds = self.dcs.holds_leader();
+        let leading = holds && cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node);
+        let lag_bytes = match (self.last_primary_position, obs.local.position, obs.local.role) {
+            (Some(p), Some(m), Some(crate::core::DbRole::Replica)) if p.timeline == m.timeline => Some(p.lsn.0.saturating_sub(m.lsn.0)),
+            _ => None,
+        };
+        let rec = MemberRecord {
+            node: self.cfg.node.clone(),
+            api_url: self.cfg.api.url(),
+            db_host: self.cfg.database.host.clone(),
+            db_port: self.cfg.database.port,
+            health: obs.local.health,
+            role: obs.local.role,
+            position: obs.local.position,
+            receive_lsn: obs.receive_lsn,
+            replay_lsn: obs.replay_lsn,
+            streaming: obs.local.streaming,
+            upstream: obs.upstream.clone(),
+            lag_seconds: obs.lag_seconds,
+            lag_bytes,
+            timeline_history: obs.timeline_history.clone(),
+            priority: self.cfg.failover.priority,
+            eligible: d.eligibility.eligible,
+            ineligible_reason: d.eligibility.reason.clone(),
+            state: d.state.clone(),
+            refusal: d.refusal.clone(),
+            term: if leading { self.term } else { None },
+            paused: cluster.as_ref().is_some_and(|c| c.pause.is_some()),
+            updated_ms: now_ms(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let put = if cluster.is_some() { self.dcs.put_member(&rec).await.err().map(|e| format!("{e:#}")) } else { None };
+        if let Some(e) = &put {
+            tracing::warn!(error = %e, "could not publish the member key");
+        }
+        let writable = leading && self.heartbeat_ok;
+        let ok = cluster.is_some();
+        self.shared.update(|s| {
+            s.me = Some(rec);
+            if let Some(c) = cluster {
+                s.cluster = c;
+                s.dcs_last_ok_ms = now_ms();
+            }
+            s.dcs_ok = ok;
+            s.dcs_error = dcs_error.or(put);
+            s.holds_leader = holds;
+            s.term = if leading { self.term } else { s.cluster.term };
+            s.writable_leader = writable;
+            s.last_loop_ms = now_ms();
+        });
+    }
+}

@@ -1,0 +1,454 @@
+//! The local lab: etcd plus a PostgreSQL 15 cluster (one primary, the rest
+//! replicas from pg_basebackup) plus one `vigil run` sidecar per node, all
+//! on 127.0.0.1 high ports under one work directory. `vigil lab up` and the
+//! integration tests build clusters with this same code.
+//!
+//! Every process the lab starts is recorded in `lab.json` by PID, and
+//! `down` stops exactly those (PostgreSQL through `pg_ctl -D`, which
+//! signals the PID in that data directory's `postmaster.pid`).
+
+use crate::dcs::{ClusterState, Dcs, EtcdDcs};
+use crate::proc;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_DIR: &str = "/tmp/vigil-lab";
+pub const DEFAULT_BASE_PORT: u16 = 25400;
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub dir: PathBuf,
+    pub cluster: String,
+    pub nodes: usize,
+    pub base_port: u16,
+    pub vigil_bin: PathBuf,
+    /// Extra TOML appended to every sidecar's config (timing, failover).
+    pub extra_config: String,
+    pub on_primary_crash: String,
+}
+
+impl LabSpec {
+    pub fn new(dir: impl Into<PathBuf>, base_port: u16, vigil_bin: impl Into<PathBuf>) -> Self {
+        LabSpec {
+            dir: dir.into(),
+            cluster: "lab".into(),
+            nodes: 3,
+            base_port,
+            vigil_bin: vigil_bin.into(),
+            extra_config: String::new(),
+            on_primary_crash: "auto".into(),
+        }
+    }
+}
+
+/// One node of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    pub name: String,
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub sidecar_pid: Option<i32>,
+}
+
+/// A running lab, as recorded in `<dir>/lab.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub cluster: String,
+    pub etcd_port: u16,
+    pub etcd_pid: Option<i32>,
+    pub vigil_bin: PathBuf,
+    pub nodes: Vec<LabNode>,
+    /// Sidecars started by this process, kept so they can be reaped.
+    #[serde(skip)]
+    children: Vec<(i32, Child)>,
+}
+
+fn sh(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(program));
+    c
+}
+
+fn chown_postgres(path: &Path) -> Result<()> {
+    sh(Command::new("chown").arg("-R").arg("postgres:postgres").arg(path), "chown")?;
+    Ok(())
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Finds a base port with `span` free ports above it (tests run side by side).
+pub fn free_base_port(span: u16) -> u16 {
+    let seed = (std::process::id() as u64 ^ crate::dcs::now_ms()) % 2000;
+    let mut base = 30000 + (seed as u16) * 10;
+    loop {
+        if (0..span).all(|i| port_free(base + i)) {
+            return base;
+        }
+        base = if base > 60000 { 30000 } else { base + span + 7 };
+    }
+}
+
+impl Lab {
+    pub fn state_file(dir: &Path) -> PathBuf {
+        dir.join("lab.json")
+    }
+
+    /// Loads a lab started earlier (by `vigil lab up`).
+    pub fn load(dir: &Path) -> Result<Lab> {
+        let text = std::fs::read_to_string(Self::state_file(dir)).with_context(|| format!("no lab in {} (run `vigil lab up`)", dir.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn save(&self) -> Result<()> {
+        std::fs::write(Self::state_file(&self.dir), serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
+    /// Builds and starts the whole lab, reporting progress through `say`.
+    pub fn up(spec: &LabSpec, say: &dyn Fn(&str)) -> Result<Lab> {
+        if Self::state_file(&spec.dir).exists() {
+            bail!("a lab is already recorded in {} (run `vigil lab down` first)", spec.dir.display());
+        }
+        for tool in ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind"] {
+            if !Path::new(PG_BIN).join(tool).exists() {
+                bail!("{PG_BIN}/{tool} not found: install postgresql-15");
+            }
+        }
+        if Command::new("etcd").arg("--version").output().is_err() {
+            bail!("etcd not found: install etcd-server");
+        }
+        let ports: Vec<u16> = (0..(20 + spec.nodes as u16)).map(|i| spec.base_port + i).collect();
+        if let Some(p) = ports.iter().find(|p| !port_free(**p)) {
+            bail!("port {p} is in use; choose another --base-port");
+        }
+        std::fs::create_dir_all(&spec.dir)?;
+        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o755))?;
+        let run_dir = spec.dir.join("run");
+        std::fs::create_dir_all(&run_dir)?;
+        chown_postgres(&run_dir)?;
+
+        let mut lab = Lab {
+            dir: spec.dir.clone(),
+            cluster: spec.cluster.clone(),
+            etcd_port: spec.base_port,
+            etcd_pid: None,
+            vigil_bin: spec.vigil_bin.clone(),
+            nodes: vec![],
+            children: vec![],
+        };
+        for i in 0..spec.nodes {
+            let name = format!("pg{}", i + 1);
+            let dir = spec.dir.join(&name);
+            lab.nodes.push(LabNode {
+                pg_port: spec.base_port + 10 + i as u16,
+                api_port: spec.base_port + 10 + spec.nodes as u16 + i as u16,
+                data_dir: dir.join("data"),
+                config: dir.join("vigil.toml"),
+                dir,
+                name,
+                sidecar_pid: None,
+            });
+        }
+        lab.save()?;
+
+        say(&format!("starting etcd on 127.0.0.1:{}", lab.etcd_port));
+        lab.start_etcd()?;
+        lab.save()?;
+
+        let token = spec.dir.join("api-token");
+        std::fs::write(&token, format!("lab-{}\n", crate::dcs::now_ms()))?;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+
+        let primary = lab.nodes[0].clone();
+        say(&format!("initdb {} (PostgreSQL 15, port {})", primary.name, primary.pg_port));
+        std::fs::create_dir_all(&primary.dir)?;
+        chown_postgres(&primary.dir)?;
+        sh(
+            as_postgres("initdb").arg("-D").arg(&primary.data_dir).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]),
+            "initdb",
+        )?;
+        let conf = format!(
+            "\n# vigil lab\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 10\n\
+             max_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nwal_keep_size = '256MB'\nhot_standby_feedback = on\n\
+             wal_receiver_status_interval = 1s\nwal_receiver_timeout = 5s\nwal_sender_timeout = 5s\nwal_retrieve_retry_interval = 200ms\n\
+             shared_buffers = 32MB\nmax_connections = 40\nfsync = off\nlog_min_messages = warning\nlog_line_prefix = '%m [%p] '\n",
+            run_dir.display()
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(primary.data_dir.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut f, conf.as_bytes())?;
+        say(&format!("starting {} to take base backups", primary.name));
+        sh(
+            as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(&primary.data_dir)
+                .args(["-w", "-s", "-l"])
+                .arg(primary.dir.join("data.log"))
+                .args(["-o", &format!("-p {}", primary.pg_port), "start"]),
+            "pg_ctl start",
+        )?;
+        for n in &lab.nodes[1..] {
+            say(&format!("pg_basebackup {} from {}", n.name, primary.name));
+            std::fs::create_dir_all(&n.dir)?;
+            chown_postgres(&n.dir)?;
+            sh(
+                as_postgres("pg_basebackup")
+                    .arg("-D")
+                    .arg(&n.data_dir)
+                    .args(["-h", "127.0.0.1", "-p", &primary.pg_port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast", "-R"]),
+                "pg_basebackup",
+            )?;
+        }
+        for n in &lab.nodes {
+            std::fs::write(&n.config, lab.sidecar_config(n, spec, &token))?;
+        }
+        say(&format!("starting {} sidecars", lab.nodes.len()));
+        for i in 0..lab.nodes.len() {
+            lab.start_sidecar(i)?;
+        }
+        lab.save()?;
+        say("waiting for a leader and streaming replicas");
+        lab.wait_healthy(Duration::from_secs(60))?;
+        Ok(lab)
+    }
+
+    fn sidecar_config(&self, n: &LabNode, spec: &LabSpec, token: &Path) -> String {
+        format!(
+            r#"# vigil sidecar for lab node {name} (written by `vigil lab up`)
+cluster = "{cluster}"
+node = "{name}"
+
+[etcd]
+endpoints = ["{etcd}"]
+
+[timing]
+loop = "1s"
+ttl = "10s"
+retry = "2s"
+safety_margin = "2s"
+# The lab runs drills back to back; production keeps the 5m default.
+hold_down = "0s"
+
+[database]
+host = "127.0.0.1"
+port = {pg_port}
+user = "postgres"
+replication_user = "postgres"
+data_dir = "{data}"
+log_file = "{log}"
+
+[failover]
+on_primary_crash = "{crash}"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+token_file = "{token}"
+{extra}
+"#,
+            name = n.name,
+            cluster = spec.cluster,
+            etcd = self.etcd_url(),
+            pg_port = n.pg_port,
+            data = n.data_dir.display(),
+            log = n.dir.join("data.log").display(),
+            crash = spec.on_primary_crash,
+            api_port = n.api_port,
+            token = token.display(),
+            extra = spec.extra_config,
+        )
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let data = self.dir.join("etcd");
+        let log = std::fs::File::create(self.dir.join("etcd.log"))?;
+        let client = self.etcd_url();
+        let peer = format!("http://127.0.0.1:{}", self.etcd_port + 1);
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "lab", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("lab={peer}")])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.etcd_port + 2)])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd.spawn().context("start etcd")?;
+        let pid = child.id() as i32;
+        self.etcd_pid = Some(pid);
+        self.children.push((pid, child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.etcd_port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("etcd did not start; see {}", self.dir.join("etcd.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts the sidecar of node `i` (again).
+    pub fn start_sidecar(&mut self, i: usize) -> Result<()> {
+        let n = &self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(n.dir.join("vigil.log"))?;
+        let mut cmd = Command::new(&self.vigil_bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&n.config)
+            .env("RUST_LOG", std::env::var("VIGIL_LAB_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("start {}", self.vigil_bin.display()))?;
+        let pid = child.id() as i32;
+        self.nodes[i].sidecar_pid = Some(pid);
+        self.children.push((pid, child));
+        self.save()
+    }
+
+    fn reap(&mut self, pid: i32) {
+        if let Some(pos) = self.children.iter().position(|(p, _)| *p == pid) {
+            let (_, mut child) = self.children.remove(pos);
+            let _ = child.wait();
+        }
+    }
+
+    fn kill_pid(&mut self, pid: i32, sig: rustix::process::Signal) {
+        if proc::alive(pid) {
+            let _ = proc::signal(pid, sig);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc::alive(pid) && Instant::now() < deadline {
+                self.try_reap(pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if proc::alive(pid) {
+                let _ = proc::signal(pid, rustix::process::Signal::KILL);
+            }
+        }
+        self.reap(pid);
+    }
+
+    fn try_reap(&mut self, pid: i32) {
+        if let Some((_, child)) = self.children.iter_mut().find(|(p, _)| *p == pid) {
+            let _ = child.try_wait();
+        }
+    }
+
+    /// Kills node `i`'s sidecar (SIGKILL: no clean-up, as in a node loss).
+    pub fn kill_sidecar(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].sidecar_pid.take() {
+            self.kill_pid(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.save();
+    }
+
+    /// The postmaster PID of node `i`, if it runs.
+    pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
+        let text = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
+        let pid = text.lines().next()?.trim().parse().ok()?;
+        proc::alive(pid).then_some(pid)
+    }
+
+    /// SIGKILLs node `i`'s postmaster (a database crash).
+    pub fn kill_postgres(&self, i: usize) -> Option<i32> {
+        let pid = self.postmaster_pid(i)?;
+        proc::signal(pid, rustix::process::Signal::KILL).ok()?;
+        Some(pid)
+    }
+
+    /// Reads the cluster from etcd.
+    pub fn cluster_state(&self) -> Result<ClusterState> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let dcs = EtcdDcs::new(&[self.etcd_url()], "/vigil", &self.cluster, "lab", Duration::from_secs(10), Duration::from_secs(1)).await?;
+            dcs.load().await
+        })
+    }
+
+    /// Waits until one node leads with a writable database and every other
+    /// running node streams from it.
+    pub fn wait_healthy(&self, limit: Duration) -> Result<ClusterState> {
+        let deadline = Instant::now() + limit;
+        let mut last;
+        loop {
+            match self.cluster_state() {
+                Ok(c) => {
+                    let leader = c.leader.as_ref().map(|l| l.node.clone());
+                    let ok = leader.as_ref().is_some_and(|l| {
+                        c.members.len() == self.nodes.len()
+                            && c.members.values().all(|m| {
+                                if &m.node == l {
+                                    m.role == Some(crate::core::DbRole::Primary) && m.term.is_some()
+                                } else {
+                                    m.streaming
+                                }
+                            })
+                    });
+                    if ok {
+                        return Ok(c);
+                    }
+                    last = format!(
+                        "leader {:?}; {}",
+                        leader,
+                        c.members.values().map(|m| format!("{}: {}", m.node, m.state)).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("cluster not healthy after {limit:?}: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops everything the lab started, by PID, and removes its directory
+    /// unless `keep`.
+    pub fn down(&mut self, keep: bool) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            if let Some(pid) = self.nodes[i].sidecar_pid.take() {
+                self.kill_pid(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for n in self.nodes.clone() {
+            if n.data_dir.join("postmaster.pid").exists() {
+                let _ = sh(as_postgres("pg_ctl").arg("-D").arg(&n.data_dir).args(["-s", "-m", "immediate", "-w", "stop"]), "pg_ctl stop");
+            }
+        }
+        if let Some(pid) = self.etcd_pid.take() {
+            self.kill_pid(pid, rustix::process::Signal::TERM);
+        }
+        if keep {
+            self.save()?;
+        } else if self.dir.join("lab.json").exists() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("remove {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! `/metrics` in the Prometheus text format, rendered from the status
+//! snapshot (no registry, no global state).
+
+use crate::config::Config;
+use crate::core::{DbHealth, DbRole};
+use crate::status::Snapshot;
+use std::fmt::Write;
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub fn render(cfg: &Config, s: &Snapshot) -> String {
+    let mut out = String::new();
+    let c = esc(&cfg.cluster);
+    let n = esc(&cfg.node);
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} gauge\nvigil_{name}{{cluster=\"{c}\",node=\"{n}\"}} {value}");
+    };
+    let me = s.me.as_ref();
+    gauge("up", "1 while the HA loop runs.", 1.0);
+    gauge("primary", "1 if this node is the leader with a writable database.", s.writable_leader as u8 as f64);
+    gauge("leader", "1 if this sidecar holds the leader key.", s.holds_leader as u8 as f64);
+    gauge("replica", "1 if the local database runs as a replica.", me.is_some_and(|m| m.role == Some(DbRole::Replica)) as u8 as f64);
+    gauge("database_running", "1 if the local database answers queries.", me.is_some_and(|m| m.health == DbHealth::Running) as u8 as f64);
+    gauge("term", "Term (etcd revision of the leader key) of the current leader.", s.cluster.term.unwrap_or(0) as f64);
+    gauge("paused", "1 while the cluster is paused.", s.cluster.pause.is_some() as u8 as f64);
+    gauge("dcs_ok", "1 if the last etcd read succeeded.", s.dcs_ok as u8 as f64);
+    gauge("dcs_last_seen_seconds", "Unix time of the last successful etcd read.", s.dcs_last_ok_ms as f64 / 1000.0);
+    gauge("eligible", "1 if this node may be promoted now.", me.is_some_and(|m| m.eligible) as u8 as f64);
+    gauge("promotions_total", "Promotions of this node since the sidecar started.", s.promotions as f64);
+    if let Some(p) = me.and_then(|m| m.position) {
+        gauge("wal_position_bytes", "Current (primary) or received/replayed (replica) WAL position.", p.lsn.0 as f64);
+        gauge("timeline", "Current timeline.", p.timeline as f64);
+    }
+    if let Some(l) = me.and_then(|m| m.lag_seconds) {
+        gauge("replication_lag_seconds", "Replication lag measured from the heartbeat table.", l);
+        gauge(
+            "replication_lag_alert",
+            "1 if the heartbeat lag exceeds alerts.lag_alert.",
+            (l > cfg.alerts.lag_alert.as_secs_f64()) as u8 as f64,
+        );
+    }
+    if let Some(b) = me.and_then(|m| m.lag_bytes) {
+        gauge("replication_lag_bytes", "Bytes behind the primary's last published position.", b as f64);
+    }
+    gauge("members", "Members with a live member key.", s.cluster.members.len() as f64);
+    out
+}

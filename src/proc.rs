@@ -1,0 +1,97 @@
+//! Running and stopping programs: database tools run as the database's OS
+//! user, bounded by a timeout, each in its own process group so that a
+//! Ctrl-C on vigil never reaches the database, and a hung tool can be
+//! killed with everything it started. Processes are only ever signalled by
+//! PID, never by name.
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Is a process with this PID alive? A zombie (dead, not yet reaped by
+/// its parent) counts as dead.
+pub fn alive(pid: i32) -> bool {
+    let exists = match rustix::process::Pid::from_raw(pid) {
+        Some(p) => rustix::process::test_kill_process(p).is_ok(),
+        None => false,
+    };
+    exists && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Sends a signal to one process by PID.
+pub fn signal(pid: i32, sig: rustix::process::Signal) -> Result<()> {
+    let p = rustix::process::Pid::from_raw(pid).context("invalid pid")?;
+    rustix::process::kill_process(p, sig).with_context(|| format!("signal {sig:?} to pid {pid}"))?;
+    Ok(())
+}
+
+/// Waits up to `limit` for a PID to exit.
+pub async fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+fn am_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Builds a command that runs `program` as `os_user` (through `runuser`
+/// when vigil itself runs as root).
+pub fn command_as(os_user: &str, program: &Path) -> tokio::process::Command {
+    let mut cmd = if am_root() && os_user != "root" {
+        let mut c = tokio::process::Command::new("runuser");
+        c.arg("-u").arg(os_user).arg("--").arg(program);
+        c
+    } else {
+        tokio::process::Command::new(program)
+    };
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd.as_std_mut().process_group(0);
+    cmd
+}
+
+/// Runs a command to completion within `limit`; on timeout its whole
+/// process group is killed. Returns stdout; fails with stderr on a
+/// non-zero exit.
+pub async fn run(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> Result<String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().with_context(|| format!("cannot run {what}"))?;
+    let pid = child.id().map(|p| p as i32);
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out.with_context(|| format!("{what}: waiting for it"))?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                bail!("{what} failed ({}): {}", out.status, first_lines(&format!("{stderr}{stdout}"), 6));
+            }
+            Ok(stdout + &String::from_utf8_lossy(&out.stderr))
+        }
+        Err(_) => {
+            if let Some(pgid) = pid.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+            bail!("{what} did not finish within {limit:?}; killed")
+        }
+    }
+}
+
+fn first_lines(text: &str, n: usize) -> String {
+    text.lines().filter(|l| !l.trim().is_empty()).take(n).collect::<Vec<_>>().join(" | ")
+}

@@ -1,0 +1,39 @@
+//! What the sidecar knows right now, shared between the HA loop (which
+//! writes it once per iteration) and the HTTP API (which only reads it).
+
+use crate::dcs::{ClusterState, MemberRecord};
+use std::sync::RwLock;
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// This node's member record as last published.
+    pub me: Option<MemberRecord>,
+    /// The cluster as last read from etcd.
+    pub cluster: ClusterState,
+    /// The last etcd read succeeded.
+    pub dcs_ok: bool,
+    pub dcs_error: Option<String>,
+    pub dcs_last_ok_ms: u64,
+    /// This sidecar holds the leader key and its database took the last
+    /// heartbeat write: the only state in which `/primary` says 200.
+    pub writable_leader: bool,
+    pub holds_leader: bool,
+    pub term: Option<i64>,
+    pub last_loop_ms: u64,
+    /// Failovers this process took part in as the new primary.
+    pub promotions: u64,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    snapshot: RwLock<Snapshot>,
+}
+
+impl Shared {
+    pub fn get(&self) -> Snapshot {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.snapshot.write().unwrap_or_else(|e| e.into_inner()));
+    }
+}
