@@ -42,6 +42,8 @@ pub struct Ha<E: Engine, D: Dcs> {
     last_refusal: Option<String>,
     /// The heartbeat write of this iteration succeeded (leader only).
     heartbeat_ok: bool,
+    /// Rejoins since this node last streamed; escalates rewind to base backup.
+    rejoin_attempts: u32,
 }
 
 impl<E: Engine, D: Dcs> Ha<E, D> {
@@ -77,6 +79,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             last_state: String::new(),
             last_refusal: None,
             heartbeat_ok: false,
+            rejoin_attempts: 0,
         }
     }
 
@@ -149,6 +152,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         }
         if obs.local.health == crate::core::DbHealth::Running {
             self.restart_started = None;
+        }
+        if obs.local.streaming || obs.local.writable() {
+            self.rejoin_attempts = 0;
         }
         self.publish(&obs, cluster, dcs_error, &decision).await;
         outcome
@@ -330,6 +336,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             Action::ReleaseLeader { reason } => {
                 tracing::warn!(%reason, "releasing the leader key");
                 self.shared.update(|s| s.writable_leader = false);
+                if obs.local.health != crate::core::DbHealth::Running {
+                    // It must not come back as a primary: the key is going to a replica.
+                    if let Err(e) = self.engine.mark_replica() {
+                        tracing::warn!(error = %format!("{e:#}"), "could not mark the data directory as a replica");
+                    }
+                }
                 self.dcs.release_leader().await?;
                 self.last_renewal = None;
             }
@@ -340,6 +352,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 self.last_renewal = None;
                 self.engine.fence().await?;
             }
+            Action::Start => {
+                tracing::info!("starting the database");
+                self.engine.start().await?;
+            }
             Action::RestartInPlace => {
                 tracing::warn!("primary database is down; restarting it in place");
                 self.restart_started = Some(Instant::now());
@@ -348,7 +364,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             Action::Rejoin { leader } => {
                 let up = self.upstream(leader)?;
                 tracing::info!(%leader, "rejoining as a replica");
-                let what = self.engine.rejoin(&up).await?;
+                let what = self.rejoin(&up).await?;
                 tracing::info!(%leader, "{what}");
             }
             Action::Follow { leader } => {
@@ -358,7 +374,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     FollowOutcome::Repointed => tracing::info!(%leader, "re-pointed replication to the new primary"),
                     FollowOutcome::Diverged => {
                         tracing::warn!(%leader, "timeline diverged from the new primary; rewinding");
-                        let what = self.engine.rejoin(&up).await?;
+                        let what = self.rejoin(&up).await?;
                         tracing::info!(%leader, "{what}");
                     }
                 }
@@ -371,6 +387,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
         }
         Ok(())
+    }
+
+    async fn rejoin(&mut self, up: &Upstream) -> Result<String> {
+        self.rejoin_attempts += 1;
+        self.engine.rejoin(up, self.rejoin_attempts).await
     }
 
     /// A replica pointed at a healthy leader that has not streamed for a
@@ -387,7 +408,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if since.elapsed() > self.cfg.timing.ttl {
             tracing::warn!(leader = %up.node, "not streaming from a healthy primary for {:?}; rewinding", since.elapsed());
             self.not_streaming_since = None;
-            let what = self.engine.rejoin(up).await?;
+            let what = self.rejoin(up).await?;
             tracing::info!(leader = %up.node, "{what}");
         }
         Ok(())
@@ -419,7 +440,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             if Instant::now() > deadline {
                 tracing::error!(%to, "switchover abandoned: target did not receive the shutdown checkpoint; starting again as primary");
-                self.engine.start().await?;
+                self.engine.resume_as_primary().await?;
                 self.dcs.set_request(None).await?;
                 bail!("switchover to {to} abandoned: it did not catch up within switchover_timeout");
             }

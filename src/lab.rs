@@ -223,6 +223,9 @@ impl Lab {
                 "pg_basebackup",
             )?;
         }
+        // The sidecar owns its database: stop the bootstrap server and let
+        // pg1's sidecar start it (and reap it, should it crash).
+        sh(as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-s", "-m", "fast", "-w", "stop"]), "pg_ctl stop")?;
         for n in &lab.nodes {
             std::fs::write(&n.config, lab.sidecar_config(n, spec, &token))?;
         }

@@ -20,7 +20,25 @@ pub fn alive(pid: i32) -> bool {
     exists && !is_zombie(pid)
 }
 
-fn is_zombie(pid: i32) -> bool {
+/// Makes this process the reaper of its orphaned descendants: the
+/// PostgreSQL server that `pg_ctl` starts is re-parented to the sidecar, so
+/// a crashed server can be reaped (and its PID seen gone) even where PID 1
+/// does not reap.
+pub fn become_subreaper() {
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::warn!(error = %e, "cannot become child subreaper; crashed servers may linger as zombies");
+    }
+}
+
+/// Reaps `pid` if it is a dead child of ours. True if it is gone now.
+pub fn reap(pid: i32) -> bool {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+    }
+    !alive(pid) && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn is_zombie(pid: i32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -374,6 +374,7 @@ fn lab_endpoints(lab: &Lab) -> String {
 pub async fn run(arg: &ConfigArg) -> Result<()> {
     let cfg = resolve_config(arg)?;
     tracing::info!(cluster = %cfg.cluster, node = %cfg.node, config = %cfg.source.display(), "vigil sidecar starting");
+    crate::proc::become_subreaper();
     let engine = Arc::new(crate::engine::postgres::Postgres::new(cfg.database.clone(), &cfg.node, cfg.failover.promote_timeout));
     let dcs = Arc::new(connect_as(&cfg, &cfg.node).await?);
     let shared = Arc::new(crate::status::Shared::default());

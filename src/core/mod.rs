@@ -196,6 +196,10 @@ pub enum Action {
     Fence { reason: String },
     /// Restart a crashed primary in place (crash recovery loses nothing).
     RestartInPlace,
+    /// Start the stopped database in the role its data directory has (no
+    /// leader exists to follow). A former primary that comes up writable
+    /// then either takes the key or is fenced on the next iteration.
+    Start,
     /// Start a stopped database as a replica of `leader` (rewinding it when
     /// its timeline diverged).
     Rejoin { leader: String },
@@ -437,6 +441,10 @@ fn race(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     let p = &i.policy;
     let mut d = Decision::new("no leader", elig);
+    if i.local.health == DbHealth::Down && !view.paused {
+        d.state = "no leader; starting the database".into();
+        return d.act(Action::Start);
+    }
     let me_primary = i.local.role == Some(DbRole::Primary) && i.local.health == DbHealth::Running;
 
     let request = view.request.as_ref().filter(|r| r.age <= p.switchover_timeout);

@@ -290,6 +290,14 @@ fn hold_down_blocks_a_second_automatic_failover() {
 }
 
 #[test]
+fn stopped_database_without_a_leader_is_started() {
+    let i = inputs("pg1", down(), View::default());
+    assert_eq!(actions(&i), vec![Action::Start]);
+    let i = inputs("pg1", down(), View { paused: true, ..View::default() });
+    assert_eq!(actions(&i), vec![]);
+}
+
+#[test]
 fn running_primary_without_a_leader_retakes_the_key() {
     let mut i = inputs("pg1", primary(1000), View::default());
     i.peers = vec![peer("pg2", 1000), peer("pg3", 900)];
@@ -455,7 +463,7 @@ proptest! {
                 let retake = a == Action::AcquireLeader && i.local.writable();
                 prop_assert!(retake || !matches!(a, Action::AcquireLeader | Action::ReleaseLeader{..} | Action::RestartInPlace | Action::HandOver{..}), "{a:?}");
                 if v.paused {
-                    prop_assert!(!matches!(a, Action::Promote | Action::Rejoin{..} | Action::Follow{..}), "{a:?}");
+                    prop_assert!(!matches!(a, Action::Promote | Action::Rejoin{..} | Action::Follow{..} | Action::Start), "{a:?}");
                 }
             }
         }

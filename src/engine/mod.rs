@@ -65,13 +65,20 @@ pub trait Engine: Send + Sync + 'static {
     fn follow(&self, up: &Upstream, obs: &Observation) -> impl Future<Output = anyhow::Result<FollowOutcome>> + Send;
     /// Brings a stopped (or diverged) node back as a replica of `up`:
     /// rewinds it when needed, falls back to a fresh base backup when a
-    /// rewind is impossible. Returns a sentence saying what it did.
-    fn rejoin(&self, up: &Upstream) -> impl Future<Output = anyhow::Result<String>> + Send;
-    /// Stops the database cleanly (planned switchover) and returns the
-    /// position of its shutdown checkpoint, which the target must have.
+    /// rewind is impossible or `attempt` shows earlier rejoins did not
+    /// work. Returns a sentence saying what it did.
+    fn rejoin(&self, up: &Upstream, attempt: u32) -> impl Future<Output = anyhow::Result<String>> + Send;
+    /// Stops the database cleanly (planned switchover), marks it to come
+    /// back only as a replica, and returns the position of its shutdown
+    /// checkpoint, which the target must have.
     fn stop_for_switchover(&self) -> impl Future<Output = anyhow::Result<Lsn>> + Send;
-    /// Starts the database again as it was (abandoned switchover).
+    /// Undoes `stop_for_switchover`: starts again as the primary.
+    fn resume_as_primary(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Starts the stopped database in the role its data directory has.
     fn start(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Marks a stopped database so that it can only start as a replica
+    /// (after it gave up the leader key).
+    fn mark_replica(&self) -> anyhow::Result<()>;
     /// Does the database at host:port accept writes? None: unreachable.
     fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = Option<bool>> + Send;
 }

@@ -142,10 +142,28 @@ impl Postgres {
     }
 
     /// The postmaster PID from `postmaster.pid`, if that process is alive.
+    /// A dead postmaster that is still a zombie is reaped here.
     fn read_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        if proc::is_zombie(pid) {
+            proc::reap(pid);
+        }
         proc::alive(pid).then_some(pid)
+    }
+
+    /// PostgreSQL refuses to start while the PID in `postmaster.pid` still
+    /// exists, which a zombie (dead, unreaped) postmaster does. Such a lock
+    /// file is stale: remove it.
+    fn clear_zombie_lock(&self) {
+        let path = self.cfg.data_dir.join("postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok()) else {
+            return;
+        };
+        if proc::is_zombie(pid) && !proc::reap(pid) {
+            tracing::warn!(pid, "postmaster.pid names a zombie process; removing the stale lock file");
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     fn timeline_history(&self, tli: u32) -> Vec<TimelineSwitch> {
@@ -190,6 +208,7 @@ impl Postgres {
         if self.read_pid().is_some() {
             return Ok(());
         }
+        self.clear_zombie_lock();
         let port = format!("-p {}", self.cfg.port);
         let log = self.log_file();
         self.pg_ctl(&["start", "-W", "-s", "-l", &log.to_string_lossy(), "-o", &port], Duration::from_secs(30)).await?;
@@ -401,6 +420,7 @@ impl Engine for Postgres {
                 m.pid = pid;
                 m.streamed_since_start = false;
                 m.heartbeat_ready = false;
+                m.last_timeline = None;
             }
             obs.local.last_streamed_ago = m.last_streamed.map(|t| t.elapsed());
             if pid.is_none() {
@@ -533,12 +553,19 @@ impl Engine for Postgres {
     }
 
     async fn follow(&self, up: &Upstream, obs: &Observation) -> Result<FollowOutcome> {
-        if let (Some(leader_tli), Some(mine)) = (up.timeline, obs.local.position) {
+        let want = self.conninfo(up);
+        let pointed = obs.upstream.as_deref() == Some(&format!("{}:{}", up.host, up.port));
+        // Before re-pointing, the position is on the timeline the WAL
+        // receiver last streamed (reliable): check it against the leader's
+        // history. After re-pointing the replica may already have replayed
+        // across the timeline switch, and a stale checkpoint timeline would
+        // make the check lie.
+        let tli_known = self.mem().last_timeline.is_some();
+        if let (false, true, Some(leader_tli), Some(mine)) = (pointed, tli_known, up.timeline, obs.local.position) {
             if diverged(mine, leader_tli, &up.history) {
                 return Ok(FollowOutcome::Diverged);
             }
         }
-        let want = self.conninfo(up);
         let row = self.query_one("SELECT current_setting('primary_conninfo')").await?;
         let have: String = row.get(0);
         if have == want {
@@ -550,10 +577,19 @@ impl Engine for Postgres {
         Ok(FollowOutcome::Repointed)
     }
 
-    async fn rejoin(&self, up: &Upstream) -> Result<String> {
+    async fn rejoin(&self, up: &Upstream, attempt: u32) -> Result<String> {
         self.stop_server().await?;
+        if attempt >= 3 {
+            // Rewinding did not bring it back: start over from a copy.
+            tracing::warn!(attempt, "rejoin keeps failing; taking a fresh base backup");
+            let what = self.base_backup(up).await?;
+            self.make_standby(Some(up))?;
+            self.start_server().await?;
+            return Ok(format!("{what}; streaming from {}", up.node));
+        }
         let cd = self.controldata().await?;
-        let needs_rewind = cd.was_primary() || up.timeline.is_some_and(|t| t != cd.timeline);
+        let standby = self.cfg.data_dir.join("standby.signal").exists();
+        let needs_rewind = (cd.was_primary() && !standby) || up.timeline.is_some_and(|t| t != cd.timeline) || attempt >= 2;
         let mut what = String::from("restarted as a replica");
         if needs_rewind {
             what = match self.rewind(up).await {
@@ -571,7 +607,20 @@ impl Engine for Postgres {
 
     async fn stop_for_switchover(&self) -> Result<Lsn> {
         self.stop_server().await?;
+        self.make_standby(None)?;
         Ok(self.controldata().await?.checkpoint)
+    }
+
+    async fn resume_as_primary(&self) -> Result<()> {
+        let _ = std::fs::remove_file(self.cfg.data_dir.join("standby.signal"));
+        self.start_server().await
+    }
+
+    fn mark_replica(&self) -> Result<()> {
+        if self.read_pid().is_some() {
+            bail!("the database is running; fence it instead");
+        }
+        self.make_standby(None)
     }
 
     async fn start(&self) -> Result<()> {
