@@ -29,7 +29,9 @@ pub struct LabSpec {
     pub nodes: usize,
     pub base_port: u16,
     pub vigil_bin: PathBuf,
-    /// Extra TOML appended to every sidecar's config (timing, failover).
+    /// `[timing]` values: loop, ttl, retry, safety_margin.
+    pub timing: [String; 4],
+    /// Extra TOML appended to every sidecar's config (further sections).
     pub extra_config: String,
     pub on_primary_crash: String,
 }
@@ -42,9 +44,16 @@ impl LabSpec {
             nodes: 3,
             base_port,
             vigil_bin: vigil_bin.into(),
+            timing: ["1s".into(), "10s".into(), "2s".into(), "2s".into()],
             extra_config: String::new(),
             on_primary_crash: "auto".into(),
         }
+    }
+
+    /// The documented fast profile: node-loss failover in about 3 s.
+    pub fn fast(mut self) -> Self {
+        self.timing = ["500ms".into(), "3s".into(), "1s".into(), "1s".into()];
+        self
     }
 }
 
@@ -99,13 +108,15 @@ fn port_free(port: u16) -> bool {
 
 /// Finds a base port with `span` free ports above it (tests run side by side).
 pub fn free_base_port(span: u16) -> u16 {
-    let seed = (std::process::id() as u64 ^ crate::dcs::now_ms()) % 2000;
-    let mut base = 30000 + (seed as u16) * 10;
+    // Below Linux's ephemeral range (32768+), so that no outgoing
+    // connection can be holding one of the ports when a server binds it.
+    let seed = (std::process::id() as u64 ^ crate::dcs::now_ms()) % 1000;
+    let mut base = 20000 + (seed as u16) * 12;
     loop {
         if (0..span).all(|i| port_free(base + i)) {
             return base;
         }
-        base = if base > 60000 { 30000 } else { base + span + 7 };
+        base = if base > 32000 - span { 20000 } else { base + span + 7 };
     }
 }
 
@@ -130,7 +141,22 @@ impl Lab {
     }
 
     /// Builds and starts the whole lab, reporting progress through `say`.
+    /// On failure, whatever was started is stopped again (the directory is
+    /// kept for its logs).
     pub fn up(spec: &LabSpec, say: &dyn Fn(&str)) -> Result<Lab> {
+        if Self::state_file(&spec.dir).exists() {
+            bail!("a lab is already recorded in {} (run `vigil lab down` first)", spec.dir.display());
+        }
+        let result = Self::build(spec, say);
+        if result.is_err() {
+            if let Ok(mut lab) = Lab::load(&spec.dir) {
+                let _ = lab.down(true);
+            }
+        }
+        result
+    }
+
+    fn build(spec: &LabSpec, say: &dyn Fn(&str)) -> Result<Lab> {
         if Self::state_file(&spec.dir).exists() {
             bail!("a lab is already recorded in {} (run `vigil lab down` first)", spec.dir.display());
         }
@@ -249,10 +275,10 @@ node = "{name}"
 endpoints = ["{etcd}"]
 
 [timing]
-loop = "1s"
-ttl = "10s"
-retry = "2s"
-safety_margin = "2s"
+loop = "{tloop}"
+ttl = "{ttl}"
+retry = "{retry}"
+safety_margin = "{margin}"
 # The lab runs drills back to back; production keeps the 5m default.
 hold_down = "0s"
 
@@ -282,6 +308,10 @@ token_file = "{token}"
             api_port = n.api_port,
             token = token.display(),
             extra = spec.extra_config,
+            tloop = spec.timing[0],
+            ttl = spec.timing[1],
+            retry = spec.timing[2],
+            margin = spec.timing[3],
         )
     }
 

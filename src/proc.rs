@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Is a process with this PID alive? A zombie (dead, not yet reaped by
 /// its parent) counts as dead.
 pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
     let exists = match rustix::process::Pid::from_raw(pid) {
         Some(p) => rustix::process::test_kill_process(p).is_ok(),
         None => false,
@@ -32,6 +35,9 @@ pub fn become_subreaper() {
 
 /// Reaps `pid` if it is a dead child of ours. True if it is gone now.
 pub fn reap(pid: i32) -> bool {
+    if pid <= 0 {
+        return true;
+    }
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
     }
@@ -48,6 +54,9 @@ pub fn is_zombie(pid: i32) -> bool {
 
 /// Sends a signal to one process by PID.
 pub fn signal(pid: i32, sig: rustix::process::Signal) -> Result<()> {
+    if pid <= 0 {
+        bail!("invalid pid {pid}");
+    }
     let p = rustix::process::Pid::from_raw(pid).context("invalid pid")?;
     rustix::process::kill_process(p, sig).with_context(|| format!("signal {sig:?} to pid {pid}"))?;
     Ok(())
@@ -102,7 +111,7 @@ pub async fn run(mut cmd: tokio::process::Command, what: &str, limit: Duration) 
             Ok(stdout + &String::from_utf8_lossy(&out.stderr))
         }
         Err(_) => {
-            if let Some(pgid) = pid.and_then(rustix::process::Pid::from_raw) {
+            if let Some(pgid) = pid.filter(|p| *p > 0).and_then(rustix::process::Pid::from_raw) {
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
             }
             bail!("{what} did not finish within {limit:?}; killed")

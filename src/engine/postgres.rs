@@ -23,7 +23,7 @@ pub const HEARTBEAT_DDL: &str = include_str!("../../sql/postgres/heartbeat.sql")
 
 /// How long after `pg_ctl start` a missing server process still counts as
 /// "starting" rather than "down".
-const START_GRACE: Duration = Duration::from_secs(15);
+const START_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Postgres {
     cfg: DatabaseConfig,
@@ -145,7 +145,8 @@ impl Postgres {
     /// A dead postmaster that is still a zombie is reaped here.
     fn read_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        // A negative PID marks a single-user backend (pg_rewind runs one).
+        let pid: i32 = text.lines().next()?.trim().parse::<i32>().ok()?.abs();
         if proc::is_zombie(pid) {
             proc::reap(pid);
         }
@@ -157,7 +158,7 @@ impl Postgres {
     /// file is stale: remove it.
     fn clear_zombie_lock(&self) {
         let path = self.cfg.data_dir.join("postmaster.pid");
-        let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok()) else {
+        let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok()).map(i32::abs) else {
             return;
         };
         if proc::is_zombie(pid) && !proc::reap(pid) {

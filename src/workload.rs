@@ -1,0 +1,187 @@
+//! Test traffic for drills, benchmarks and the integration tests: a writer
+//! that inserts numbered rows through a libpq-style multi-host connection
+//! (`target_session_attrs=read-write`, as applications use it) and records
+//! every acknowledged row, and a checker that polls every node for
+//! writability and counts moments with two writable nodes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+async fn connect(eps: &[Endpoint], user: &str, read_write: bool, timeout: Duration) -> Option<Client> {
+    let mut c = tokio_postgres::Config::new();
+    for e in eps {
+        c.host(&e.host).port(e.port);
+    }
+    c.user(user).dbname("postgres").connect_timeout(timeout).application_name("vigil-workload");
+    if read_write {
+        c.target_session_attrs(TargetSessionAttrs::ReadWrite);
+    }
+    let (client, conn) = tokio::time::timeout(timeout * (eps.len() as u32 + 1), c.connect(NoTls)).await.ok()?.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+/// One acknowledged write: its id, when it was acknowledged, and on which port.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub id: i64,
+    pub at: Instant,
+    pub port: u16,
+}
+
+pub struct Writer {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts inserting a row every `interval`.
+    pub async fn start(eps: Vec<Endpoint>, user: &str, interval: Duration) -> anyhow::Result<Writer> {
+        let c = connect(&eps, user, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
+        c.batch_execute("CREATE SCHEMA IF NOT EXISTS vigil_drill; CREATE TABLE IF NOT EXISTS vigil_drill.writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+            .await?;
+        let start: i64 = c.query_one("SELECT coalesce(max(id), 0) FROM vigil_drill.writes", &[]).await?.get(0);
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s, user) = (Arc::clone(&acks), Arc::clone(&stop), user.to_string());
+        let task = tokio::spawn(async move {
+            let mut client: Option<(Client, u16)> = Some((c, 0));
+            let mut id = start;
+            while !s.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    if let Some(c) = connect(&eps, &user, true, Duration::from_millis(500)).await {
+                        let port = c.query_one("SELECT inet_server_port()", &[]).await.ok().and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0);
+                        client = Some((c, port as u16));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let (c, port) = client.as_ref().expect("connected");
+                id += 1;
+                let r = tokio::time::timeout(Duration::from_secs(1), c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id])).await;
+                match r {
+                    Ok(Ok(_)) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port }),
+                    _ => {
+                        // Not acknowledged: the id may or may not exist; it is not counted.
+                        client = None;
+                        continue;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Ok(Writer { acks, stop, task })
+    }
+
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    pub async fn stop(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.acks.lock().unwrap().clone()
+    }
+}
+
+/// Acknowledged ids missing from the table on the current primary.
+pub async fn lost_writes(eps: &[Endpoint], user: &str, acks: &[Ack]) -> anyhow::Result<Vec<i64>> {
+    let c = connect(eps, user, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("no writable node to verify writes"))?;
+    let rows = c.query("SELECT id FROM vigil_drill.writes", &[]).await?;
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(acks.iter().map(|a| a.id).filter(|id| !present.contains(id)).collect())
+}
+
+/// The longest stretch without an acknowledged write inside `[from, to]`,
+/// and the first acknowledgement after `from`.
+pub fn longest_gap(acks: &[Ack], from: Instant) -> (Duration, Option<Instant>) {
+    let before = acks.iter().filter(|a| a.at <= from).map(|a| a.at).max();
+    let after: Vec<Instant> = acks.iter().filter(|a| a.at > from).map(|a| a.at).collect();
+    let first_after = after.first().copied();
+    let mut gap = Duration::ZERO;
+    let mut prev = before.unwrap_or(from);
+    for t in &after {
+        gap = gap.max(t.duration_since(prev));
+        prev = *t;
+    }
+    (gap, first_after)
+}
+
+/// Polls every node for writability.
+pub struct SplitBrainChecker {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<CheckerReport>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CheckerReport {
+    pub polls: u64,
+    /// Polls at which two or more nodes accepted writes, with their ports.
+    pub violations: Vec<Vec<u16>>,
+    /// When each port was last seen turning writable.
+    pub became_writable: Vec<(u16, Instant)>,
+}
+
+impl SplitBrainChecker {
+    pub fn start(eps: Vec<Endpoint>, user: &str, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let user = user.to_string();
+        let task = tokio::spawn(async move {
+            let mut report = CheckerReport::default();
+            let mut clients: Vec<Option<Client>> = eps.iter().map(|_| None).collect();
+            let mut was_writable = vec![false; eps.len()];
+            while !s.load(Ordering::Relaxed) {
+                let mut writable = vec![];
+                for (i, e) in eps.iter().enumerate() {
+                    if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
+                        clients[i] = connect(std::slice::from_ref(e), &user, false, Duration::from_millis(200)).await;
+                    }
+                    let w = match &clients[i] {
+                        Some(c) => match tokio::time::timeout(Duration::from_millis(500), c.query_one("SELECT NOT pg_is_in_recovery()", &[])).await {
+                            Ok(Ok(r)) => r.get::<_, bool>(0),
+                            _ => {
+                                clients[i] = None;
+                                false
+                            }
+                        },
+                        None => false,
+                    };
+                    if w {
+                        writable.push(e.port);
+                        if !was_writable[i] {
+                            report.became_writable.push((e.port, Instant::now()));
+                        }
+                    }
+                    was_writable[i] = w;
+                }
+                report.polls += 1;
+                if writable.len() > 1 {
+                    report.violations.push(writable);
+                }
+                tokio::time::sleep(every).await;
+            }
+            report
+        });
+        SplitBrainChecker { stop, task }
+    }
+
+    pub async fn stop(self) -> CheckerReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}

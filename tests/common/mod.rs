@@ -1,0 +1,102 @@
+//! Shared set-up for the integration tests: a real lab (etcd, PostgreSQL
+//! 15, vigil sidecars) on free high ports under /tmp, torn down by PID when
+//! the test ends. A failed test keeps its directory and says where.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+use vigil::dcs::ClusterState;
+use vigil::lab::{free_base_port, Lab, LabSpec};
+use vigil::workload::Endpoint;
+
+pub struct TestLab {
+    pub lab: Lab,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl TestLab {
+    pub fn up(name: &str, customize: impl FnOnce(&mut LabSpec)) -> TestLab {
+        let dir = std::env::temp_dir().join(format!("vigil-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil"));
+        customize(&mut spec);
+        let t0 = Instant::now();
+        let lab = Lab::up(&spec, &|m| eprintln!("[{name} {:5.1}s] {m}", t0.elapsed().as_secs_f64())).expect("lab up");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        TestLab { lab, rt }
+    }
+
+    pub fn eps(&self) -> Vec<Endpoint> {
+        self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.pg_port }).collect()
+    }
+
+    pub fn index(&self, node: &str) -> usize {
+        self.lab.nodes.iter().position(|n| n.name == node).expect("node")
+    }
+
+    pub fn port(&self, node: &str) -> u16 {
+        self.lab.nodes[self.index(node)].pg_port
+    }
+
+    pub fn state(&self) -> ClusterState {
+        self.lab.cluster_state().expect("read etcd")
+    }
+
+    pub fn leader(&self) -> Option<String> {
+        self.state().leader.map(|l| l.node)
+    }
+
+    /// Polls etcd until `pred` holds.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&ClusterState) -> bool) -> ClusterState {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(c) = self.lab.cluster_state() {
+                if pred(&c) {
+                    return c;
+                }
+                if Instant::now() > deadline {
+                    let members: Vec<String> = c.members.values().map(|m| format!("{}: {} / {:?}", m.node, m.state, m.refusal)).collect();
+                    panic!("timed out waiting for {what}: leader {:?}; {}", c.leader.map(|l| l.node), members.join("; "));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A new leader other than `old` that accepts writes.
+    pub fn wait_new_primary(&self, old: &str, limit: Duration) -> String {
+        let c = self.wait_for("a new writable primary", limit, |c| {
+            c.leader.as_ref().is_some_and(|l| l.node != old && c.members.get(&l.node).is_some_and(|m| m.term.is_some()))
+        });
+        c.leader.unwrap().node
+    }
+
+    /// `node` streams from the current leader.
+    pub fn wait_streaming(&self, node: &str, limit: Duration) {
+        self.wait_for(&format!("{node} streaming"), limit, |c| c.members.get(node).is_some_and(|m| m.streaming));
+    }
+
+    /// Runs the vigil CLI against this lab.
+    pub fn vigil(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env("VIGIL_CONFIG", &self.lab.nodes[0].config)
+            .output()
+            .expect("run vigil")
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking();
+        if keep {
+            eprintln!("test failed; lab kept in {} (logs: */vigil.log, */data.log, etcd.log)", self.lab.dir.display());
+        }
+        let _ = self.lab.down(keep);
+    }
+}
+
+pub fn out(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
