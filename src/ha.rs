@@ -233,7 +233,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let view = cluster.map(|c| View {
             leader: c.leader.as_ref().map(|l| LeaderKey { node: l.node.clone(), term: c.term.unwrap_or(0) }),
             paused: c.pause.is_some(),
-            request: c.request.as_ref().map(|r| Request {
+            request: c.request.as_ref().filter(|r| r.refused.is_none()).map(|r| Request {
                 kind: r.kind,
                 from: r.from.clone(),
                 to: r.to.clone(),
@@ -381,6 +381,13 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 self.check_stuck_replica(&up, obs).await?;
             }
             Action::HandOver { to } => self.hand_over(to, cluster).await?,
+            Action::RefuseRequest { reason } => {
+                tracing::warn!(%reason, "refusing the operator's request");
+                if let Some(mut req) = cluster.and_then(|c| c.request.clone()) {
+                    req.refused = Some(reason.clone());
+                    self.dcs.set_request(Some(req)).await?;
+                }
+            }
             Action::ClearRequest { reason } => {
                 tracing::info!(%reason, "clearing the switchover/failover request");
                 self.dcs.set_request(None).await?;
@@ -424,8 +431,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let ready = target.as_ref().is_some_and(|t| t.health == crate::core::DbHealth::Running && t.role == Some(crate::core::DbRole::Replica) && t.streaming);
         if !ready {
             tracing::warn!(%to, "switchover refused: target is not a streaming replica");
-            self.dcs.set_request(None).await?;
-            bail!("switchover to {to} refused: it is not a healthy streaming replica");
+            let why = format!("switchover to {to} refused: it is not a healthy streaming replica");
+            if let Some(mut req) = c.request.clone() {
+                req.refused = Some(why.clone());
+                self.dcs.set_request(Some(req)).await?;
+            }
+            bail!(why);
         }
         let target = target.expect("checked");
         let mut steps = vec![Step { name: "switchover started".into(), at_ms: now_ms(), detail: None }];
@@ -441,8 +452,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             if Instant::now() > deadline {
                 tracing::error!(%to, "switchover abandoned: target did not receive the shutdown checkpoint; starting again as primary");
                 self.engine.resume_as_primary().await?;
-                self.dcs.set_request(None).await?;
-                bail!("switchover to {to} abandoned: it did not catch up within switchover_timeout");
+                let why = format!("switchover to {to} abandoned: it did not receive all WAL within switchover_timeout");
+                if let Some(mut req) = c.request.clone() {
+                    req.refused = Some(why.clone());
+                    self.dcs.set_request(Some(req)).await?;
+                }
+                bail!(why);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -40,10 +40,10 @@ pub async fn switchover<D: Dcs>(dcs: &D, from: Option<&str>, to: Option<&str>) -
     if m.health != DbHealth::Running || m.role != Some(DbRole::Replica) || !m.streaming {
         bail!("{to} is not a healthy streaming replica ({})", m.state);
     }
-    if c.request.is_some() {
+    if c.request.as_ref().is_some_and(|r| r.refused.is_none()) {
         bail!("another switchover or failover is pending; wait for it or clear it with `vigil failover --cancel`");
     }
-    let req = RequestRecord { kind: RequestKind::Switchover, from: Some(leader), to, allow_data_loss: false, requested_ms: now_ms(), steps: vec![] };
+    let req = RequestRecord { kind: RequestKind::Switchover, from: Some(leader), to, allow_data_loss: false, requested_ms: now_ms(), steps: vec![], refused: None };
     dcs.set_request(Some(req.clone())).await?;
     Ok(req)
 }
@@ -63,7 +63,7 @@ pub async fn failover<D: Dcs>(dcs: &D, to: &str, allow_data_loss: bool) -> Resul
         bail!("{to} is already the leader");
     }
     let kind = if leader.is_some() { RequestKind::Switchover } else { RequestKind::Failover };
-    let req = RequestRecord { kind, from: leader, to: to.to_string(), allow_data_loss, requested_ms: now_ms(), steps: vec![] };
+    let req = RequestRecord { kind, from: leader, to: to.to_string(), allow_data_loss, requested_ms: now_ms(), steps: vec![], refused: None };
     dcs.set_request(Some(req.clone())).await?;
     Ok(req)
 }

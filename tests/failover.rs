@@ -137,7 +137,8 @@ fn d_manual_failover_refuses_a_less_fresh_node() {
     t.rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={pg3} user=postgres"), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        c.batch_execute("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()").await.unwrap();
+        c.batch_execute("ALTER SYSTEM SET primary_conninfo = ''").await.unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
         let (c, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={pg1} user=postgres"), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         tokio::time::sleep(Duration::from_millis(500)).await;

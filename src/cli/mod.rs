@@ -206,10 +206,9 @@ async fn wait_for_leader(dcs: &EtcdDcs, to: &str, limit: Duration) -> Result<()>
             eprintln!("  {:.1}s  {line}", start.elapsed().as_secs_f64());
             last = line.clone();
         }
-        if let Some(r) = c.members.values().find_map(|m| m.refusal.clone().filter(|_| m.node == to)) {
-            if c.request.is_none() {
-                bail!("{to} refused: {r}");
-            }
+        if let Some(why) = c.request.as_ref().and_then(|r| r.refused.clone()) {
+            let _ = dcs.set_request(None).await;
+            bail!("{to} refused: {why}");
         }
         if start.elapsed() > limit {
             bail!("{to} did not become primary within {limit:?} (last: {line})");

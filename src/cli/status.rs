@@ -82,7 +82,11 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         .collect();
     out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
     if let Some(r) = &c.request {
-        out += &format!("\npending {:?}: {} -> {}\n", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();
+        let what = format!("{:?} {} -> {}", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();
+        match &r.refused {
+            Some(why) => out += &format!("\n{what} REFUSED: {why}\n"),
+            None => out += &format!("\npending {what}\n"),
+        }
     }
     for m in c.members.values() {
         if let Some(r) = &m.refusal {

@@ -208,8 +208,11 @@ pub enum Action {
     /// Planned switchover: stop writes, wait for `to` to have everything,
     /// release the key to it.
     HandOver { to: String },
-    /// Drop an operator request that cannot or need not be carried out.
+    /// Drop an operator request that need not be carried out (done or expired).
     ClearRequest { reason: String },
+    /// Mark an operator request as refused, with the reason, for the
+    /// operator to read.
+    RefuseRequest { reason: String },
 }
 
 /// Whether this node may become primary now, and if not, why.
@@ -482,7 +485,11 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 
     if !elig.eligible && !(manual.is_some() && eligible_when_forced(i)) {
         d.state = "no leader; not eligible".into();
-        return d.refuse(format!("not taking the leader key: {}", elig.reason.clone().unwrap_or_default()));
+        let why = format!("not taking the leader key: {}", elig.reason.clone().unwrap_or_default());
+        if manual.is_some() {
+            d = d.act(Action::RefuseRequest { reason: why.clone() });
+        }
+        return d.refuse(why);
     }
 
     // The old primary must really be gone: no peer's database may still
@@ -521,13 +528,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         }
         if !allow_data_loss && c.position > mine {
             d.state = "no leader; manual failover refused".into();
-            return d.act(Action::ClearRequest { reason: "refused: target is not the freshest".into() }).refuse(format!(
+            let why = format!(
                 "{} is fresher ({} vs {}); promoting {} would lose data: use --allow-data-loss to force it",
                 peer.node,
                 fmt_pos(c.position),
                 fmt_pos(mine),
                 i.me
-            ));
+            );
+            return d.act(Action::RefuseRequest { reason: why.clone() }).refuse(why);
         }
     }
 

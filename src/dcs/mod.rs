@@ -121,6 +121,10 @@ pub struct RequestRecord {
     /// primary for the history record.
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Set when the target refused the request, with the reason; the
+    /// requester reads it and clears the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Value of the `pause` key.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages vigil builds and tests with. Idempotent:
+# packages already present are left alone and nothing is printed for them.
+set -euo pipefail
+
+packages=(
+  postgresql-15            # the database engine (server and tools: pg_ctl, pg_rewind, pg_basebackup)
+  etcd-server etcd-client  # the coordination store (etcd 3.4) and etcdctl
+  protobuf-compiler libprotobuf-dev  # the etcd client library compiles etcd's protocol at build time
+  haproxy                  # the load-balancer integration test
+  ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # Debian's service scripts would start etcd and haproxy on their standard
+  # ports; vigil starts its own on high ports, so keep the packaged ones off.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again" >&2
+  exit 1
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: unit and property tests,
+# then the integration tests against real PostgreSQL 15, etcd and HAProxy
+# (one at a time: each builds its own lab on free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-debian.sh
+cargo test --lib --bins
+cargo test --test "*" -- --test-threads=1

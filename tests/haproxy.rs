@@ -1,0 +1,95 @@
+//! HAProxy (Debian's package) with the shipped `contrib/haproxy/haproxy.cfg`
+//! follows the primary through a switchover and a crash, and its read port
+//! keeps serving replicas.
+
+mod common;
+
+use common::{out, TestLab};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shipped config with the lab's addresses and two free listen ports.
+fn render(t: &TestLab, write_port: u16, read_port: u16) -> String {
+    let mut cfg = include_str!("../contrib/haproxy/haproxy.cfg").replace("bind *:5000", &format!("bind 127.0.0.1:{write_port}"));
+    cfg = cfg.replace("bind *:5001", &format!("bind 127.0.0.1:{read_port}"));
+    for (i, n) in t.lab.nodes.iter().enumerate() {
+        let ip = format!("10.0.0.2{}", i + 1);
+        cfg = cfg.replace(
+            &format!("{ip}:5432 maxconn 100 check addr {ip} port 8008"),
+            &format!("127.0.0.1:{} maxconn 100 check addr 127.0.0.1 port {}", n.pg_port, n.api_port),
+        );
+    }
+    assert!(!cfg.contains("10.0.0."), "every address rewritten");
+    cfg
+}
+
+/// Which server a new connection through `port` reaches, and whether it is a replica.
+fn through(t: &TestLab, port: u16) -> Option<(u16, bool)> {
+    t.rt.block_on(async {
+        let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2");
+        let (c, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await.ok()?.ok()?;
+        tokio::spawn(conn);
+        let row = c.query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[]).await.ok()?;
+        Some((row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)))
+    })
+}
+
+/// A replica through the read port, once HAProxy's checks have settled.
+fn wait_replica(t: &TestLab, port: u16, not: u16) {
+    let start = Instant::now();
+    // HAProxy starts servers as up; give the checks `fall * inter` to mark the primary down.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..6 {
+        let (p, replica) = through(t, port).expect("read port answers");
+        assert!(replica && p != not, "read port reached {p} (replica: {replica}) after {:?}", start.elapsed());
+    }
+}
+
+fn wait_route(t: &TestLab, port: u16, want: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if through(t, port).map(|r| r.0) == Some(want) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "HAProxy did not route port {port} to {want} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn haproxy_follows_the_primary() {
+    let t = TestLab::up("haproxy", |s| s.on_primary_crash = "failover".into());
+    let base = vigil::lab::free_base_port(3);
+    let (wp, rp) = (base, base + 1);
+    let cfg_path = t.lab.dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, render(&t, wp, rp)).unwrap();
+    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&cfg_path).output().expect("haproxy installed");
+    assert!(check.status.success(), "config check: {}", out(&check));
+    let log = std::fs::File::create(t.lab.dir.join("haproxy.log")).unwrap();
+    let mut haproxy = Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Stop(&mut haproxy);
+
+    let (pg1, pg2) = (t.port("pg1"), t.port("pg2"));
+    wait_route(&t, wp, pg1, Duration::from_secs(10));
+    wait_replica(&t, rp, pg1);
+
+    let o = t.vigil(&["switchover", "--to", "pg2"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let took = wait_route(&t, wp, pg2, Duration::from_secs(10));
+    eprintln!("write port reached pg2 {took:?} after the switchover completed");
+    t.wait_streaming("pg1", Duration::from_secs(30));
+    wait_replica(&t, rp, pg2);
+
+    // A crash of the new primary: HAProxy moves to whoever takes over.
+    t.lab.kill_postgres(t.index("pg2")).unwrap();
+    let new = t.wait_new_primary("pg2", Duration::from_secs(20));
+    let took = wait_route(&t, wp, t.port(&new), Duration::from_secs(10));
+    eprintln!("write port reached {new} {took:?} after it was elected");
+}
