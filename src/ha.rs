@@ -33,7 +33,9 @@ pub struct Ha<E: Engine, D: Dcs> {
     known: BTreeMap<String, MemberRecord>,
     last_leader: Option<String>,
     last_primary_position: Option<Position>,
-    last_renewal: Option<Instant>,
+    /// When the leader lease was last renewed; shared with the lease watchdog.
+    last_renewal: Arc<std::sync::Mutex<Option<Instant>>>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
     term: Option<i64>,
     leader_lost_ms: Option<u64>,
     restart_started: Option<Instant>,
@@ -71,7 +73,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             known: BTreeMap::new(),
             last_leader: None,
             last_primary_position: None,
-            last_renewal: None,
+            last_renewal: Arc::default(),
+            paused: Arc::default(),
             term: None,
             leader_lost_ms: None,
             restart_started: None,
@@ -86,6 +89,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     /// Runs until the process is told to stop.
     pub async fn run(mut self) {
         self.spawn_process_watch();
+        self.spawn_lease_watchdog();
         loop {
             let started = Instant::now();
             if let Err(e) = self.iterate().await {
@@ -97,6 +101,42 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 _ = self.wake.notified() => {}
             }
         }
+    }
+
+    fn set_renewal(&self, at: Option<Instant>) {
+        *self.last_renewal.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    fn renewal(&self) -> Option<Instant> {
+        *self.last_renewal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease watchdog: the loop can be slowed by etcd calls running
+    /// into their deadlines, so a separate task checks every 100 ms and
+    /// fences the database once the lease was last renewed more than
+    /// `ttl - safety_margin` ago. The decision core applies the same rule;
+    /// this is what keeps it on time.
+    fn spawn_lease_watchdog(&self) {
+        let (engine, dcs, shared) = (Arc::clone(&self.engine), Arc::clone(&self.dcs), Arc::clone(&self.shared));
+        let (renewal, paused) = (Arc::clone(&self.last_renewal), Arc::clone(&self.paused));
+        let limit = self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if !dcs.holds_leader() || paused.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
+                if last.is_none_or(|t| t.elapsed() >= limit) {
+                    tracing::error!("leader lease not renewed for {limit:?} (ttl - safety_margin): fencing the database");
+                    shared.update(|s| s.writable_leader = false);
+                    dcs.forget_leader();
+                    if let Err(e) = engine.fence().await {
+                        tracing::error!(error = %format!("{e:#}"), "fencing failed");
+                    }
+                }
+            }
+        });
     }
 
     /// Watches the local server process and wakes the loop the moment it
@@ -128,7 +168,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if let Some(c) = &cluster {
             self.remember(c);
         }
-        self.renew_lease(cluster.as_ref()).await;
+        if let Some(c) = &cluster {
+            self.paused.store(c.pause.is_some(), std::sync::atomic::Ordering::Relaxed);
+            self.renew_lease(c).await;
+        }
 
         let vacant = cluster.as_ref().is_some_and(|c| c.leader.is_none());
         if vacant && self.leader_lost_ms.is_none() {
@@ -174,24 +217,22 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         }
     }
 
-    async fn renew_lease(&mut self, cluster: Option<&ClusterState>) {
+    async fn renew_lease(&mut self, c: &ClusterState) {
         if !self.dcs.holds_leader() {
             return;
         }
         // The key names someone else: our lease no longer guards anything.
-        if let Some(c) = cluster {
-            if c.leader.as_ref().is_some_and(|l| l.node != self.cfg.node) || c.leader.is_none() {
-                tracing::warn!("leader key is no longer ours; dropping the lease");
-                self.dcs.forget_leader();
-                self.last_renewal = None;
-                return;
-            }
+        if c.leader.as_ref().is_some_and(|l| l.node != self.cfg.node) || c.leader.is_none() {
+            tracing::warn!("leader key is no longer ours; dropping the lease");
+            self.dcs.forget_leader();
+            self.set_renewal(None);
+            return;
         }
         match self.dcs.renew_leader().await {
-            Ok(true) => self.last_renewal = Some(Instant::now()),
+            Ok(true) => self.set_renewal(Some(Instant::now())),
             Ok(false) => {
                 tracing::error!("leader lease expired");
-                self.last_renewal = None;
+                self.set_renewal(None);
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease"),
         }
@@ -252,7 +293,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             policy: self.policy.clone(),
             local: obs.local.clone(),
             view,
-            lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.last_renewal.map(|t| t.elapsed()) },
+            lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) },
             peers,
             crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
         }
@@ -291,7 +332,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     bail!("the leader key's lease expired before it could be adopted");
                 }
                 self.term = cluster.and_then(|c| c.term);
-                self.last_renewal = Some(Instant::now());
+                self.set_renewal(Some(Instant::now()));
                 tracing::info!(term = ?self.term, "adopted the leader key of an earlier process of this node");
             }
             Action::WriteHeartbeat => {
@@ -304,7 +345,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 match self.dcs.acquire_leader(&rec).await? {
                     Some(term) => {
                         self.term = Some(term);
-                        self.last_renewal = Some(Instant::now());
+                        self.set_renewal(Some(Instant::now()));
                         tracing::info!(term, "took the leader key");
                         if obs.local.writable() {
                             self.record_retake(cluster, term).await;
@@ -343,13 +384,13 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     }
                 }
                 self.dcs.release_leader().await?;
-                self.last_renewal = None;
+                self.set_renewal(None);
             }
             Action::Fence { reason } => {
                 tracing::error!(%reason, "fencing the local database (read-only)");
                 self.shared.update(|s| s.writable_leader = false);
                 self.dcs.forget_leader();
-                self.last_renewal = None;
+                self.set_renewal(None);
                 self.engine.fence().await?;
             }
             Action::Start => {
@@ -469,7 +510,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             let _ = self.dcs.set_request(Some(req)).await;
         }
         self.dcs.release_leader().await?;
-        self.last_renewal = None;
+        self.set_renewal(None);
         tracing::info!(%to, "switchover: leader key released to the target");
         Ok(())
     }

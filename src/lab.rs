@@ -315,9 +315,18 @@ token_file = "{token}"
         )
     }
 
-    fn start_etcd(&mut self) -> Result<()> {
+    /// Stops etcd (SIGKILL), as in an outage of the coordination store.
+    pub fn kill_etcd(&mut self) {
+        if let Some(pid) = self.etcd_pid.take() {
+            self.kill_pid(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.save();
+    }
+
+    /// Starts etcd again on its data directory.
+    pub fn start_etcd(&mut self) -> Result<()> {
         let data = self.dir.join("etcd");
-        let log = std::fs::File::create(self.dir.join("etcd.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log"))?;
         let client = self.etcd_url();
         let peer = format!("http://127.0.0.1:{}", self.etcd_port + 1);
         let mut cmd = Command::new("etcd");
@@ -335,6 +344,7 @@ token_file = "{token}"
         let pid = child.id() as i32;
         self.etcd_pid = Some(pid);
         self.children.push((pid, child));
+        self.save()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.etcd_port)).is_err() {
             if Instant::now() > deadline {

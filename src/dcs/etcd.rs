@@ -258,6 +258,11 @@ impl Dcs for EtcdDcs {
 
     async fn renew_leader(&self) -> Result<bool> {
         let mut guard = self.leader_lease.lock().await;
+        if self.leader_id.load(Ordering::Relaxed) == 0 {
+            // Forgotten (fenced) while a call was in flight.
+            *guard = None;
+            return Ok(false);
+        }
         let Some(l) = guard.as_mut() else { return Ok(false) };
         let alive = self.keep_alive(l).await?;
         if !alive {
