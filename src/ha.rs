@@ -141,18 +141,20 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
 
     /// Watches the local server process and wakes the loop the moment it
     /// dies, so a crash is handled in milliseconds rather than after polls.
+    /// It waits on a pidfd (readable when the process exits), so an idle
+    /// sidecar does not poll; without pidfd support it polls every 50 ms.
     fn spawn_process_watch(&self) {
         let engine = Arc::clone(&self.engine);
         let wake = Arc::clone(&self.wake);
         tokio::spawn(async move {
-            let mut last = None;
             loop {
-                let pid = engine.server_pid();
-                if last.is_some() && pid != last {
-                    wake.notify_one();
+                match engine.server_pid() {
+                    Some(pid) => {
+                        crate::proc::wait_exit(pid).await;
+                        wake.notify_one();
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
-                last = pid;
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
     }
@@ -378,7 +380,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 tracing::warn!(%reason, "releasing the leader key");
                 self.shared.update(|s| s.writable_leader = false);
                 if obs.local.health != crate::core::DbHealth::Running {
-                    // It must not come back as a primary: the key is going to a replica.
+                    // It must not come back as a primary: the key is going to
+                    // a replica. A hung server is killed so that it cannot
+                    // wake up writable.
+                    if obs.local.health == crate::core::DbHealth::Unresponsive {
+                        self.engine.kill_server().await?;
+                    }
                     if let Err(e) = self.engine.mark_replica() {
                         tracing::warn!(error = %format!("{e:#}"), "could not mark the data directory as a replica");
                     }

@@ -23,6 +23,35 @@ pub fn alive(pid: i32) -> bool {
     exists && !is_zombie(pid)
 }
 
+/// Returns when process `pid` exits.
+pub async fn wait_exit(pid: i32) {
+    let fd = rustix::process::Pid::from_raw(pid)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+        // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open
+        // (and is not reused) for as long as it is registered.
+        .and_then(|fd| unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok());
+    match fd {
+        Some(fd) => {
+            // A pidfd turns readable when the process exits (also for zombies).
+            while alive(pid) {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), fd.readable()).await {
+                    Ok(Ok(mut guard)) => {
+                        guard.retain_ready();
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                }
+            }
+        }
+        None => {
+            while alive(pid) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Makes this process the reaper of its orphaned descendants: the
 /// PostgreSQL server that `pg_ctl` starts is re-parented to the sidecar, so
 /// a crashed server can be reaped (and its PID seen gone) even where PID 1

@@ -33,12 +33,19 @@ async fn connect(eps: &[Endpoint], user: &str, read_write: bool, timeout: Durati
     Some(client)
 }
 
-/// One acknowledged write: its id, when it was acknowledged, and on which port.
+/// One acknowledged write: its id, when it was acknowledged, on which
+/// server port, and over which connection (numbered from 1 as the writer
+/// reconnects).
 #[derive(Clone, Debug)]
 pub struct Ack {
     pub id: i64,
     pub at: Instant,
     pub port: u16,
+    pub conn: u64,
+}
+
+async fn server_port(c: &Client) -> u16 {
+    c.query_one("SELECT inet_server_port()", &[]).await.ok().and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0) as u16
 }
 
 pub struct Writer {
@@ -58,13 +65,16 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s, user) = (Arc::clone(&acks), Arc::clone(&stop), user.to_string());
         let task = tokio::spawn(async move {
-            let mut client: Option<(Client, u16)> = Some((c, 0));
+            let port = server_port(&c).await;
+            let mut client: Option<(Client, u16)> = Some((c, port));
+            let mut conn = 1u64;
             let mut id = start;
             while !s.load(Ordering::Relaxed) {
                 if client.is_none() {
                     if let Some(c) = connect(&eps, &user, true, Duration::from_millis(500)).await {
-                        let port = c.query_one("SELECT inet_server_port()", &[]).await.ok().and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0);
-                        client = Some((c, port as u16));
+                        let port = server_port(&c).await;
+                        conn += 1;
+                        client = Some((c, port));
                     } else {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
@@ -74,7 +84,7 @@ impl Writer {
                 id += 1;
                 let r = tokio::time::timeout(Duration::from_secs(1), c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id])).await;
                 match r {
-                    Ok(Ok(_)) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port }),
+                    Ok(Ok(_)) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port, conn }),
                     _ => {
                         // Not acknowledged: the id may or may not exist; it is not counted.
                         client = None;

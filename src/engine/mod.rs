@@ -76,6 +76,9 @@ pub trait Engine: Send + Sync + 'static {
     fn resume_as_primary(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Starts the stopped database in the role its data directory has.
     fn start(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// SIGKILLs the server process (a hung primary that gives up its key
+    /// must not wake up writable).
+    fn kill_server(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Marks a stopped database so that it can only start as a replica
     /// (after it gave up the leader key).
     fn mark_replica(&self) -> anyhow::Result<()>;

@@ -550,7 +550,22 @@ impl Engine for Postgres {
     }
 
     async fn restart_in_place(&self) -> Result<()> {
+        // A process that exists but does not answer (hung, SIGSTOPped) is
+        // killed first; crash recovery then loses nothing.
+        self.kill_server().await?;
         self.start_server().await
+    }
+
+    async fn kill_server(&self) -> Result<()> {
+        self.drop_client().await;
+        if let Some(pid) = self.read_pid() {
+            tracing::warn!(pid, "killing the unresponsive postmaster");
+            proc::signal(pid, rustix::process::Signal::KILL)?;
+            if !proc::wait_gone(pid, Duration::from_secs(5)).await {
+                proc::reap(pid);
+            }
+        }
+        Ok(())
     }
 
     async fn follow(&self, up: &Upstream, obs: &Observation) -> Result<FollowOutcome> {
