@@ -129,6 +129,7 @@ fn c_switchover_loses_nothing() {
 #[test]
 fn d_manual_failover_refuses_a_less_fresh_node() {
     let t = TestLab::up("manual", |s| *s = s.clone().fast());
+    let checker = t.rt.block_on(async { SplitBrainChecker::start(t.eps(), "postgres", Duration::from_millis(50)) });
     let mut t = t;
     assert!(t.vigil(&["pause"]).status.success());
     // Cut pg3 off its upstream, then write more on pg1.
@@ -163,6 +164,30 @@ fn d_manual_failover_refuses_a_less_fresh_node() {
     assert_eq!(t.leader().as_deref(), Some("pg2"));
     assert!(t.vigil(&["resume"]).status.success());
     t.wait_streaming("pg3", Duration::from_secs(30));
+    let report = t.rt.block_on(checker.stop());
+    assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
+
+/// (e) with a damaged data directory: pg_rewind cannot work, so the old
+/// primary comes back through a fresh base backup, and says so; the old
+/// data is kept aside, not deleted.
+#[test]
+fn e_old_primary_with_damaged_data_rejoins_through_a_base_backup() {
+    let mut t = TestLab::up("basebackup", |s| *s = s.clone().fast());
+    let checker = t.rt.block_on(async { SplitBrainChecker::start(t.eps(), "postgres", Duration::from_millis(50)) });
+    t.lab.kill_sidecar(0);
+    t.lab.kill_postgres(0);
+    t.wait_new_primary("pg1", Duration::from_secs(20));
+    let data = t.lab.nodes[0].data_dir.clone();
+    std::fs::remove_file(data.join("global/pg_control")).unwrap();
+    t.lab.start_sidecar(0).unwrap();
+    t.wait_streaming("pg1", Duration::from_secs(60));
+    let log = std::fs::read_to_string(t.lab.nodes[0].dir.join("vigil.log")).unwrap();
+    assert!(log.contains("fresh base backup"), "the log says how it rejoined");
+    let kept = std::fs::read_dir(&t.lab.nodes[0].dir).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("data.vigil-old-"));
+    assert!(kept, "the damaged data directory is kept aside");
+    let report = t.rt.block_on(checker.stop());
+    assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
 }
 
 /// A config error names the file, the line and the field, and exits 2.
