@@ -8,6 +8,7 @@ packages=(
   etcd-server etcd-client  # the coordination store (etcd 3.4) and etcdctl
   protobuf-compiler libprotobuf-dev  # the etcd client library compiles etcd's protocol at build time
   haproxy                  # the load-balancer integration test
+  prometheus-alertmanager  # the alerting integration test
   ca-certificates
 )
 

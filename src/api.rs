@@ -177,6 +177,7 @@ async fn metrics<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
 }
 
 /// Constant-time comparison of the bearer token.
+#[allow(clippy::result_large_err)]
 fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), Response> {
     let want = cfg.api.token.expose().as_bytes();
     if want.is_empty() {

@@ -216,11 +216,52 @@ pub struct AlertsConfig {
     /// Replication lag (from the heartbeat table) above which an alert fires.
     #[serde(with = "humantime_serde")]
     pub lag_alert: Duration,
+    /// A replica not streaming from a live leader for this long is alerted.
+    #[serde(with = "humantime_serde")]
+    pub broken_for: Duration,
+    /// etcd unreachable for this long is alerted.
+    #[serde(with = "humantime_serde")]
+    pub etcd_for: Duration,
+    /// Alertmanager base URLs (v2 API).
+    pub alertmanager: Vec<String>,
+    /// Generic JSON webhooks.
+    pub webhook: Vec<WebhookConfig>,
+    /// A command run for every notification (environment: VIGIL_ALERT, ...).
+    pub command: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Prefix of the runbook links in alerts (a wiki or repository URL).
+    pub runbook_base: String,
+    /// Notifications waiting per destination before new ones are dropped.
+    pub queue: usize,
+    /// How often firing alerts are re-sent to Alertmanager.
+    #[serde(with = "humantime_serde")]
+    pub resend: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Extra HTTP headers (e.g. an Authorization token).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        AlertsConfig { lag_alert: Duration::from_secs(30) }
+        AlertsConfig {
+            lag_alert: Duration::from_secs(30),
+            broken_for: Duration::from_secs(10),
+            etcd_for: Duration::from_secs(5),
+            alertmanager: vec![],
+            webhook: vec![],
+            command: None,
+            command_timeout: Duration::from_secs(10),
+            runbook_base: "runbooks".into(),
+            queue: 256,
+            resend: Duration::from_secs(60),
+        }
     }
 }
 
@@ -366,6 +407,22 @@ impl Config {
         }
         if self.alerts.lag_alert.is_zero() {
             return err("alerts.lag_alert", "must be above 0".into());
+        }
+        for u in &self.alerts.alertmanager {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return err("alerts.alertmanager", format!("{u:?} must be an http:// or https:// URL"));
+            }
+        }
+        for w in &self.alerts.webhook {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return err("alerts.webhook", format!("{:?} must be an http:// or https:// URL", w.url));
+            }
+        }
+        if self.alerts.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return err("alerts.command", "must not be empty".into());
+        }
+        if self.alerts.queue == 0 {
+            return err("alerts.queue", "must be at least 1".into());
         }
         for (f, file, env) in [
             ("database.password_file", &self.database.password_file, &self.database.password_env),
@@ -540,6 +597,14 @@ data_dir = "/var/lib/postgresql/15/main"
         assert_eq!(e.line, Some(3));
         let e = parse(&format!("{GOOD}\n[api]\nlisten = \"localhost\"\n")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("api.listen"));
+    }
+
+    #[test]
+    fn a_misconfigured_alert_destination_is_a_config_error() {
+        let e = parse(&format!("{GOOD}\n[alerts]\nalertmanager = [\"localhost:9093\"]\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("alerts.alertmanager"), "{e}");
+        let e = parse(&format!("{GOOD}\n[[alerts.webhook]]\nurl = \"ftp://x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("ftp://x"), "{e}");
     }
 
     #[test]

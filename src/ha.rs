@@ -9,9 +9,10 @@
 //! probe peers* ───┘        (* only while the leader key is vacant)
 //! ```
 
+use crate::alerts::{Evaluator, Facts, Notifier, Severity};
 use crate::config::Config;
 use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaseState, LeaderKey, PeerObs, Policy, Request, View};
-use crate::dcs::{now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, LeaderRecord, MemberRecord, RequestRecord, Step};
+use crate::dcs::{now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step};
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::position::{Lsn, Position};
 use crate::status::Shared;
@@ -46,10 +47,28 @@ pub struct Ha<E: Engine, D: Dcs> {
     heartbeat_ok: bool,
     /// Rejoins since this node last streamed; escalates rewind to base backup.
     rejoin_attempts: u32,
+    notifier: Notifier,
+    evaluator: Evaluator,
+    dcs_down_since: Option<u64>,
+    last_resend: Instant,
+    /// When this leader first saw its database fail (for the incident record).
+    failure_seen_ms: Option<u64>,
+    /// The history record of this node's promotion, until every replica follows.
+    pending_history: Option<HistoryRecord>,
 }
 
 impl<E: Engine, D: Dcs> Ha<E, D> {
-    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, shared: Arc<Shared>, wake: Arc<Notify>) -> Self {
+    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
+        let evaluator = Evaluator::new(
+            &cfg.cluster,
+            &cfg.node,
+            crate::alerts::rules::Thresholds {
+                lag_alert: cfg.alerts.lag_alert,
+                broken_for: cfg.alerts.broken_for,
+                dcs_for: cfg.alerts.etcd_for,
+                runbook_base: cfg.alerts.runbook_base.clone(),
+            },
+        );
         let policy = Policy {
             ttl: cfg.timing.ttl,
             safety_margin: cfg.timing.safety_margin,
@@ -83,6 +102,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             last_refusal: None,
             heartbeat_ok: false,
             rejoin_attempts: 0,
+            notifier,
+            evaluator,
+            dcs_down_since: None,
+            last_resend: Instant::now(),
+            failure_seen_ms: None,
+            pending_history: None,
         }
     }
 
@@ -167,6 +192,17 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             Ok(c) => (Some(c), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
+        if cluster.is_some() {
+            self.dcs_down_since = None;
+        } else if self.dcs_down_since.is_none() {
+            self.dcs_down_since = Some(now_ms());
+        }
+        let leading = cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node);
+        if leading && matches!(obs.local.health, crate::core::DbHealth::Down | crate::core::DbHealth::Unresponsive) {
+            self.failure_seen_ms.get_or_insert_with(now_ms);
+        } else if obs.local.health == crate::core::DbHealth::Running {
+            self.failure_seen_ms = None;
+        }
         if let Some(c) = &cluster {
             self.remember(c);
         }
@@ -201,8 +237,80 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if obs.local.streaming || obs.local.writable() {
             self.rejoin_attempts = 0;
         }
+        let silent = self.silent_peers(cluster.as_ref()).await;
         self.publish(&obs, cluster, dcs_error, &decision).await;
+        self.raise_alerts(&decision, silent);
+        self.track_following().await;
         outcome
+    }
+
+    /// Members seen before whose member key is gone, and whether their
+    /// database still answers.
+    async fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, Option<bool>)> {
+        let Some(c) = cluster else { return vec![] };
+        let mut out = vec![];
+        for m in self.known.values().filter(|m| m.node != self.cfg.node && !c.members.contains_key(&m.node)) {
+            out.push((m.node.clone(), self.engine.probe_writable(&m.db_host, m.db_port).await));
+        }
+        out
+    }
+
+    fn raise_alerts(&mut self, d: &Decision, silent: Vec<(String, Option<bool>)>) {
+        let snap = self.shared.get();
+        let Some(me) = snap.me.as_ref() else { return };
+        let held_down = d.refusal.as_deref().is_some_and(|r| r.starts_with("held down"));
+        let facts = Facts {
+            now_ms: now_ms(),
+            me,
+            cluster: snap.dcs_ok.then_some(&snap.cluster),
+            dcs_down_since_ms: self.dcs_down_since,
+            silent_peers: silent,
+            refusal: d.refusal.as_deref(),
+            held_down,
+        };
+        for a in self.evaluator.evaluate(&facts) {
+            self.notifier.notify(&a);
+        }
+        if self.last_resend.elapsed() >= self.cfg.alerts.resend {
+            self.last_resend = Instant::now();
+            self.notifier.refresh(&self.evaluator.firing());
+        }
+        let stats = &self.notifier.stats;
+        let firing: Vec<String> = self.evaluator.firing().iter().map(|a| a.key()).collect();
+        let counts = (
+            stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+            stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.shared.update(|s| {
+            s.alerts_firing = firing;
+            s.alert_deliveries = counts;
+        });
+    }
+
+    fn event(&self, name: &str, severity: Severity, summary: String, old: Option<String>, new: Option<String>) {
+        let a = self.evaluator.event(name, severity, now_ms(), summary, self.term, old, new);
+        self.notifier.notify(&a);
+    }
+
+    /// Completes the history record of this node's promotion with the
+    /// moment every other live member streams from it.
+    async fn track_following(&mut self) {
+        let Some(mut rec) = self.pending_history.take() else { return };
+        let snap = self.shared.get();
+        let me = format!("{}:{}", self.cfg.database.host, self.cfg.database.port);
+        let others: Vec<&MemberRecord> = snap.cluster.members.values().filter(|m| m.node != self.cfg.node).collect();
+        let all = !others.is_empty() && others.iter().all(|m| m.streaming && m.upstream.as_deref() == Some(me.as_str()));
+        if !all {
+            if now_ms().saturating_sub(rec.at_ms) < 600_000 {
+                self.pending_history = Some(rec);
+            }
+            return;
+        }
+        rec.steps.push(Step { name: "all replicas following".into(), at_ms: now_ms(), detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")) });
+        if let Err(e) = self.dcs.put_history(&rec).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not update the history record");
+        }
     }
 
     fn remember(&mut self, c: &ClusterState) {
@@ -351,6 +459,15 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                         tracing::info!(term, "took the leader key");
                         if obs.local.writable() {
                             self.record_retake(cluster, term).await;
+                        } else {
+                            let old = self.last_leader.clone().filter(|l| *l != node);
+                            self.event(
+                                "FailoverStarted",
+                                Severity::Critical,
+                                format!("{node} took the leader key (term {term}) after {} lost it; promoting", old.clone().unwrap_or_else(|| "the primary".into())),
+                                old,
+                                Some(node.clone()),
+                            );
                         }
                     }
                     None => bail!("another node took the leader key first"),
@@ -361,6 +478,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
+                    self.event("FailoverFailed", Severity::Critical, format!("promotion of {node} failed: {e:#}"), self.last_leader.clone(), Some(node.clone()));
                     let _ = self.dcs.release_leader().await;
                     return Err(e);
                 }
@@ -378,6 +496,16 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             Action::ReleaseLeader { reason } => {
                 tracing::warn!(%reason, "releasing the leader key");
+                let incident = IncidentRecord {
+                    node: node.clone(),
+                    reason: reason.clone(),
+                    failure_seen_ms: self.failure_seen_ms.unwrap_or_else(now_ms),
+                    released_ms: now_ms(),
+                };
+                if let Err(e) = self.dcs.set_incident(Some(incident)).await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not record the incident");
+                }
+                self.event("FailoverStarted", Severity::Critical, format!("{node} releases the leader key: {reason}"), Some(node.clone()), None);
                 self.shared.update(|s| s.writable_leader = false);
                 if obs.local.health != crate::core::DbHealth::Running {
                     // It must not come back as a primary: the key is going to
@@ -561,12 +689,26 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             None => "failover",
         };
         let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
+        let incident = cluster.and_then(|c| c.incident.clone()).filter(|i| i.released_ms + 600_000 > now_ms());
+        match &incident {
+            Some(i) => {
+                steps.push(Step { name: format!("failure seen by {}", i.node), at_ms: i.failure_seen_ms, detail: Some(i.reason.clone()) });
+                steps.push(Step { name: format!("leader key released by {}", i.node), at_ms: i.released_ms, detail: None });
+            }
+            None if req.is_none() => {
+                if let Some(ms) = self.leader_lost_ms {
+                    steps.push(Step { name: "leader key expired (old primary gone)".into(), at_ms: ms, detail: None });
+                }
+            }
+            None => {}
+        }
         if let Some(ms) = self.leader_lost_ms {
             steps.push(Step { name: "leader key seen vacant".into(), at_ms: ms, detail: None });
         }
         steps.push(Step { name: "leader key acquired".into(), at_ms: acquired_ms, detail: Some(format!("term {term}")) });
         steps.push(Step { name: "promoted".into(), at_ms: promoted_ms, detail: None });
         steps.push(Step { name: "accepting writes".into(), at_ms: writable_ms, detail: None });
+        steps.push(Step { name: "published (/primary answers 200)".into(), at_ms: writable_ms, detail: None });
         steps.sort_by_key(|s| s.at_ms);
         let mut candidates = vec![CandidateRecord {
             node: self.cfg.node.clone(),
@@ -590,7 +732,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let reason = match kind {
             "switchover" => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
             "manual_failover" => format!("manual failover to {}", self.cfg.node),
-            _ => format!("leader key of {} vacant", self.last_leader.clone().unwrap_or_else(|| "?".into())),
+            _ => match &incident {
+                Some(i) => format!("{}: {}", i.node, i.reason),
+                None => format!("leader key of {} expired: node or sidecar lost", self.last_leader.clone().unwrap_or_else(|| "?".into())),
+            },
         };
         let rec = HistoryRecord {
             term,
@@ -610,6 +755,18 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if req.is_some() {
             let _ = self.dcs.set_request(None).await;
         }
+        if incident.is_some() {
+            let _ = self.dcs.set_incident(None).await;
+        }
+        let mut summary = format!("{} is the new primary (term {term}, {kind}): {}", self.cfg.node, rec.reason);
+        if let (Some(o), Some(n)) = (rec.old_position, rec.new_position) {
+            summary += &format!("; old primary last at {o}, new at {n}");
+        }
+        let ev = self.evaluator.event("FailoverSucceeded", Severity::Critical, now_ms(), summary, Some(term), rec.old_primary.clone(), Some(self.cfg.node.clone()));
+        let mut ev = ev;
+        ev.labels.insert("kind".into(), kind.into());
+        self.notifier.notify(&ev);
+        self.pending_history = Some(rec);
     }
 
     async fn publish(&mut self, obs: &Observation, cluster: Option<ClusterState>, dcs_error: Option<String>, d: &Decision) {

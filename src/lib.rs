@@ -2,6 +2,7 @@
 //!
 //! One `vigil run` per database node. See ARCHITECTURE.md for the map.
 
+pub mod alerts;
 pub mod config;
 pub mod core;
 pub mod dcs;

@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub last_loop_ms: u64,
     /// Failovers this process took part in as the new primary.
     pub promotions: u64,
+    /// Keys of the alerts firing now.
+    pub alerts_firing: Vec<String>,
+    /// Alert notifications delivered, failed after retries, dropped.
+    pub alert_deliveries: (u64, u64, u64),
 }
 
 #[derive(Default)]

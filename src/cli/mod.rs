@@ -319,9 +319,8 @@ pub fn lab(action: &LabAction) -> Result<()> {
             spec.nodes = *nodes;
             spec.on_primary_crash = on_primary_crash.clone();
             let t0 = Instant::now();
-            let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).map_err(|e| {
+            let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).inspect_err(|_| {
                 eprintln!("lab up failed; logs are in {} (stop what started with `vigil lab down`)", dir.display());
-                e
             })?;
             eprintln!("[{:5.1}s] lab is up\n", t0.elapsed().as_secs_f64());
             let c = lab.cluster_state()?;
@@ -388,7 +387,8 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
         }
     });
 
-    let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake);
+    let notifier = crate::alerts::Notifier::start(&cfg.alerts, format!("{}/cluster", cfg.api.url()));
+    let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake, notifier);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = ha.run() => {}

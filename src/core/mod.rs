@@ -483,7 +483,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     }
     let allow_data_loss = manual.is_some_and(|r| r.allow_data_loss);
 
-    if !elig.eligible && !(manual.is_some() && eligible_when_forced(i)) {
+    if !(elig.eligible || manual.is_some() && eligible_when_forced(i)) {
         d.state = "no leader; not eligible".into();
         let why = format!("not taking the leader key: {}", elig.reason.clone().unwrap_or_default());
         if manual.is_some() {

@@ -187,14 +187,15 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 
 impl Dcs for EtcdDcs {
     async fn load(&self) -> Result<ClusterState> {
-        let (leader, members, pause, request, history) =
-            (self.key("leader"), self.key("members/"), self.key("pause"), self.key("switchover"), self.key("history/"));
+        let (leader, members, pause, request, history, incident) =
+            (self.key("leader"), self.key("members/"), self.key("pause"), self.key("switchover"), self.key("history/"), self.key("incident"));
         let txn = Txn::new().and_then([
             TxnOp::get(leader.clone(), None),
             TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(pause.clone(), None),
             TxnOp::get(request.clone(), None),
             TxnOp::get(history.clone(), Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(1))),
+            TxnOp::get(incident.clone(), None),
         ]);
         let resp = self.call("load", |mut c| {
             let txn = txn.clone();
@@ -232,6 +233,9 @@ impl Dcs for EtcdDcs {
         }
         if let Some(kv) = gets[4].kvs().first() {
             st.last_history = parse(&history, kv.value()).ok();
+        }
+        if let Some(kv) = gets[5].kvs().first() {
+            st.incident = parse(&incident, kv.value()).ok();
         }
         Ok(st)
     }
@@ -374,6 +378,10 @@ impl Dcs for EtcdDcs {
 
     async fn set_request(&self, req: Option<RequestRecord>) -> Result<()> {
         self.set_or_delete("switchover", req.map(|p| serde_json::to_vec(&p)).transpose()?).await
+    }
+
+    async fn set_incident(&self, rec: Option<IncidentRecord>) -> Result<()> {
+        self.set_or_delete("incident", rec.map(|p| serde_json::to_vec(&p)).transpose()?).await
     }
 
     async fn remove_member(&self) -> Result<()> {

@@ -4,7 +4,8 @@
 //! Keyspace under `<prefix>/<cluster>/` (DESIGN.md §2):
 //! `leader` (bound to the leader's lease; its create revision is the term),
 //! `members/<node>` (bound to each sidecar's own lease), `history/<term>`,
-//! `pause`, `switchover` (a pending operator request).
+//! `pause`, `switchover` (a pending operator request), `incident` (what the
+//! old primary saw before it released the key).
 
 pub mod etcd;
 
@@ -127,6 +128,16 @@ pub struct RequestRecord {
     pub refused: Option<String>,
 }
 
+/// Value of the `incident` key: what the old primary saw before it gave
+/// up the key, for the new primary's history record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IncidentRecord {
+    pub node: String,
+    pub reason: String,
+    pub failure_seen_ms: u64,
+    pub released_ms: u64,
+}
+
 /// Value of the `pause` key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PauseRecord {
@@ -147,6 +158,7 @@ pub struct ClusterState {
     pub request: Option<RequestRecord>,
     /// The newest history record.
     pub last_history: Option<HistoryRecord>,
+    pub incident: Option<IncidentRecord>,
 }
 
 /// The coordination store as the HA loop and the CLI see it. Every call
@@ -172,6 +184,7 @@ pub trait Dcs: Send + Sync + 'static {
     fn history(&self) -> impl Future<Output = anyhow::Result<Vec<HistoryRecord>>> + Send;
     fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Deletes this node's member key (clean shutdown).
     fn remove_member(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
