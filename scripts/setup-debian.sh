@@ -9,6 +9,7 @@ packages=(
   protobuf-compiler libprotobuf-dev  # the etcd client library compiles etcd's protocol at build time
   haproxy                  # the load-balancer integration test
   prometheus-alertmanager  # the alerting integration test
+  bind9 bind9-utils bind9-dnsutils  # the DNS publishing test (named, tsig-keygen, dig)
   ca-certificates
 )
 

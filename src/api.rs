@@ -43,6 +43,7 @@ pub fn router<E: Engine, D: Dcs>(state: Arc<ApiState<E, D>>) -> Router {
         .route("/readiness", any(readiness::<E, D>))
         .route("/member", get(member::<E, D>))
         .route("/cluster", get(cluster::<E, D>))
+        .route("/cluster/primary", get(who_is_primary::<E, D>))
         .route("/history", get(history::<E, D>))
         .route("/metrics", get(metrics::<E, D>))
         .route("/switchover", post(switchover::<E, D>))
@@ -161,6 +162,28 @@ async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<S
 async fn cluster<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
     let snap = s.shared.get();
     Json(crate::cli::status::cluster_json(&s.cfg.cluster, &snap.cluster)).into_response()
+}
+
+/// Who is primary, from any sidecar: host, port, term, since when.
+async fn who_is_primary<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+    let snap = s.shared.get();
+    let c = &snap.cluster;
+    let Some(l) = &c.leader else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"cluster": s.cfg.cluster, "primary": null, "error": "no leader"}))).into_response();
+    };
+    let m = c.members.get(&l.node);
+    Json(json!({
+        "cluster": s.cfg.cluster,
+        "primary": l.node,
+        "host": m.map(|m| m.db_host.clone()),
+        "port": m.map(|m| m.db_port),
+        "term": c.term,
+        "since_ms": l.since_ms,
+        "since": humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(l.since_ms)).to_string(),
+        "accepting_writes": m.is_some_and(|m| m.term.is_some() && m.role == Some(DbRole::Primary)),
+        "api_url": m.map(|m| m.api_url.clone()),
+    }))
+    .into_response()
 }
 
 async fn history<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {

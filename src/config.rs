@@ -29,6 +29,10 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// Publishing the primary in DNS (RFC 2136 + TSIG).
+    pub dns: Option<DnsConfig>,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -265,6 +269,65 @@ impl Default for AlertsConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Synchronous, before promotion; a non-zero exit vetoes it (STONITH, fencing).
+    pub pre_promote: Option<String>,
+    /// After every change of this node's role (background).
+    pub on_role_change: Option<String>,
+    /// After this node became primary by failover or switchover (background).
+    pub post_failover: Option<String>,
+    /// After a promotion of this node failed (background).
+    pub on_failover_failed: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig { pre_promote: None, on_role_change: None, post_failover: None, on_failover_failed: None, timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The primary name server of the zone, host:port.
+    pub server: String,
+    pub zone: String,
+    /// The name that must point at the primary.
+    pub name: String,
+    #[serde(default = "default_dns_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Permit a TTL above 60s (clients then keep the old primary longer).
+    #[serde(default)]
+    pub allow_long_ttl: bool,
+    /// What this node publishes: an IPv4/IPv6 address (A/AAAA) or a host name
+    /// (CNAME). Default: database.host.
+    pub address: Option<String>,
+    /// TSIG key file as written by `tsig-keygen`.
+    pub tsig_key_file: PathBuf,
+    /// Also keep `_vigil.<name>` TXT "term=N node=X", the fencing token that
+    /// stops an old primary from overwriting a newer one (default true).
+    #[serde(default = "yes")]
+    pub txt_term: bool,
+    #[serde(default = "d_2s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(skip)]
+    pub key: Option<crate::publish::dns::TsigKey>,
+}
+
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+fn d_2s() -> Duration {
+    Duration::from_secs(2)
+}
+
 fn default_prefix() -> String {
     "/vigil".into()
 }
@@ -330,6 +393,10 @@ impl Config {
             read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
                 .map_err(|m| fail("database.replication_password_file", m))?;
         cfg.api.token = read_secret(&cfg.api.token_file, &cfg.api.token_env).map_err(|m| fail("api.token_file", m))?;
+        if let Some(d) = cfg.dns.as_mut() {
+            check_private(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?;
+            d.key = Some(crate::publish::dns::TsigKey::load(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?);
+        }
         Ok(cfg)
     }
 
@@ -421,6 +488,32 @@ impl Config {
         if self.alerts.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return err("alerts.command", "must not be empty".into());
         }
+        if let Some(d) = &self.dns {
+            if d.server.parse::<SocketAddr>().is_err() {
+                return err("dns.server", format!("{:?} is not an address like 127.0.0.1:53", d.server));
+            }
+            if d.ttl > Duration::from_secs(60) && !d.allow_long_ttl {
+                return err(
+                    "dns.ttl",
+                    format!("{} is above 60s: clients would keep the old primary that long after a failover; lower it, or set allow_long_ttl = true", hd(d.ttl)),
+                );
+            }
+            let zone = d.zone.trim_end_matches('.');
+            let name = d.name.trim_end_matches('.');
+            if !(name == zone || name.ends_with(&format!(".{zone}"))) {
+                return err("dns.name", format!("{name:?} is not inside the zone {zone:?}"));
+            }
+        }
+        for (f, h) in [
+            ("hooks.pre_promote", &self.hooks.pre_promote),
+            ("hooks.on_role_change", &self.hooks.on_role_change),
+            ("hooks.post_failover", &self.hooks.post_failover),
+            ("hooks.on_failover_failed", &self.hooks.on_failover_failed),
+        ] {
+            if h.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return err(f, "must not be empty".into());
+            }
+        }
         if self.alerts.queue == 0 {
             return err("alerts.queue", "must be at least 1".into());
         }
@@ -445,17 +538,19 @@ fn hd(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(format!("{} is world-readable; chmod o-r it (it holds a secret)", path.display()));
+        }
+    }
+    Ok(())
+}
+
 fn read_secret(file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, String> {
     if let Some(path) = file {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o004 != 0 {
-                    return Err(format!("{} is world-readable; chmod o-r it (it holds a secret)", path.display()));
-                }
-            }
-        }
+        check_private(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         return Ok(Secret::new(text.trim_end_matches(['\n', '\r'])));
     }
@@ -605,6 +700,25 @@ data_dir = "/var/lib/postgresql/15/main"
         assert_eq!(e.field.as_deref(), Some("alerts.alertmanager"), "{e}");
         let e = parse(&format!("{GOOD}\n[[alerts.webhook]]\nurl = \"ftp://x\"\n")).unwrap_err();
         assert!(e.to_string().contains("ftp://x"), "{e}");
+    }
+
+    #[test]
+    fn dns_ttl_above_60s_needs_an_override() {
+        let dir = std::env::temp_dir().join(format!("vigil-dns-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k.key");
+        std::fs::write(&key, "key \"k\" { algorithm hmac-sha256; secret \"AAAA\"; };").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dns = format!("\n[dns]\nserver = \"127.0.0.1:53\"\nzone = \"example.com.\"\nname = \"db.example.com.\"\ntsig_key_file = \"{}\"\n", key.display());
+        parse(&format!("{GOOD}{dns}ttl = \"30s\"\n")).unwrap();
+        let e = parse(&format!("{GOOD}{dns}ttl = \"5m\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dns.ttl"), "{e}");
+        parse(&format!("{GOOD}{dns}ttl = \"5m\"\nallow_long_ttl = true\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!("{GOOD}{dns}")).unwrap_err();
+        assert!(e.to_string().contains("world-readable"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

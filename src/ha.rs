@@ -15,6 +15,8 @@ use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaseSt
 use crate::dcs::{now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step};
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::position::{Lsn, Position};
+use crate::publish::dns::{DnsTarget, Published};
+use crate::publish::hooks::{HookEvent, Hooks};
 use crate::status::Shared;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -55,6 +57,12 @@ pub struct Ha<E: Engine, D: Dcs> {
     failure_seen_ms: Option<u64>,
     /// The history record of this node's promotion, until every replica follows.
     pending_history: Option<HistoryRecord>,
+    /// The newest history record this node wrote (later steps are appended).
+    my_history: Option<HistoryRecord>,
+    hooks: Hooks,
+    dns: Option<DnsTarget>,
+    dns_results: (tokio::sync::mpsc::UnboundedSender<(i64, Result<Published, String>, u64)>, tokio::sync::mpsc::UnboundedReceiver<(i64, Result<Published, String>, u64)>),
+    vetoed_at: Option<Instant>,
 }
 
 impl<E: Engine, D: Dcs> Ha<E, D> {
@@ -81,6 +89,16 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             switchover_timeout: cfg.failover.switchover_timeout,
         };
         let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
+        let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
+        let dns_target = cfg.dns.as_ref().map(|d| DnsTarget {
+            server: d.server.parse().expect("validated"),
+            zone: d.zone.clone(),
+            name: d.name.clone(),
+            ttl: d.ttl.as_secs() as u32,
+            key: d.key.clone().expect("loaded with the config"),
+            txt_term: d.txt_term,
+            timeout: d.timeout,
+        });
         Ha {
             cfg,
             policy,
@@ -108,6 +126,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             last_resend: Instant::now(),
             failure_seen_ms: None,
             pending_history: None,
+            my_history: None,
+            hooks: Hooks::new(cfg_hooks, &cfg_cluster, &cfg_node),
+            dns: dns_target,
+            dns_results: tokio::sync::mpsc::unbounded_channel(),
+            vetoed_at: None,
         }
     }
 
@@ -240,6 +263,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let silent = self.silent_peers(cluster.as_ref()).await;
         self.publish(&obs, cluster, dcs_error, &decision).await;
         self.raise_alerts(&decision, silent);
+        self.drain_dns().await;
         self.track_following().await;
         outcome
     }
@@ -293,10 +317,73 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         self.notifier.notify(&a);
     }
 
+    /// Publishes this node in DNS in the background, retrying with backoff
+    /// until it works, a newer term owns the record, or two minutes pass.
+    fn publish_dns(&self, term: i64) {
+        let Some(dns) = self.dns.clone() else { return };
+        let address = self.cfg.dns.as_ref().and_then(|d| d.address.clone()).unwrap_or_else(|| self.cfg.database.host.clone());
+        let node = self.cfg.node.clone();
+        let tx = self.dns_results.0.clone();
+        let wake = Arc::clone(&self.wake);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match dns.publish_verified(&address, term, &node).await {
+                    Ok(p) => {
+                        tracing::info!(name = %dns.name, %address, term, took_ms = started.elapsed().as_millis() as u64, outcome = ?p, "DNS published");
+                        let _ = tx.send((term, Ok(p), now_ms()));
+                        break;
+                    }
+                    Err(e) if started.elapsed() > Duration::from_secs(120) => {
+                        tracing::error!(name = %dns.name, error = %format!("{e:#}"), "DNS publication failed; giving up");
+                        let _ = tx.send((term, Err(format!("{e:#}")), now_ms()));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %dns.name, error = %format!("{e:#}"), "DNS publication failed; retrying in {delay:?}");
+                        let _ = tx.send((term, Err(format!("{e:#}")), now_ms()));
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            wake.notify_one();
+        });
+    }
+
+    /// Folds finished DNS publications into metrics, alerts and history.
+    async fn drain_dns(&mut self) {
+        while let Ok((term, result, at_ms)) = self.dns_results.1.try_recv() {
+            let name = self.cfg.dns.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+            let step = match &result {
+                Ok(Published::Updated) => {
+                    self.shared.update(|s| s.dns_published_term = Some(term));
+                    Step { name: format!("DNS {name} published"), at_ms, detail: None }
+                }
+                Ok(Published::NewerTermOwnsIt(t)) => Step { name: format!("DNS {name} left alone"), at_ms, detail: Some(format!("term {t} owns it")) },
+                Err(e) => {
+                    self.shared.update(|s| s.dns_failures += 1);
+                    self.event("DnsPublishFailed", Severity::Critical, format!("could not publish {name} for term {term}: {e}"), None, Some(self.cfg.node.clone()));
+                    Step { name: format!("DNS {name} publication failed"), at_ms, detail: Some(e.clone()) }
+                }
+            };
+            let failed = result.is_err();
+            for rec in [self.my_history.as_mut(), self.pending_history.as_mut()].into_iter().flatten() {
+                if rec.term == term && !(failed && rec.steps.iter().any(|s| s.name.ends_with("publication failed"))) {
+                    rec.steps.push(step.clone());
+                }
+            }
+            if let Some(rec) = self.my_history.clone().filter(|r| r.term == term) {
+                let _ = self.dcs.put_history(&rec).await;
+            }
+        }
+    }
+
     /// Completes the history record of this node's promotion with the
     /// moment every other live member streams from it.
     async fn track_following(&mut self) {
-        let Some(mut rec) = self.pending_history.take() else { return };
+        let Some(rec) = self.pending_history.take() else { return };
         let snap = self.shared.get();
         let me = format!("{}:{}", self.cfg.database.host, self.cfg.database.port);
         let others: Vec<&MemberRecord> = snap.cluster.members.values().filter(|m| m.node != self.cfg.node).collect();
@@ -307,7 +394,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             return;
         }
-        rec.steps.push(Step { name: "all replicas following".into(), at_ms: now_ms(), detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")) });
+        let step = Step { name: "all replicas following".into(), at_ms: now_ms(), detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")) };
+        let mut rec = self.my_history.clone().filter(|r| r.term == rec.term).unwrap_or(rec);
+        rec.steps.push(step);
+        self.my_history = Some(rec.clone());
         if let Err(e) = self.dcs.put_history(&rec).await {
             tracing::warn!(error = %format!("{e:#}"), "could not update the history record");
         }
@@ -406,6 +496,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) },
             peers,
             crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
+            vetoed_ago: self.vetoed_at.map(|t| t.elapsed()),
         }
     }
 
@@ -444,6 +535,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 self.term = cluster.and_then(|c| c.term);
                 self.set_renewal(Some(Instant::now()));
                 tracing::info!(term = ?self.term, "adopted the leader key of an earlier process of this node");
+                if let (Some(t), true) = (self.term, obs.local.writable()) {
+                    self.publish_dns(t);
+                }
             }
             Action::WriteHeartbeat => {
                 let term = self.term.or(cluster.and_then(|c| c.term)).unwrap_or(0);
@@ -459,6 +553,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                         tracing::info!(term, "took the leader key");
                         if obs.local.writable() {
                             self.record_retake(cluster, term).await;
+                            self.publish_dns(term);
                         } else {
                             let old = self.last_leader.clone().filter(|l| *l != node);
                             self.event(
@@ -475,10 +570,37 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             Action::Promote => {
                 let acquired_ms = now_ms();
+                let ev = HookEvent {
+                    event: "pre_promote".into(),
+                    role: "primary".into(),
+                    term: self.term,
+                    old_primary: self.last_leader.clone().filter(|l| *l != node),
+                    new_primary: Some(node.clone()),
+                    reason: d.state.clone(),
+                };
+                if let Err(why) = self.hooks.pre_promote(&ev).await {
+                    self.vetoed_at = Some(Instant::now());
+                    tracing::error!(reason = %why, "pre_promote hook vetoed the promotion; giving the leader key back");
+                    let mut inc = cluster.and_then(|c| c.incident.clone()).unwrap_or(IncidentRecord {
+                        node: String::new(),
+                        reason: String::new(),
+                        failure_seen_ms: 0,
+                        released_ms: 0,
+                        notes: vec![],
+                        created_ms: now_ms(),
+                    });
+                    inc.notes.push(Step { name: format!("pre_promote hook vetoed promotion of {node}"), at_ms: now_ms(), detail: Some(why.clone()) });
+                    let _ = self.dcs.set_incident(Some(inc)).await;
+                    let _ = self.dcs.release_leader().await;
+                    self.set_renewal(None);
+                    self.event("FailoverVetoed", Severity::Warning, format!("pre_promote hook vetoed promotion of {node}: {why}"), ev.old_primary.clone(), Some(node.clone()));
+                    bail!("pre_promote hook vetoed the promotion: {why}");
+                }
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
                     self.event("FailoverFailed", Severity::Critical, format!("promotion of {node} failed: {e:#}"), self.last_leader.clone(), Some(node.clone()));
+                    self.hooks.fire("on_failover_failed", HookEvent { event: "failover_failed".into(), role: "replica".into(), term: self.term, old_primary: self.last_leader.clone(), new_primary: Some(node.clone()), reason: format!("{e:#}") });
                     let _ = self.dcs.release_leader().await;
                     return Err(e);
                 }
@@ -501,6 +623,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     reason: reason.clone(),
                     failure_seen_ms: self.failure_seen_ms.unwrap_or_else(now_ms),
                     released_ms: now_ms(),
+                    notes: vec![],
+                    created_ms: now_ms(),
                 };
                 if let Err(e) = self.dcs.set_incident(Some(incident)).await {
                     tracing::warn!(error = %format!("{e:#}"), "could not record the incident");
@@ -523,6 +647,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             Action::Fence { reason } => {
                 tracing::error!(%reason, "fencing the local database (read-only)");
+                self.hooks.fire("on_role_change", HookEvent { event: "fenced".into(), role: "replica".into(), term: self.term, reason: reason.clone(), ..Default::default() });
                 self.shared.update(|s| s.writable_leader = false);
                 self.dcs.forget_leader();
                 self.set_renewal(None);
@@ -689,8 +814,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             None => "failover",
         };
         let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
-        let incident = cluster.and_then(|c| c.incident.clone()).filter(|i| i.released_ms + 600_000 > now_ms());
-        match &incident {
+        let incident = cluster.and_then(|c| c.incident.clone()).filter(|i| i.released_ms.max(i.created_ms) + 600_000 > now_ms());
+        if let Some(i) = &incident {
+            steps.extend(i.notes.iter().cloned());
+        }
+        match incident.as_ref().filter(|i| !i.node.is_empty()) {
             Some(i) => {
                 steps.push(Step { name: format!("failure seen by {}", i.node), at_ms: i.failure_seen_ms, detail: Some(i.reason.clone()) });
                 steps.push(Step { name: format!("leader key released by {}", i.node), at_ms: i.released_ms, detail: None });
@@ -732,7 +860,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let reason = match kind {
             "switchover" => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
             "manual_failover" => format!("manual failover to {}", self.cfg.node),
-            _ => match &incident {
+            _ => match incident.as_ref().filter(|i| !i.node.is_empty()) {
                 Some(i) => format!("{}: {}", i.node, i.reason),
                 None => format!("leader key of {} expired: node or sidecar lost", self.last_leader.clone().unwrap_or_else(|| "?".into())),
             },
@@ -766,7 +894,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let mut ev = ev;
         ev.labels.insert("kind".into(), kind.into());
         self.notifier.notify(&ev);
+        let hook = HookEvent { event: kind.into(), role: "primary".into(), term: Some(term), old_primary: rec.old_primary.clone(), new_primary: Some(self.cfg.node.clone()), reason: rec.reason.clone() };
+        self.hooks.fire("on_role_change", hook.clone());
+        self.hooks.fire("post_failover", hook);
+        self.my_history = Some(rec.clone());
         self.pending_history = Some(rec);
+        self.publish_dns(term);
     }
 
     async fn publish(&mut self, obs: &Observation, cluster: Option<ClusterState>, dcs_error: Option<String>, d: &Decision) {

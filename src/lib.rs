@@ -19,3 +19,4 @@ pub mod lab;
 pub mod metrics;
 pub mod ops;
 pub mod workload;
+pub mod publish;

@@ -45,6 +45,8 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         gauge("replication_lag_bytes", "Bytes behind the primary's last published position.", b as f64);
     }
     gauge("members", "Members with a live member key.", s.cluster.members.len() as f64);
+    gauge("dns_published_term", "Term this node last published in DNS (0: never).", s.dns_published_term.unwrap_or(0) as f64);
+    gauge("dns_failures", "Failed DNS publication attempts since start.", s.dns_failures as f64);
     gauge("alerts_firing", "Alerts this sidecar has firing now.", s.alerts_firing.len() as f64);
     gauge("hold_down", "1 while automatic failover is held down after a recent one.", s.me.as_ref().and_then(|m| m.refusal.as_deref()).is_some_and(|r| r.starts_with("held down")) as u8 as f64);
     let (delivered, failed, dropped) = s.alert_deliveries;

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub alerts_firing: Vec<String>,
     /// Alert notifications delivered, failed after retries, dropped.
     pub alert_deliveries: (u64, u64, u64),
+    /// The term this node last published in DNS.
+    pub dns_published_term: Option<i64>,
+    pub dns_failures: u64,
 }
 
 #[derive(Default)]

@@ -174,6 +174,8 @@ pub struct Inputs {
     pub lease: LeaseState,
     pub peers: Vec<PeerObs>,
     pub crash: CrashState,
+    /// How long ago this node's `pre_promote` hook vetoed its promotion.
+    pub vetoed_ago: Option<Duration>,
 }
 
 /// One step for the loop to carry out, in order. When a step fails the
@@ -566,6 +568,9 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     }
     if l.health != DbHealth::Running {
         return Eligibility::no(format!("database {}", format!("{:?}", l.health).to_lowercase()));
+    }
+    if let Some(ago) = i.vetoed_ago.filter(|a| *a < p.ttl) {
+        return Eligibility::no(format!("pre_promote hook vetoed this node's promotion {} ago (backing off for ttl)", secs(ago)));
     }
     let Some(mine) = l.position else {
         return Eligibility::no("position unknown");

@@ -55,6 +55,7 @@ fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
         lease: LeaseState::default(),
         peers: vec![],
         crash: CrashState::default(),
+        vetoed_ago: None,
     }
 }
 
@@ -267,6 +268,17 @@ fn replica_on_an_old_timeline_is_not_eligible() {
 }
 
 #[test]
+fn a_vetoed_node_backs_off_for_ttl() {
+    let mut i = inputs("pg2", replica(1000), no_leader());
+    i.vetoed_ago = Some(Duration::from_secs(2));
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("pre_promote"));
+    i.vetoed_ago = Some(Duration::from_secs(11));
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
 fn priority_zero_is_never_promoted() {
     let mut i = inputs("pg2", replica(1000), no_leader());
     i.policy.priority = 0;
@@ -413,6 +425,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 lease: LeaseState { held: held && leader_node == Some("pg1"), renewed_ago: renewed.map(Duration::from_secs) },
                 peers: vec![p2, p3],
                 crash: CrashState::default(),
+                vetoed_ago: None,
             }
         })
 }

@@ -132,10 +132,16 @@ pub struct RequestRecord {
 /// up the key, for the new primary's history record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IncidentRecord {
+    /// The old primary that released the key ("" when it did not: lost).
     pub node: String,
     pub reason: String,
     pub failure_seen_ms: u64,
     pub released_ms: u64,
+    /// Further events of the same incident (e.g. a vetoed promotion).
+    #[serde(default)]
+    pub notes: Vec<Step>,
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 /// Value of the `pause` key.

@@ -77,6 +77,19 @@ impl TestLab {
         self.wait_for(&format!("{node} streaming"), limit, |c| c.members.get(node).is_some_and(|m| m.streaming));
     }
 
+    /// Appends `extra(node index)` to every sidecar's config and restarts
+    /// the sidecars (they read their config at start).
+    pub fn reconfigure(&mut self, extra: impl Fn(usize) -> String) {
+        for i in 0..self.lab.nodes.len() {
+            let cfg = self.lab.nodes[i].config.clone();
+            let text = std::fs::read_to_string(&cfg).unwrap() + &extra(i);
+            std::fs::write(&cfg, text).unwrap();
+            self.lab.kill_sidecar(i);
+            self.lab.start_sidecar(i).unwrap();
+        }
+        self.lab.wait_healthy(Duration::from_secs(30)).unwrap();
+    }
+
     /// Runs the vigil CLI against this lab.
     pub fn vigil(&self, args: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))

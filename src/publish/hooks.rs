@@ -1,0 +1,146 @@
+//! Hook commands: `pre_promote` (synchronous; a non-zero exit vetoes the
+//! promotion and gives the key back: the place for STONITH or fencing
+//! scripts), `on_role_change`, `post_failover` and `on_failover_failed`
+//! (in the background). Each runs through `sh -c` with `VIGIL_*`
+//! environment variables, and `{cluster} {node} {role} {term}
+//! {old_primary} {new_primary} {reason} {event}` placeholders replaced by
+//! shell-quoted values; it is killed with its whole process group after
+//! `timeout`, and its output goes to the log.
+
+use crate::config::HooksConfig;
+use std::time::Duration;
+
+/// What a hook is told.
+#[derive(Debug, Clone, Default)]
+pub struct HookEvent {
+    pub event: String,
+    pub role: String,
+    pub term: Option<i64>,
+    pub old_primary: Option<String>,
+    pub new_primary: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Hooks {
+    cfg: HooksConfig,
+    cluster: String,
+    node: String,
+}
+
+/// Quotes a value for `sh`.
+pub fn sh_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+impl Hooks {
+    pub fn new(cfg: HooksConfig, cluster: &str, node: &str) -> Self {
+        Hooks { cfg, cluster: cluster.into(), node: node.into() }
+    }
+
+    fn vars(&self, ev: &HookEvent) -> Vec<(&'static str, String)> {
+        vec![
+            ("cluster", self.cluster.clone()),
+            ("node", self.node.clone()),
+            ("event", ev.event.clone()),
+            ("role", ev.role.clone()),
+            ("term", ev.term.map(|t| t.to_string()).unwrap_or_default()),
+            ("old_primary", ev.old_primary.clone().unwrap_or_default()),
+            ("new_primary", ev.new_primary.clone().unwrap_or_default()),
+            ("reason", ev.reason.clone()),
+        ]
+    }
+
+    /// The command line with its placeholders replaced.
+    pub fn expand(&self, template: &str, ev: &HookEvent) -> String {
+        let mut out = template.to_string();
+        for (k, v) in self.vars(ev) {
+            out = out.replace(&format!("{{{k}}}"), &sh_quote(&v));
+        }
+        out
+    }
+
+    async fn run(&self, which: &str, template: &str, ev: &HookEvent) -> Result<(), String> {
+        let line = self.expand(template, ev);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(&line);
+        for (k, v) in self.vars(ev) {
+            cmd.env(format!("VIGIL_{}", k.to_uppercase()), v);
+        }
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        std::os::unix::process::CommandExt::process_group(cmd.as_std_mut(), 0);
+        let started = std::time::Instant::now();
+        match crate::proc::run(cmd, &format!("{which} hook"), self.cfg.timeout).await {
+            Ok(out) => {
+                for l in out.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::info!(hook = which, "{l}");
+                }
+                tracing::info!(hook = which, took_ms = started.elapsed().as_millis() as u64, "hook succeeded");
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(hook = which, "hook failed: {msg}");
+                Err(msg)
+            }
+        }
+    }
+
+    /// Runs `pre_promote` and waits for it. Err(reason) is a veto.
+    pub async fn pre_promote(&self, ev: &HookEvent) -> Result<(), String> {
+        match &self.cfg.pre_promote {
+            Some(t) => self.run("pre_promote", t, ev).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a background hook (`on_role_change`, `post_failover`,
+    /// `on_failover_failed`); never waits for it.
+    pub fn fire(&self, which: &'static str, ev: HookEvent) {
+        let template = match which {
+            "on_role_change" => self.cfg.on_role_change.clone(),
+            "post_failover" => self.cfg.post_failover.clone(),
+            "on_failover_failed" => self.cfg.on_failover_failed.clone(),
+            _ => None,
+        };
+        if let Some(t) = template {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.run(which, &t, &ev).await;
+            });
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.cfg.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_shell_quoted() {
+        let h = Hooks::new(HooksConfig::default(), "lab", "pg2");
+        let ev = HookEvent { event: "promote".into(), term: Some(7), reason: "it's down; rm -rf /".into(), ..Default::default() };
+        let line = h.expand("fence {node} {term} {reason}", &ev);
+        assert_eq!(line, r"fence 'pg2' '7' 'it'\''s down; rm -rf /'");
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_hanging_pre_promote_vetoes() {
+        let mut cfg = HooksConfig { timeout: Duration::from_millis(300), ..Default::default() };
+        cfg.pre_promote = Some("echo checking {node}; exit 3".into());
+        let h = Hooks::new(cfg.clone(), "lab", "pg2");
+        let e = h.pre_promote(&HookEvent::default()).await.unwrap_err();
+        assert!(e.contains("exit status: 3"), "{e}");
+        cfg.pre_promote = Some("sleep 5".into());
+        let started = std::time::Instant::now();
+        let e = Hooks::new(cfg.clone(), "lab", "pg2").pre_promote(&HookEvent::default()).await.unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        cfg.pre_promote = Some("test \"$VIGIL_NODE\" = pg2".into());
+        Hooks::new(cfg, "lab", "pg2").pre_promote(&HookEvent::default()).await.unwrap();
+    }
+}

@@ -1,0 +1,158 @@
+//! Publishing the primary: DNS through a real BIND9 (RFC 2136 + TSIG), and
+//! the pre_promote hook's veto.
+
+mod common;
+
+use common::{out, TestLab};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vigil::publish::dns::{DnsTarget, TsigKey};
+
+struct Stop(Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// BIND9 serving `example.test` on 127.0.0.1:`port`, updatable with a key
+/// from `tsig-keygen`. Returns the server and the key file.
+fn start_bind(dir: &Path, port: u16) -> (Stop, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let key = dir.join("tsig.key");
+    let gen = Command::new("tsig-keygen").args(["-a", "hmac-sha256", "vigil-key"]).output().expect("tsig-keygen (bind9-utils)");
+    std::fs::write(&key, &gen.stdout).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        dir.join("db.example.test"),
+        "$TTL 300\n@ IN SOA ns.example.test. admin.example.test. ( 1 3600 600 86400 60 )\n@ IN NS ns.example.test.\nns IN A 127.0.0.1\n",
+    )
+    .unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("named.conf"),
+        format!(
+            "options {{ directory \"{d}\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; pid-file \"{d}/named.pid\"; \
+             recursion no; dnssec-validation no; }};\ncontrols {{ }};\ninclude \"{d}/tsig.key\";\n\
+             zone \"example.test\" {{ type primary; file \"{d}/db.example.test\"; allow-update {{ key \"vigil-key\"; }}; }};\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("named.log")).unwrap();
+    let child = Command::new("named")
+        .args(["-g", "-n", "1", "-c"])
+        .arg(dir.join("named.conf"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("named (bind9)");
+    let stop = Stop(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dig(port, "ns.example.test", "A").is_empty() {
+        assert!(Instant::now() < deadline, "named did not start: {}", std::fs::read_to_string(dir.join("named.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (stop, key)
+}
+
+/// `dig +noall +answer` lines.
+fn dig(port: u16, name: &str, rtype: &str) -> Vec<String> {
+    let o = Command::new("dig").args(["@127.0.0.1", "-p", &port.to_string(), "+noall", "+answer", "+time=1", "+tries=1", name, rtype]).output().expect("dig");
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn dns_follows_the_primary_through_a_failover() {
+    let mut t = TestLab::up("dns", |s| s.on_primary_crash = "failover".into());
+    let port = vigil::lab::free_base_port(2);
+    let (_named, key) = start_bind(&t.lab.dir.join("bind"), port);
+    let names: Vec<String> = t.lab.nodes.iter().map(|n| n.name.clone()).collect();
+    t.reconfigure(|i| {
+        format!(
+            "\n[dns]\nserver = \"127.0.0.1:{port}\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\nttl = \"30s\"\naddress = \"127.0.0.{}\"\ntsig_key_file = \"{}\"\n",
+            11 + i,
+            key.display()
+        )
+    });
+    let addr = |node: &str| format!("127.0.0.{}", 11 + names.iter().position(|n| n == node).unwrap());
+    let wait_dns = |want: &str| -> (Duration, String) {
+        let start = Instant::now();
+        loop {
+            let a = dig(port, "db.example.test", "A");
+            if a.len() == 1 && a[0].ends_with(want) {
+                return (start.elapsed(), a[0].clone());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "DNS never named {want}: {a:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let old = t.leader().unwrap();
+    wait_dns(&addr(&old));
+    t.lab.kill_postgres(t.index(&old)).unwrap();
+    let killed = Instant::now();
+    let new = t.wait_new_primary(&old, Duration::from_secs(20));
+    let (_, line) = wait_dns(&addr(&new));
+    eprintln!("dig after the failover ({:?} after the crash): {line}", killed.elapsed());
+    let ttl: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(ttl <= 60, "TTL {ttl}");
+    let term = t.state().term.unwrap();
+    let txt = dig(port, "_vigil.db.example.test", "TXT");
+    assert!(txt.iter().any(|l| l.contains(&format!("term={term}")) && l.contains(&new)), "{txt:?}");
+    let h = out(&t.vigil(&["history"]));
+    assert!(h.contains("DNS db.example.test. published"), "{h}");
+}
+
+#[test]
+fn a_wrong_tsig_key_is_reported_clearly() {
+    let dir = std::env::temp_dir().join(format!("vigil-bind-{}", std::process::id()));
+    let port = vigil::lab::free_base_port(2);
+    let (_named, key) = start_bind(&dir, port);
+    let mut k = TsigKey::load(&key).unwrap();
+    let target = |k: TsigKey| DnsTarget {
+        server: format!("127.0.0.1:{port}").parse().unwrap(),
+        zone: "example.test.".into(),
+        name: "db.example.test.".into(),
+        ttl: 30,
+        key: k,
+        txt_term: true,
+        timeout: Duration::from_secs(2),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(target(k.clone()).publish_verified("127.0.0.77", 5, "n1")).expect("the right key works");
+    assert!(dig(port, "db.example.test", "A")[0].ends_with("127.0.0.77"));
+    k.secret = b"not the secret at all, not at all".to_vec();
+    let e = rt.block_on(target(k.clone()).publish("127.0.0.78", 6, "n2")).unwrap_err();
+    eprintln!("wrong key: {e:#}");
+    assert!(format!("{e:#}").contains("TSIG signature"), "{e:#}");
+    k.name = "other-key".into();
+    let e = rt.block_on(target(k).publish("127.0.0.78", 6, "n2")).unwrap_err();
+    assert!(format!("{e:#}").contains("TSIG") || format!("{e:#}").contains("NOTAUTH"), "{e:#}");
+    // A stale primary never overwrites a newer term.
+    let right = TsigKey::load(&key).unwrap();
+    let p = rt.block_on(target(right).publish("127.0.0.79", 4, "old")).unwrap();
+    assert_eq!(p, vigil::publish::dns::Published::NewerTermOwnsIt(5));
+    assert!(dig(port, "db.example.test", "A")[0].ends_with("127.0.0.77"));
+    drop(_named);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// pre_promote vetoes on pg2: pg2 gives the key back, and pg3 takes over;
+/// the veto is in the history record.
+#[test]
+fn pre_promote_veto_hands_over_to_another_candidate() {
+    let t = TestLab::up("veto", |s| {
+        s.on_primary_crash = "failover".into();
+        s.extra_config = "\n[hooks]\npre_promote = \"echo fencing check on $VIGIL_NODE for term {term}; test \\\"$VIGIL_NODE\\\" != pg2\"\ntimeout = \"5s\"\n".into();
+    });
+    t.lab.kill_postgres(0).unwrap();
+    let new = t.wait_new_primary("pg1", Duration::from_secs(30));
+    assert_eq!(new, "pg3", "the vetoed pg2 must not lead");
+    let h = out(&t.vigil(&["history"]));
+    assert!(h.contains("pre_promote hook vetoed promotion of pg2"), "{h}");
+    let log = std::fs::read_to_string(t.lab.nodes[1].dir.join("vigil.log")).unwrap();
+    assert!(log.contains("fencing check on pg2"), "hook output is in the log");
+}
