@@ -33,6 +33,9 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// Publishing the primary in DNS (RFC 2136 + TSIG).
     pub dns: Option<DnsConfig>,
+    /// DNS failover for ordinary services (a web server and its backups).
+    #[serde(default)]
+    pub service: Vec<ServiceConfig>,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -318,6 +321,62 @@ pub struct DnsConfig {
     pub key: Option<crate::publish::dns::TsigKey>,
 }
 
+/// One service behind a DNS name: ordered targets (primary first), a
+/// health check, and the name moved to the first healthy target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// The record to publish (in the `[dns]` zone, with its server and key).
+    pub dns_name: String,
+    #[serde(default = "default_dns_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Addresses in order of preference: the primary first, then backups.
+    pub targets: Vec<String>,
+    pub check: ServiceCheck,
+    #[serde(default = "d_2s", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "d_1s", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed checks before a target is down.
+    #[serde(default = "three")]
+    pub fall: u32,
+    /// Consecutive good checks before a target is up again.
+    #[serde(default = "two")]
+    pub rise: u32,
+    /// Move back to a preferred target once it is up again (default true).
+    #[serde(default = "yes")]
+    pub failback: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum ServiceCheck {
+    /// HTTP GET `path` on `port`, healthy when the status is `expect`.
+    Http {
+        port: u16,
+        #[serde(default = "default_path")]
+        path: String,
+        #[serde(default = "default_expect")]
+        expect: u16,
+    },
+    /// TCP connect to `port`.
+    Tcp { port: u16 },
+}
+
+fn default_path() -> String {
+    "/health".into()
+}
+fn default_expect() -> u16 {
+    200
+}
+fn three() -> u32 {
+    3
+}
+fn two() -> u32 {
+    2
+}
+
 fn default_dns_ttl() -> Duration {
     Duration::from_secs(30)
 }
@@ -502,6 +561,25 @@ impl Config {
             let name = d.name.trim_end_matches('.');
             if !(name == zone || name.ends_with(&format!(".{zone}"))) {
                 return err("dns.name", format!("{name:?} is not inside the zone {zone:?}"));
+            }
+        }
+        for svc in &self.service {
+            let Some(d) = &self.dns else {
+                return err("service", format!("service {:?} needs a [dns] section (server, zone, key)", svc.name));
+            };
+            if svc.targets.is_empty() {
+                return err("service.targets", format!("service {:?} has no targets", svc.name));
+            }
+            if svc.ttl > Duration::from_secs(60) && !d.allow_long_ttl {
+                return err("service.ttl", format!("service {:?}: {} is above 60s", svc.name, hd(svc.ttl)));
+            }
+            let zone = d.zone.trim_end_matches('.');
+            let name = svc.dns_name.trim_end_matches('.');
+            if !name.ends_with(&format!(".{zone}")) && name != zone {
+                return err("service.dns_name", format!("{name:?} is not inside the zone {zone:?}"));
+            }
+            if svc.fall == 0 || svc.rise == 0 || svc.timeout >= svc.interval {
+                return err("service.interval", format!("service {:?}: fall and rise must be at least 1 and timeout below interval", svc.name));
             }
         }
         for (f, h) in [

@@ -67,16 +67,7 @@ pub struct Ha<E: Engine, D: Dcs> {
 
 impl<E: Engine, D: Dcs> Ha<E, D> {
     pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
-        let evaluator = Evaluator::new(
-            &cfg.cluster,
-            &cfg.node,
-            crate::alerts::rules::Thresholds {
-                lag_alert: cfg.alerts.lag_alert,
-                broken_for: cfg.alerts.broken_for,
-                dcs_for: cfg.alerts.etcd_for,
-                runbook_base: cfg.alerts.runbook_base.clone(),
-            },
-        );
+        let evaluator = Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts));
         let policy = Policy {
             ttl: cfg.timing.ttl,
             safety_margin: cfg.timing.safety_margin,
@@ -90,15 +81,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         };
         let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
-        let dns_target = cfg.dns.as_ref().map(|d| DnsTarget {
-            server: d.server.parse().expect("validated"),
-            zone: d.zone.clone(),
-            name: d.name.clone(),
-            ttl: d.ttl.as_secs() as u32,
-            key: d.key.clone().expect("loaded with the config"),
-            txt_term: d.txt_term,
-            timeout: d.timeout,
-        });
+        let dns_target = cfg.dns.as_ref().map(DnsTarget::from_config);
         Ha {
             cfg,
             policy,

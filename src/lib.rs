@@ -11,6 +11,7 @@ pub mod ha;
 pub mod proc;
 pub mod position;
 pub mod secret;
+pub mod service;
 pub mod status;
 pub mod units;
 pub mod api;

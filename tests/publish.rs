@@ -156,3 +156,55 @@ fn pre_promote_veto_hands_over_to_another_candidate() {
     let log = std::fs::read_to_string(t.lab.nodes[1].dir.join("vigil.log")).unwrap();
     assert!(log.contains("fencing check on pg2"), "hook output is in the log");
 }
+
+/// A tiny web server on `addr` answering `/health` with `code`.
+fn web(rt: &tokio::runtime::Runtime, addr: &str, code: u16) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new().route("/health", axum::routing::get(move || async move { axum::http::StatusCode::from_u16(code).unwrap() }));
+    let l = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
+    rt.spawn(async move { axum::serve(l, app).await.unwrap() })
+}
+
+/// The user's web-server case: three targets in order; the first stops,
+/// the name moves past an unhealthy backup to the third after `fall`
+/// failed checks; the first comes back and the name returns after `rise`.
+#[test]
+fn service_dns_failover_and_failback() {
+    let mut t = TestLab::up("service", |_| {});
+    let port = vigil::lab::free_base_port(2);
+    let (_named, key) = start_bind(&t.lab.dir.join("bind"), port);
+    let web_port = vigil::lab::free_base_port(2);
+    let targets = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let s1 = web(&t.rt, &format!("{}:{web_port}", targets[0]), 200);
+    let _s2 = web(&t.rt, &format!("{}:{web_port}", targets[1]), 503);
+    let _s3 = web(&t.rt, &format!("{}:{web_port}", targets[2]), 200);
+    let k = key.display().to_string();
+    t.reconfigure(|_| {
+        format!(
+            "\n[dns]\nserver = \"127.0.0.1:{port}\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\ntsig_key_file = \"{k}\"\n\n\
+             [[service]]\nname = \"www\"\ndns_name = \"www.example.test.\"\nttl = \"20s\"\ntargets = [\"127.0.0.21\", \"127.0.0.22\", \"127.0.0.23\"]\n\
+             check = {{ kind = \"http\", port = {web_port}, path = \"/health\", expect = 200 }}\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 3\nrise = 2\n"
+        )
+    });
+    let wait = |want: &str| -> Duration {
+        let start = Instant::now();
+        loop {
+            let a = dig(port, "www.example.test", "A");
+            if a.len() == 1 && a[0].ends_with(want) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "www never pointed at {want}: {a:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(targets[0]);
+    s1.abort();
+    let moved = wait(targets[2]);
+    eprintln!("first target stopped: www moved to {} after {moved:?} (fall 3 x 200ms, skipping the unhealthy backup)", targets[2]);
+    let _s1 = web(&t.rt, &format!("{}:{web_port}", targets[0]), 200);
+    let back = wait(targets[0]);
+    eprintln!("first target back: www returned after {back:?} (rise 2 x 200ms)");
+    let owners: Vec<_> = (0..3)
+        .filter(|i| std::fs::read_to_string(t.lab.nodes[*i].dir.join("vigil.log")).unwrap().contains("checking this service"))
+        .collect();
+    assert_eq!(owners.len(), 1, "exactly one sidecar checks the service");
+}

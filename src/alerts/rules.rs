@@ -34,6 +34,12 @@ pub struct Thresholds {
     pub runbook_base: String,
 }
 
+impl Thresholds {
+    pub fn from_config(a: &crate::config::AlertsConfig) -> Thresholds {
+        Thresholds { lag_alert: a.lag_alert, broken_for: a.broken_for, dcs_for: a.etcd_for, runbook_base: a.runbook_base.clone() }
+    }
+}
+
 /// A condition being tracked: since when it holds, whether it fired.
 #[derive(Debug, Clone)]
 struct Tracked {

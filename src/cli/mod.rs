@@ -388,6 +388,13 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
     });
 
     let notifier = crate::alerts::Notifier::start(&cfg.alerts, format!("{}/cluster", cfg.api.url()));
+    if let Some(d) = &cfg.dns {
+        let target = crate::publish::dns::DnsTarget::from_config(d);
+        let alerts = Arc::new(crate::alerts::Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts)));
+        for svc in cfg.service.clone() {
+            tokio::spawn(crate::service::run(svc, target.clone(), Arc::clone(&dcs), notifier.clone(), Arc::clone(&alerts)));
+        }
+    }
     let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake, notifier);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -384,6 +384,29 @@ impl Dcs for EtcdDcs {
         self.set_or_delete("incident", rec.map(|p| serde_json::to_vec(&p)).transpose()?).await
     }
 
+    async fn try_lock(&self, name: &str) -> Result<bool> {
+        let Some(id) = self.member_lease.lock().await.as_ref().map(|l| l.id) else { return Ok(false) };
+        let key = self.key(&format!("locks/{name}"));
+        let me = self.node.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), me.clone(), Some(PutOptions::new().with_lease(id)))])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = self
+            .call("lock", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        Ok(r.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.value() == me.as_bytes() && kv.lease() == id),
+            _ => false,
+        }))
+    }
+
     async fn remove_member(&self) -> Result<()> {
         if let Some(l) = self.member_lease.lock().await.take() {
             let id = l.id;

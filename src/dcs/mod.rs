@@ -191,6 +191,9 @@ pub trait Dcs: Send + Sync + 'static {
     fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Takes (or confirms it holds) the lock `locks/<name>`, bound to this
+    /// sidecar's member lease, so it lapses with the sidecar.
+    fn try_lock(&self, name: &str) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Deletes this node's member key (clean shutdown).
     fn remove_member(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }

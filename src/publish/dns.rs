@@ -134,6 +134,19 @@ fn rcode_error(code: ResponseCode, what: &str) -> anyhow::Error {
 }
 
 impl DnsTarget {
+    /// The target of a validated `[dns]` section (its key already loaded).
+    pub fn from_config(d: &crate::config::DnsConfig) -> DnsTarget {
+        DnsTarget {
+            server: d.server.parse().expect("validated with the config"),
+            zone: d.zone.clone(),
+            name: d.name.clone(),
+            ttl: d.ttl.as_secs() as u32,
+            key: d.key.clone().expect("loaded with the config"),
+            txt_term: d.txt_term,
+            timeout: d.timeout,
+        }
+    }
+
     async fn client(&self) -> Result<Client<TokioRuntimeProvider>> {
         let stream = UdpClientStream::builder(self.server, TokioRuntimeProvider::default())
             .with_timeout(Some(self.timeout))
