@@ -805,6 +805,16 @@ data_dir = "/var/lib/postgresql/15/main"
         std::env::set_var("VIGIL_EXAMPLE_DB_PASSWORD", "x");
         std::env::set_var("VIGIL_EXAMPLE_REPL_PASSWORD", "x");
         std::env::set_var("VIGIL_EXAMPLE_API_TOKEN", "x");
-        parse(text).unwrap();
+        // The example points at /etc/vigil/tsig.key; check it with a real key file.
+        let dir = std::env::temp_dir().join(format!("vigil-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("tsig.key");
+        std::fs::write(&key, "key \"vigil-key\" { algorithm hmac-sha256; secret \"AAAA\"; };").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&text.replace("/etc/vigil/tsig.key", &key.display().to_string())).unwrap();
+        assert_eq!(c.service.len(), 1);
+        assert!(c.hooks.pre_promote.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
