@@ -347,11 +347,15 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 Ok(Published::NewerTermOwnsIt(t)) => Step { name: format!("DNS {name} left alone"), at_ms, detail: Some(format!("term {t} owns it")) },
                 Err(e) => {
                     self.shared.update(|s| s.dns_failures += 1);
-                    self.event("DnsPublishFailed", Severity::Critical, format!("could not publish {name} for term {term}: {e}"), None, Some(self.cfg.node.clone()));
                     Step { name: format!("DNS {name} publication failed"), at_ms, detail: Some(e.clone()) }
                 }
             };
             let failed = result.is_err();
+            let first_failure = failed && !self.my_history.as_ref().is_some_and(|r| r.term == term && r.steps.iter().any(|s| s.name.ends_with("publication failed")));
+            if first_failure {
+                // One alert per term; the retries go on in the background.
+                self.event("DnsPublishFailed", Severity::Critical, format!("could not publish {name} for term {term} (retrying): {}", step.detail.clone().unwrap_or_default()), None, Some(self.cfg.node.clone()));
+            }
             for rec in [self.my_history.as_mut(), self.pending_history.as_mut()].into_iter().flatten() {
                 if rec.term == term && !(failed && rec.steps.iter().any(|s| s.name.ends_with("publication failed"))) {
                     rec.steps.push(step.clone());

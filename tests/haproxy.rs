@@ -87,6 +87,15 @@ fn haproxy_follows_the_primary() {
     t.wait_streaming("pg1", Duration::from_secs(30));
     wait_replica(&t, rp, pg2);
 
+    // Any sidecar, replica or not, tells who the primary is.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let who: serde_json::Value = rt
+        .block_on(async { reqwest::get(format!("http://127.0.0.1:{}/cluster/primary", t.lab.nodes[2].api_port)).await.unwrap().json().await })
+        .unwrap();
+    assert_eq!(who["primary"], "pg2", "{who}");
+    assert_eq!(who["port"], pg2, "{who}");
+    assert!(who["term"].as_i64().is_some() && who["since"].as_str().is_some(), "{who}");
+
     // A crash of the new primary: HAProxy moves to whoever takes over.
     t.lab.kill_postgres(t.index("pg2")).unwrap();
     let new = t.wait_new_primary("pg2", Duration::from_secs(20));

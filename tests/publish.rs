@@ -208,3 +208,32 @@ fn service_dns_failover_and_failback() {
         .collect();
     assert_eq!(owners.len(), 1, "exactly one sidecar checks the service");
 }
+
+/// A DNS server that does not answer: the failover completes anyway, and
+/// the failed publication is in the history record while retries go on.
+#[test]
+fn dns_server_down_does_not_block_the_failover() {
+    let mut t = TestLab::up("dnsdown", |s| s.on_primary_crash = "failover".into());
+    use std::os::unix::fs::PermissionsExt;
+    let key = t.lab.dir.join("tsig.key");
+    let gen = Command::new("tsig-keygen").args(["-a", "hmac-sha256", "vigil-key"]).output().unwrap();
+    std::fs::write(&key, &gen.stdout).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dead = vigil::lab::free_base_port(2);
+    t.reconfigure(|_| format!("\n[dns]\nserver = \"127.0.0.1:{dead}\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\ntimeout = \"500ms\"\ntsig_key_file = \"{}\"\n", key.display()));
+    let old = t.leader().unwrap();
+    let killed = Instant::now();
+    t.lab.kill_postgres(t.index(&old)).unwrap();
+    let new = t.wait_new_primary(&old, Duration::from_secs(20));
+    eprintln!("{new} leads {:?} after the crash with the DNS server down", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = out(&t.vigil(&["history"]));
+        if h.contains("publication failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed publication recorded: {h}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
