@@ -42,6 +42,7 @@ pub fn router<E: Engine, D: Dcs>(state: Arc<ApiState<E, D>>) -> Router {
         .route("/liveness", any(liveness::<E, D>))
         .route("/readiness", any(readiness::<E, D>))
         .route("/member", get(member::<E, D>))
+        .route("/sync", get(sync::<E, D>))
         .route("/cluster", get(cluster::<E, D>))
         .route("/cluster/primary", get(who_is_primary::<E, D>))
         .route("/history", get(history::<E, D>))
@@ -116,11 +117,39 @@ async fn read_only<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Res
     check(&method, ok, &snap, None)
 }
 
+/// 200 only when the node is fully operational: the database answers,
+/// and the configured checks (disk space, Redis, file sync on a backup)
+/// pass. The body names every failing check.
 async fn health<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
     let snap = s.shared.get();
-    let running = snap.me.as_ref().is_some_and(|m| m.health == DbHealth::Running);
-    let why = (!running).then(|| format!("database: {}", snap.me.as_ref().map(|m| format!("{:?}", m.health).to_lowercase()).unwrap_or_else(|| "not observed yet".into())));
-    check(&method, running, &snap, why)
+    let mut failing: Vec<String> = vec![];
+    if !snap.me.as_ref().is_some_and(|m| m.health == DbHealth::Running) {
+        failing.push(format!("database: {}", snap.me.as_ref().map(|m| format!("{:?}", m.health).to_lowercase()).unwrap_or_else(|| "not observed yet".into())));
+    }
+    if let Some(rep) = &snap.sync {
+        for (check, reason) in rep.problems(&s.cfg.sync, snap.writable_leader) {
+            failing.push(format!("{check}: {reason}"));
+        }
+    }
+    let why = (!failing.is_empty()).then(|| failing.join("; "));
+    check(&method, failing.is_empty(), &snap, why)
+}
+
+async fn sync<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+    let snap = s.shared.get();
+    let leader_hash = snap.cluster.leader.as_ref().and_then(|l| snap.cluster.members.get(&l.node)).and_then(|m| m.sync.as_ref()).map(|r| r.config_hash.clone());
+    let drift = match (&snap.sync, &leader_hash) {
+        (Some(r), Some(h)) => r.config_hash != *h,
+        _ => false,
+    };
+    let problems = snap.sync.as_ref().map(|r| r.problems(&s.cfg.sync, snap.writable_leader)).unwrap_or_default();
+    Json(json!({
+        "node": s.cfg.node,
+        "sync": snap.sync,
+        "config_drift_from_leader": drift,
+        "problems": problems.iter().map(|(c, r)| json!({"check": c, "reason": r})).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }
 
 async fn liveness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {

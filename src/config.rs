@@ -36,6 +36,9 @@ pub struct Config {
     /// DNS failover for ordinary services (a web server and its backups).
     #[serde(default)]
     pub service: Vec<ServiceConfig>,
+    /// File, session and configuration sync status.
+    #[serde(default)]
+    pub sync: SyncConfig,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -364,6 +367,79 @@ pub enum ServiceCheck {
     Tcp { port: u16 },
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub redis: Option<RedisSyncConfig>,
+    pub files: Option<FileSyncConfig>,
+    /// A directory every member should hold identically (hashed; its git
+    /// revision too when it is a checkout).
+    pub config_dir: Option<PathBuf>,
+    /// How often the sync status is refreshed.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// /health fails when the database's file system has less free space.
+    #[serde(deserialize_with = "opt_size")]
+    pub min_free_disk: Option<u64>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { redis: None, files: None, config_dir: None, interval: Duration::from_secs(2), min_free_disk: None }
+    }
+}
+
+fn opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    crate::units::serde_size::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSyncConfig {
+    /// The session store's primary and replica, host:port.
+    pub primary: String,
+    pub replica: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    #[serde(default = "d_1mib", with = "crate::units::serde_size")]
+    pub max_lag_bytes: u64,
+    /// A problem lasting this long is alerted (SyncStale).
+    #[serde(default = "d_30s", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "d_1s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(skip)]
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSyncConfig {
+    /// The synced tree on this node.
+    pub dir: PathBuf,
+    /// Marker file the primary writes into `dir`.
+    #[serde(default = "default_marker")]
+    pub marker: String,
+    /// A backup's copy older than this is stale.
+    #[serde(default = "d_60s", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// lsyncd's status file (`settings { statusFile = ... }`), shown if set.
+    pub lsyncd_status: Option<PathBuf>,
+}
+
+fn d_1mib() -> u64 {
+    1 << 20
+}
+fn d_30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_60s() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_marker() -> String {
+    ".vigil-sync".into()
+}
+
 fn default_path() -> String {
     "/health".into()
 }
@@ -452,6 +528,9 @@ impl Config {
             read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
                 .map_err(|m| fail("database.replication_password_file", m))?;
         cfg.api.token = read_secret(&cfg.api.token_file, &cfg.api.token_env).map_err(|m| fail("api.token_file", m))?;
+        if let Some(r) = cfg.sync.redis.as_mut() {
+            r.password = read_secret(&r.password_file, &r.password_env).map_err(|m| fail("sync.redis.password_file", m))?;
+        }
         if let Some(d) = cfg.dns.as_mut() {
             check_private(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?;
             d.key = Some(crate::publish::dns::TsigKey::load(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?);
@@ -561,6 +640,18 @@ impl Config {
             let name = d.name.trim_end_matches('.');
             if !(name == zone || name.ends_with(&format!(".{zone}"))) {
                 return err("dns.name", format!("{name:?} is not inside the zone {zone:?}"));
+            }
+        }
+        if let Some(r) = &self.sync.redis {
+            for (f, a) in [("sync.redis.primary", &r.primary), ("sync.redis.replica", &r.replica)] {
+                if !a.contains(':') {
+                    return err(f, format!("{a:?} must be host:port"));
+                }
+            }
+        }
+        if let Some(f) = &self.sync.files {
+            if !f.dir.is_absolute() || f.marker.contains('/') || f.marker.is_empty() {
+                return err("sync.files.dir", "dir must be an absolute path and marker a plain file name".into());
             }
         }
         for svc in &self.service {

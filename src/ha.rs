@@ -266,7 +266,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let snap = self.shared.get();
         let Some(me) = snap.me.as_ref() else { return };
         let held_down = d.refusal.as_deref().is_some_and(|r| r.starts_with("held down"));
+        let sync_problems = self.sync_problems(&snap);
         let facts = Facts {
+            sync_problems,
             now_ms: now_ms(),
             me,
             cluster: snap.dcs_ok.then_some(&snap.cluster),
@@ -293,6 +295,23 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             s.alerts_firing = firing;
             s.alert_deliveries = counts;
         });
+    }
+
+    /// Sync problems with how long each may last before it is alerted.
+    fn sync_problems(&self, snap: &crate::status::Snapshot) -> Vec<(String, String, Duration)> {
+        let Some(rep) = &snap.sync else { return vec![] };
+        let s = &self.cfg.sync;
+        rep.problems(s, snap.writable_leader)
+            .into_iter()
+            .map(|(check, reason)| {
+                let for_ = match check.as_str() {
+                    "redis" => s.redis.as_ref().map(|r| r.max_age).unwrap_or_default(),
+                    "file_sync" if !reason.starts_with("stale") => s.files.as_ref().map(|f| f.max_age).unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                (check, reason, for_)
+            })
+            .collect()
     }
 
     fn event(&self, name: &str, severity: Severity, summary: String, old: Option<String>, new: Option<String>) {
@@ -920,6 +939,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             paused: cluster.as_ref().is_some_and(|c| c.pause.is_some()),
             updated_ms: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
+            sync: self.shared.get().sync,
         };
         let put = if cluster.is_some() { self.dcs.put_member(&rec).await.err().map(|e| format!("{e:#}")) } else { None };
         if let Some(e) = &put {

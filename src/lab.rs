@@ -34,6 +34,10 @@ pub struct LabSpec {
     /// Extra TOML appended to every sidecar's config (further sections).
     pub extra_config: String,
     pub on_primary_crash: String,
+    /// Also run a Redis pair and a synced directory (sync status).
+    pub with_sync: bool,
+    /// `max_age` of the sync checks.
+    pub sync_max_age: String,
 }
 
 impl LabSpec {
@@ -47,6 +51,8 @@ impl LabSpec {
             timing: ["1s".into(), "10s".into(), "2s".into(), "2s".into()],
             extra_config: String::new(),
             on_primary_crash: "auto".into(),
+            with_sync: true,
+            sync_max_age: "10s".into(),
         }
     }
 
@@ -78,6 +84,12 @@ pub struct Lab {
     pub etcd_pid: Option<i32>,
     pub vigil_bin: PathBuf,
     pub nodes: Vec<LabNode>,
+    /// The session store: primary and replica ports, and their PIDs.
+    #[serde(default)]
+    pub redis: Vec<(u16, Option<i32>)>,
+    /// The loop that copies the primary's files/ to the others.
+    #[serde(default)]
+    pub file_sync_pid: Option<i32>,
     /// Sidecars started by this process, kept so they can be reaped.
     #[serde(skip)]
     children: Vec<(i32, Child)>,
@@ -168,7 +180,7 @@ impl Lab {
         if Command::new("etcd").arg("--version").output().is_err() {
             bail!("etcd not found: install etcd-server");
         }
-        let ports: Vec<u16> = (0..(20 + spec.nodes as u16)).map(|i| spec.base_port + i).collect();
+        let ports: Vec<u16> = (0..(10 + 2 * spec.nodes as u16)).map(|i| spec.base_port + i).collect();
         if let Some(p) = ports.iter().find(|p| !port_free(**p)) {
             bail!("port {p} is in use; choose another --base-port");
         }
@@ -185,6 +197,8 @@ impl Lab {
             etcd_pid: None,
             vigil_bin: spec.vigil_bin.clone(),
             nodes: vec![],
+            redis: vec![],
+            file_sync_pid: None,
             children: vec![],
         };
         for i in 0..spec.nodes {
@@ -249,6 +263,16 @@ impl Lab {
                 "pg_basebackup",
             )?;
         }
+        if spec.with_sync {
+            say(&format!("starting a Redis primary and replica on ports {} and {}, and the file sync", spec.base_port + 5, spec.base_port + 6));
+            lab.start_redis(spec.base_port + 5, None)?;
+            lab.start_redis(spec.base_port + 6, Some(spec.base_port + 5))?;
+            for n in &lab.nodes {
+                std::fs::create_dir_all(n.dir.join("files"))?;
+                std::fs::write(n.dir.join("files").join("index.html"), "<h1>served by the primary's files</h1>\n")?;
+            }
+            lab.start_file_sync()?;
+        }
         // The sidecar owns its database: stop the bootstrap server and let
         // pg1's sidecar start it (and reap it, should it crash).
         sh(as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-s", "-m", "fast", "-w", "stop"]), "pg_ctl stop")?;
@@ -296,7 +320,7 @@ on_primary_crash = "{crash}"
 [api]
 listen = "127.0.0.1:{api_port}"
 token_file = "{token}"
-{extra}
+{sync}{extra}
 "#,
             name = n.name,
             cluster = spec.cluster,
@@ -312,7 +336,71 @@ token_file = "{token}"
             ttl = spec.timing[1],
             retry = spec.timing[2],
             margin = spec.timing[3],
+            sync = if spec.with_sync && self.redis.len() == 2 {
+                format!(
+                    "\n[sync]\ninterval = \"1s\"\n\n[sync.redis]\nprimary = \"127.0.0.1:{}\"\nreplica = \"127.0.0.1:{}\"\nmax_age = \"{age}\"\n\n[sync.files]\ndir = \"{}\"\nmax_age = \"{age}\"\n",
+                    self.redis[0].0,
+                    self.redis[1].0,
+                    n.dir.join("files").display(),
+                    age = spec.sync_max_age
+                )
+            } else {
+                String::new()
+            },
         )
+    }
+
+    fn start_redis(&mut self, port: u16, replica_of: Option<u16>) -> Result<()> {
+        let dir = self.dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        if let Some(p) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+        let child = cmd.spawn().context("start redis-server")?;
+        let pid = child.id() as i32;
+        self.children.push((pid, child));
+        self.redis.push((port, Some(pid)));
+        self.save()
+    }
+
+    /// Starts the loop that copies the newest files/ (the primary's, whose
+    /// marker is freshest) to every other node, as lsyncd would.
+    pub fn start_file_sync(&mut self) -> Result<()> {
+        let script = "while :; do src=$(ls -t */files/.vigil-sync 2>/dev/null | head -1); src=${src%/.vigil-sync}; \
+             if [ -n \"$src\" ]; then for d in */files; do [ \"$d\" != \"$src\" ] && rsync -a --delete \"$src/\" \"$d/\"; done; fi; sleep 0.5; done";
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("file-sync.log"))?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("start the file sync loop")?;
+        let pid = child.id() as i32;
+        self.children.push((pid, child));
+        self.file_sync_pid = Some(pid);
+        self.save()
+    }
+
+    /// Stops the file sync loop (its process group: the shell and any rsync it runs).
+    pub fn stop_file_sync(&mut self) {
+        if let Some(pid) = self.file_sync_pid.take() {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+            self.reap(pid);
+        }
+        let _ = self.save();
     }
 
     /// Stops etcd (SIGKILL), as in an outage of the coordination store.
@@ -471,6 +559,29 @@ token_file = "{token}"
         }
     }
 
+    /// Waits until every member reports its sync checks ok (sessions, and
+    /// files on the backups).
+    pub fn wait_sync(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = self.cluster_state()?;
+            let leader = c.leader.as_ref().map(|l| l.node.clone());
+            let ok = c.members.values().all(|m| {
+                m.sync.as_ref().is_some_and(|s| {
+                    s.redis.as_ref().is_none_or(|r| r.state == "ok")
+                        && (Some(&m.node) == leader.as_ref() || s.files.as_ref().is_none_or(|f| f.state == "ok"))
+                })
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("sync status not ok after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Stops everything the lab started, by PID, and removes its directory
     /// unless `keep`.
     pub fn down(&mut self, keep: bool) -> Result<()> {
@@ -486,6 +597,12 @@ token_file = "{token}"
         }
         if let Some(pid) = self.etcd_pid.take() {
             self.kill_pid(pid, rustix::process::Signal::TERM);
+        }
+        self.stop_file_sync();
+        for i in 0..self.redis.len() {
+            if let Some(pid) = self.redis[i].1.take() {
+                self.kill_pid(pid, rustix::process::Signal::TERM);
+            }
         }
         if keep {
             self.save()?;

@@ -13,6 +13,7 @@ pub mod position;
 pub mod secret;
 pub mod service;
 pub mod status;
+pub mod sync;
 pub mod units;
 pub mod api;
 pub mod cli;

@@ -47,6 +47,21 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     gauge("members", "Members with a live member key.", s.cluster.members.len() as f64);
     gauge("dns_published_term", "Term this node last published in DNS (0: never).", s.dns_published_term.unwrap_or(0) as f64);
     gauge("dns_failures", "Failed DNS publication attempts since start.", s.dns_failures as f64);
+    if let Some(rep) = &s.sync {
+        if let Some(r) = &rep.redis {
+            gauge("sync_redis_link_up", "1 if the session store's replica link is up.", r.link_up as u8 as f64);
+            gauge("sync_redis_lag_bytes", "Replication offset lag of the session store.", r.offset_lag_bytes.unwrap_or(0) as f64);
+            gauge("sync_redis_ok", "1 if the session store's replication is ok.", (r.state == "ok") as u8 as f64);
+        }
+        if let Some(f) = &rep.files {
+            gauge("sync_file_age_seconds", "Age of this node's copy of the file-sync marker (-1: unknown).", f.age_seconds.unwrap_or(-1.0));
+            gauge("sync_file_ok", "1 if the file sync is current.", (f.state == "ok") as u8 as f64);
+        }
+        if let Some(free) = rep.disk_free {
+            gauge("disk_free_bytes", "Free bytes on the database's file system.", free as f64);
+        }
+    }
+    gauge("config_drift", "1 if this node's shared configuration differs from the leader's.", crate::cli::status::drifted(&s.cluster).contains(&cfg.node) as u8 as f64);
     gauge("alerts_firing", "Alerts this sidecar has firing now.", s.alerts_firing.len() as f64);
     gauge("hold_down", "1 while automatic failover is held down after a recent one.", s.me.as_ref().and_then(|m| m.refusal.as_deref()).is_some_and(|r| r.starts_with("held down")) as u8 as f64);
     let (delivered, failed, dropped) = s.alert_deliveries;

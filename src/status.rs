@@ -29,11 +29,20 @@ pub struct Snapshot {
     /// The term this node last published in DNS.
     pub dns_published_term: Option<i64>,
     pub dns_failures: u64,
+    /// The latest sync report of the background collector.
+    pub sync: Option<crate::sync::SyncReport>,
 }
 
 #[derive(Default)]
 pub struct Shared {
     snapshot: RwLock<Snapshot>,
+}
+
+impl crate::sync::RoleSource for Shared {
+    fn leading_term(&self) -> Option<i64> {
+        let s = self.get();
+        s.writable_leader.then_some(s.term).flatten()
+    }
 }
 
 impl Shared {

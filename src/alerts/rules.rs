@@ -23,6 +23,8 @@ pub struct Facts<'a> {
     pub refusal: Option<&'a str>,
     /// Hold-down is active with no leader.
     pub held_down: bool,
+    /// Sync problems: (check, reason, how long before alerting).
+    pub sync_problems: Vec<(String, String, Duration)>,
 }
 
 /// Rule thresholds, from `[alerts]`.
@@ -199,6 +201,26 @@ impl Evaluator {
                 labels,
             });
         }
+        for (check, reason, for_) in &f.sync_problems {
+            let mut labels = BTreeMap::new();
+            labels.insert("check".to_string(), check.clone());
+            let name = match check.as_str() {
+                "redis" => "SessionSyncStale",
+                "file_sync" => "FileSyncStale",
+                "disk" => "DiskSpaceLow",
+                _ => "SyncStale",
+            };
+            v.push(Cond {
+                name,
+                node: node.clone(),
+                severity: Severity::Warning,
+                for_: *for_,
+                summary: format!("{check} on {node} is not current"),
+                description: reason.clone(),
+                runbook: "sync.md",
+                labels,
+            });
+        }
         // Cluster-wide rules: one evaluator only.
         let evaluator = leader.clone().or_else(|| f.cluster.and_then(|c| c.members.keys().next().cloned()));
         if evaluator.as_deref() == Some(node.as_str()) {
@@ -288,6 +310,7 @@ mod tests {
             paused: false,
             updated_ms: 0,
             version: String::new(),
+            sync: None,
         }
     }
 
@@ -304,7 +327,7 @@ mod tests {
     }
 
     fn facts<'a>(now: u64, me: &'a MemberRecord, c: &'a ClusterState) -> Facts<'a> {
-        Facts { now_ms: now, me, cluster: Some(c), dcs_down_since_ms: None, silent_peers: vec![], refusal: None, held_down: false }
+        Facts { now_ms: now, me, cluster: Some(c), dcs_down_since_ms: None, silent_peers: vec![], refusal: None, held_down: false, sync_problems: vec![] }
     }
 
     #[test]
@@ -352,7 +375,7 @@ mod tests {
     fn etcd_unreachable_after_its_for() {
         let mut e = eval();
         let me = member("pg2", DbRole::Replica, Some(1.0), true);
-        let f = Facts { now_ms: 6000, me: &me, cluster: None, dcs_down_since_ms: Some(0), silent_peers: vec![], refusal: None, held_down: false };
+        let f = Facts { now_ms: 6000, me: &me, cluster: None, dcs_down_since_ms: Some(0), silent_peers: vec![], refusal: None, held_down: false, sync_problems: vec![] };
         assert_eq!(e.evaluate(&f)[0].name, "EtcdUnreachable");
     }
 }

@@ -322,6 +322,9 @@ pub fn lab(action: &LabAction) -> Result<()> {
             let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).inspect_err(|_| {
                 eprintln!("lab up failed; logs are in {} (stop what started with `vigil lab down`)", dir.display());
             })?;
+            if let Err(e) = lab.wait_sync(Duration::from_secs(20)) {
+                eprintln!("[{:5.1}s] {e:#}", t0.elapsed().as_secs_f64());
+            }
             eprintln!("[{:5.1}s] lab is up\n", t0.elapsed().as_secs_f64());
             let c = lab.cluster_state()?;
             print!("{}", status::render(&lab.cluster, &c));
@@ -394,6 +397,11 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
         for svc in cfg.service.clone() {
             tokio::spawn(crate::service::run(svc, target.clone(), Arc::clone(&dcs), notifier.clone(), Arc::clone(&alerts)));
         }
+    }
+    {
+        let sh = Arc::clone(&shared);
+        let role: Arc<dyn crate::sync::RoleSource> = Arc::clone(&shared) as _;
+        tokio::spawn(crate::sync::collect(cfg.clone(), role, move |rep| sh.update(|s| s.sync = Some(rep))));
     }
     let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake, notifier);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

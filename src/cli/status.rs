@@ -15,6 +15,7 @@ pub fn cluster_json(cluster: &str, c: &ClusterState) -> Value {
         "pending_request": c.request,
         "members": c.members.values().collect::<Vec<&MemberRecord>>(),
         "last_change": c.last_history,
+        "config_drift": drifted(c),
     })
 }
 
@@ -81,6 +82,7 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         })
         .collect();
     out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
+    out += &render_sync(c);
     if let Some(r) = &c.request {
         let what = format!("{:?} {} -> {}", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();
         match &r.refused {
@@ -101,6 +103,50 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         out += &format!("\nlast change: {} (term {}) {} -> {}, {}\n", h.kind, h.term, h.old_primary.clone().unwrap_or_else(|| "-".into()), h.new_primary, ago(h.at_ms));
     }
     out
+}
+
+/// Members whose shared-configuration hash differs from the leader's.
+pub fn drifted(c: &ClusterState) -> Vec<String> {
+    let Some(reference) = c.leader.as_ref().and_then(|l| c.members.get(&l.node)).and_then(|m| m.sync.as_ref()) else { return vec![] };
+    c.members
+        .values()
+        .filter(|m| {
+            m.sync.as_ref().is_some_and(|s| {
+                s.config_hash != reference.config_hash || s.config_dir.as_ref().map(|d| &d.hash) != reference.config_dir.as_ref().map(|d| &d.hash)
+            })
+        })
+        .map(|m| m.node.clone())
+        .collect()
+}
+
+fn render_sync(c: &ClusterState) -> String {
+    if c.members.values().all(|m| m.sync.is_none()) {
+        return String::new();
+    }
+    let drift = drifted(c);
+    let rows: Vec<Vec<String>> = c
+        .members
+        .values()
+        .map(|m| {
+            let s = m.sync.clone().unwrap_or_default();
+            let redis = s.redis.map(|r| match r.offset_lag_bytes {
+                Some(b) if r.state == "ok" => format!("ok ({b} B behind)"),
+                _ => r.state,
+            });
+            let files = s.files.map(|f| match f.age_seconds {
+                Some(a) => format!("{} ({a:.1}s)", f.state),
+                None => f.state,
+            });
+            let cfg = format!(
+                "{}{}{}",
+                &s.config_hash.chars().take(8).collect::<String>(),
+                s.config_dir.as_ref().and_then(|d| d.git_revision.clone()).map(|r| format!(" git {}", &r[..r.len().min(8)])).unwrap_or_default(),
+                if drift.contains(&m.node) { "  DRIFT" } else { "" }
+            );
+            vec![m.node.clone(), redis.unwrap_or_else(|| "-".into()), files.unwrap_or_else(|| "-".into()), cfg]
+        })
+        .collect();
+    format!("\n{}", table(&["SYNC", "SESSIONS (REDIS)", "FILES", "CONFIG"], &rows))
 }
 
 pub fn ago(ms: u64) -> String {

@@ -65,6 +65,9 @@ pub struct MemberRecord {
     pub paused: bool,
     pub updated_ms: u64,
     pub version: String,
+    /// File, session and configuration sync status.
+    #[serde(default)]
+    pub sync: Option<crate::sync::SyncReport>,
 }
 
 /// One step of a failover or switchover, with when it happened.
