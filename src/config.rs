@@ -111,6 +111,11 @@ pub struct DatabaseConfig {
     /// Address under which peers and clients reach this database.
     #[serde(default = "default_host")]
     pub host: String,
+    /// How this sidecar reaches its own database, if not through `host`:
+    /// another address, or a unix socket directory (e.g.
+    /// /var/run/postgresql), which keeps working when the node's network
+    /// is cut off.
+    pub local_host: Option<String>,
     pub port: u16,
     #[serde(default = "default_user")]
     pub user: String,

@@ -126,7 +126,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             if let Err(e) = self.iterate().await {
                 tracing::warn!(error = %format!("{e:#}"), "loop iteration failed");
             }
-            let rest = self.cfg.timing.loop_wait.saturating_sub(started.elapsed());
+            // While the database is starting (restart in place, rejoin), look
+            // again soon, so that /primary turns 200 as soon as it can.
+            let busy = self.shared.get().me.as_ref().is_some_and(|m| m.health == crate::core::DbHealth::Starting);
+            let wait = if busy { Duration::from_millis(100) } else { self.cfg.timing.loop_wait };
+            let rest = wait.saturating_sub(started.elapsed());
             tokio::select! {
                 _ = tokio::time::sleep(rest) => {}
                 _ = self.wake.notified() => {}

@@ -152,6 +152,20 @@ impl Lab {
         format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
+    /// The etcd address node `i` uses: its own loopback alias.
+    pub fn node_etcd_addr(&self, i: usize) -> String {
+        format!("127.0.1.{}", i + 1)
+    }
+
+    pub fn node_etcd_url(&self, i: usize) -> String {
+        format!("http://{}:{}", self.node_etcd_addr(i), self.etcd_port)
+    }
+
+    /// The unix socket directory of every lab server.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
     /// Builds and starts the whole lab, reporting progress through `say`.
     /// On failure, whatever was started is stopped again (the directory is
     /// kept for its logs).
@@ -296,6 +310,8 @@ cluster = "{cluster}"
 node = "{name}"
 
 [etcd]
+# Each node reaches etcd through its own loopback address, so that a drill
+# can cut one node off etcd alone.
 endpoints = ["{etcd}"]
 
 [timing]
@@ -309,6 +325,8 @@ hold_down = "0s"
 [database]
 host = "127.0.0.1"
 port = {pg_port}
+# Its own database through the unix socket: works while the node is partitioned.
+local_host = "{socket_dir}"
 user = "postgres"
 replication_user = "postgres"
 data_dir = "{data}"
@@ -324,7 +342,7 @@ token_file = "{token}"
 "#,
             name = n.name,
             cluster = spec.cluster,
-            etcd = self.etcd_url(),
+            etcd = self.node_etcd_url(self.nodes.iter().position(|x| x.name == n.name).unwrap_or(0)),
             pg_port = n.pg_port,
             data = n.data_dir.display(),
             log = n.dir.join("data.log").display(),
@@ -332,6 +350,7 @@ token_file = "{token}"
             api_port = n.api_port,
             token = token.display(),
             extra = spec.extra_config,
+            socket_dir = self.dir.join("run").display(),
             tloop = spec.timing[0],
             ttl = spec.timing[1],
             retry = spec.timing[2],
@@ -415,12 +434,13 @@ token_file = "{token}"
     pub fn start_etcd(&mut self) -> Result<()> {
         let data = self.dir.join("etcd");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log"))?;
-        let client = self.etcd_url();
+        let advertise = self.etcd_url();
+        let client = std::iter::once(self.etcd_url()).chain((0..self.nodes.len()).map(|i| self.node_etcd_url(i))).collect::<Vec<_>>().join(",");
         let peer = format!("http://127.0.0.1:{}", self.etcd_port + 1);
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", "lab", "--data-dir"])
             .arg(&data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &advertise])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("lab={peer}")])
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.etcd_port + 2)])

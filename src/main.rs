@@ -14,6 +14,17 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let result: anyhow::Result<i32> = match &args.command {
         Command::Lab { action } => cli::lab(action).map(|_| 0),
+        Command::Drill { scenario, all, repeat, json, report, target_detection, target_switch, target_rto, dir, cluster, yes_really } => cli::drill(
+            scenario,
+            *all,
+            *repeat,
+            *json,
+            report.as_deref(),
+            vigil::drill::Targets { detection: *target_detection, switch: *target_switch, rto: *target_rto },
+            dir,
+            cluster.as_deref(),
+            *yes_really,
+        ),
         other => rt.block_on(async {
             match other {
                 Command::Run { config } => cli::run(config).await.map(|_| 0),
@@ -27,7 +38,7 @@ fn main() {
                 Command::History { config, json } => cli::history(config, *json).await.map(|_| 0),
                 Command::Check { what, config, url } => cli::check(*what, config, url.as_deref()).await,
                 Command::Dsn { config, json } => cli::dsn(config, *json).await.map(|_| 0),
-                Command::Lab { .. } => unreachable!(),
+                Command::Lab { .. } | Command::Drill { .. } => unreachable!(),
             }
         }),
     };

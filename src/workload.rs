@@ -142,8 +142,10 @@ pub struct CheckerReport {
     pub polls: u64,
     /// Polls at which two or more nodes accepted writes, with their ports.
     pub violations: Vec<Vec<u16>>,
-    /// When each port was last seen turning writable.
+    /// When each port was seen turning writable.
     pub became_writable: Vec<(u16, Instant)>,
+    /// When each port was seen turning read-only (or unreachable after writable).
+    pub became_read_only: Vec<(u16, Instant)>,
 }
 
 impl SplitBrainChecker {
@@ -176,6 +178,8 @@ impl SplitBrainChecker {
                         if !was_writable[i] {
                             report.became_writable.push((e.port, Instant::now()));
                         }
+                    } else if was_writable[i] {
+                        report.became_read_only.push((e.port, Instant::now()));
                     }
                     was_writable[i] = w;
                 }

@@ -104,6 +104,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Failover drill: baseline, fault, measured detection/switch/RTO, restore.
+    Drill {
+        /// kill-db, stop-db, hang, kill-node, partition, switchover (repeatable); default: kill-db.
+        #[arg(long, value_enum)]
+        scenario: Vec<crate::drill::Scenario>,
+        /// Every scenario.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+        /// Also write a markdown report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        target_detection: Duration,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        target_switch: Duration,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        target_rto: Duration,
+        #[arg(long, env = "VIGIL_LAB_DIR", default_value = crate::lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Drill a cluster other than the local lab (it kills a production primary on purpose).
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        yes_really: bool,
+    },
     /// The local lab: etcd, a 3-node PostgreSQL 15 cluster and its sidecars.
     Lab {
         #[command(subcommand)]
@@ -369,6 +398,61 @@ fn lab_endpoints(lab: &Lab) -> String {
         lab.dir.display(),
         status::table(&["NODE", "POSTGRES", "SIDECAR API", "SIDECAR PID", "CONFIG"], &rows)
     )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn drill(
+    scenarios: &[crate::drill::Scenario],
+    all: bool,
+    repeat: usize,
+    json: bool,
+    report: Option<&std::path::Path>,
+    targets: crate::drill::Targets,
+    dir: &std::path::Path,
+    cluster: Option<&str>,
+    yes_really: bool,
+) -> Result<i32> {
+    if let Some(name) = cluster {
+        if !yes_really {
+            bail!("a drill against cluster {name} kills its primary on purpose: add --yes-really if that is what you want");
+        }
+        bail!("drills inject faults by PID on the local hosts; against {name}, run `vigil switchover` for a planned drill, or run vigil drill on a lab built like it (faults on remote hosts are not supported yet)");
+    }
+    let mut lab = Lab::load(dir)?;
+    let list: Vec<crate::drill::Scenario> = if all {
+        crate::drill::Scenario::all().to_vec()
+    } else if scenarios.is_empty() {
+        vec![crate::drill::Scenario::KillDb]
+    } else {
+        scenarios.to_vec()
+    };
+    crate::drill::restore_on_interrupt();
+    let t0 = Instant::now();
+    let mut runs = vec![];
+    for sc in &list {
+        for n in 1..=repeat.max(1) {
+            let label = format!("{} {n}/{}", sc.name(), repeat.max(1));
+            let say = |m: &str| eprintln!("[{:6.1}s] {label}: {m}", t0.elapsed().as_secs_f64());
+            match crate::drill::run_once(&mut lab, *sc, targets, &say) {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    eprintln!("{label}: {e:#}
+the cluster may need attention: `vigil status`; runbooks/failover-happened.md");
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    } else {
+        print!("{}", crate::drill::render(&runs, targets));
+    }
+    if let Some(p) = report {
+        std::fs::write(p, crate::drill::markdown(&runs, targets)).with_context(|| format!("write {}", p.display()))?;
+        eprintln!("report written to {}", p.display());
+    }
+    Ok(if runs.iter().any(|r| !r.missed.is_empty()) { 1 } else { 0 })
 }
 
 /// `vigil run`: the sidecar.

@@ -508,7 +508,10 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     for peer in &i.peers {
         let Some(c) = &peer.candidate else { continue };
         let is_primary = c.is_primary || peer.db_writable == Some(true);
-        if !c.eligible && !is_primary {
+        // Automatic: only peers that could be promoted themselves compete.
+        // Manual: any fresher peer means data would be lost, whatever its
+        // eligibility, so it counts.
+        if !c.eligible && !is_primary && manual.is_none() {
             continue;
         }
         let better = match (c.position, mine) {

@@ -342,6 +342,17 @@ fn manual_failover_to_a_less_fresh_node_needs_allow_data_loss() {
 }
 
 #[test]
+fn manual_failover_counts_even_an_ineligible_fresher_peer() {
+    let req = Request { kind: RequestKind::Failover, from: None, to: "pg3".into(), allow_data_loss: false, age: Duration::ZERO };
+    let mut i = inputs("pg3", replica(900), View { request: Some(req), ..no_leader() });
+    let mut p2 = peer("pg2", 1000);
+    p2.candidate.as_mut().unwrap().eligible = false; // e.g. has not streamed for a while
+    i.peers = vec![p2];
+    let d = decide(&i);
+    assert!(matches!(d.actions[..], [Action::RefuseRequest { .. }]), "{d:?}");
+}
+
+#[test]
 fn manual_failover_ignores_hold_down_and_pause() {
     let req = Request { kind: RequestKind::Failover, from: None, to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
     let i = inputs("pg2", replica(1000), View { request: Some(req), paused: true, last_failover_age: Some(Duration::ZERO), ..no_leader() });

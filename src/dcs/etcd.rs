@@ -111,7 +111,11 @@ impl EtcdDcs {
         for _ in 0..2 {
             if lease.stream.is_none() {
                 let id = lease.id;
-                lease.stream = Some(self.call("lease keep-alive", |mut c| async move { c.lease_keep_alive(id).await }).await?);
+                match self.call("lease keep-alive", |mut c| async move { c.lease_keep_alive(id).await }).await {
+                    Ok(st) => lease.stream = Some(st),
+                    Err(e) if format!("{e:#}").contains("lease not found") => return Ok(false),
+                    Err(e) => return Err(e),
+                }
             }
             let (keeper, stream) = lease.stream.as_mut().expect("set above");
             let res = tokio::time::timeout(self.timeout, async {
@@ -121,6 +125,11 @@ impl EtcdDcs {
             .await;
             match res {
                 Ok(Ok(Some(resp))) => return Ok(resp.ttl() > 0),
+                // etcd answers a keep-alive for an expired lease with NotFound.
+                Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                    lease.stream = None;
+                    return Ok(false);
+                }
                 _ => {
                     // Broken stream: open a new one (on the next endpoint if need be).
                     lease.stream = None;

@@ -104,7 +104,8 @@ impl Postgres {
             }
         }
         *guard = None;
-        let c = Arc::new(self.connect(&self.cfg.host, self.cfg.port, self.cfg.connect_timeout).await?);
+        let host = self.cfg.local_host.as_deref().unwrap_or(&self.cfg.host);
+        let c = Arc::new(self.connect(host, self.cfg.port, self.cfg.connect_timeout).await?);
         *guard = Some(Arc::clone(&c));
         Ok(c)
     }
