@@ -11,6 +11,7 @@ packages=(
   prometheus-alertmanager  # the alerting integration test
   bind9 bind9-utils bind9-dnsutils  # the DNS publishing test (named, tsig-keygen, dig)
   redis-server rsync       # session and file sync in the lab and tests
+  nftables                 # the partition drill
   ca-certificates
 )
 
