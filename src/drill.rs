@@ -224,12 +224,21 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         }
     }
 
-    // Watch etcd until a primary accepts writes again.
+    // Watch etcd and the writer until a primary accepts writes again. A
+    // restart in place can be over before etcd ever shows the database
+    // down, so the writer's first write on a new connection counts too.
     let mut detection = None;
     let mut switch = None;
     let mut new_primary = None;
+    let mut rto = None;
     let deadline = t0 + targets.rto.max(Duration::from_secs(120));
     loop {
+        if rto.is_none() {
+            rto = writer.acks().iter().find(|a| a.conn > conn_before && a.at > t0).map(|a| a.at.duration_since(t0));
+            if let Some(r) = rto {
+                say(&format!("first acknowledged write after {:.2}s", r.as_secs_f64()));
+            }
+        }
         if let Ok(c) = lab.cluster_state() {
             let seen = match c.members.get(&old) {
                 _ if c.term != Some(old_term) || c.leader.is_none() => true,
@@ -241,11 +250,14 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
                 say(&format!("detected after {:.2}s", t0.elapsed().as_secs_f64()));
             }
             if let Some((node, term)) = writable_leader(&c) {
-                if term != old_term || (detection.is_some() && node == old) {
+                let settled = rto.is_some_and(|r| t0.elapsed() > r + Duration::from_millis(300));
+                if term != old_term || (node == old && (detection.is_some() || settled)) {
                     switch = Some(t0.elapsed());
                     new_primary = Some(node.clone());
-                    say(&format!("{node} accepts writes after {:.2}s (term {term})", t0.elapsed().as_secs_f64()));
-                    break;
+                    say(&format!("{node} accepts writes (seen in etcd after {:.2}s, term {term})", t0.elapsed().as_secs_f64()));
+                    if rto.is_some() {
+                        break;
+                    }
                 }
             }
         }
@@ -254,19 +266,6 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let rto = loop {
-        let acks = writer.acks();
-        if let Some(a) = acks.iter().find(|a| a.conn > conn_before && a.at > t0) {
-            break Some(a.at.duration_since(t0));
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Some(r) = rto {
-        say(&format!("first acknowledged write after {:.2}s", r.as_secs_f64()));
     }
     std::thread::sleep(Duration::from_millis(500));
 
@@ -302,6 +301,13 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     // The checker polls every node every 50 ms: it sees the first write
     // acceptance earlier than etcd shows it.
     let first_writable = report.became_writable.iter().filter(|(_, at)| *at > t0).map(|(_, at)| at.duration_since(t0)).min();
+    // The checker saw the old primary stop accepting writes: that is when
+    // the failure was visible from outside.
+    let old_port_lost = report.became_read_only.iter().filter(|(p, at)| *p == lab.nodes[i].pg_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
+    let detection = match (detection, old_port_lost) {
+        (Some(d), Some(c)) => Some(d.min(c)),
+        (d, c) => d.or(c),
+    };
     let switch = match (switch, first_writable) {
         (Some(s), Some(w)) => Some(s.min(w)),
         (s, w) => s.or(w),
