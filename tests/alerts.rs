@@ -3,20 +3,10 @@
 
 mod common;
 
-use axum::{extract::State, routing::post, Json, Router};
-use common::{out, TestLab};
+use common::{out, webhook_receiver, Inbox, Stop, TestLab};
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Stop(Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_alertmanager(dir: &std::path::Path, port: u16) -> Stop {
     std::fs::create_dir_all(dir.join("am-data")).unwrap();
@@ -99,22 +89,6 @@ fn lag_alert_reaches_alertmanager_and_resolves() {
     let _ = std::fs::remove_dir_all(&am_dir);
 }
 
-type Inbox = Arc<Mutex<Vec<Value>>>;
-
-fn start_receiver(rt: &tokio::runtime::Runtime) -> (u16, Inbox) {
-    let inbox: Inbox = Arc::default();
-    let app = Router::new()
-        .route("/hook", post(|State(i): State<Inbox>, Json(v): Json<Value>| async move {
-            i.lock().unwrap().push(v);
-            "ok"
-        }))
-        .with_state(Arc::clone(&inbox));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (port, inbox)
-}
-
 fn wait_message(inbox: &Inbox, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
@@ -133,7 +107,7 @@ fn wait_message(inbox: &Inbox, limit: Duration, pred: impl Fn(&Value) -> bool) -
 #[test]
 fn failover_and_silent_peer_notifications_reach_the_webhook() {
     let mut t = TestLab::up("webhook", |s| s.on_primary_crash = "failover".into());
-    let (port, inbox) = start_receiver(&t.rt);
+    let (port, inbox) = webhook_receiver(&t.rt);
     // Sidecars read their config at start: give them the webhook and restart them.
     for i in 0..3 {
         let cfg = &t.lab.nodes[i].config;

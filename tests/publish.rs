@@ -3,19 +3,11 @@
 
 mod common;
 
-use common::{out, TestLab};
+use common::{out, Stop, TestLab};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vigil::publish::dns::{DnsTarget, TsigKey};
-
-struct Stop(Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// BIND9 serving `example.test` on 127.0.0.1:`port`, updatable with a key
 /// from `tsig-keygen`. Returns the server and the key file.

@@ -3,27 +3,9 @@
 
 mod common;
 
-use axum::{extract::State, routing::post, Json, Router};
-use common::{out, TestLab};
+use common::{out, webhook_receiver, TestLab};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-type Inbox = Arc<Mutex<Vec<Value>>>;
-
-fn receiver(rt: &tokio::runtime::Runtime) -> (u16, Inbox) {
-    let inbox: Inbox = Arc::default();
-    let app = Router::new()
-        .route("/hook", post(|State(i): State<Inbox>, Json(v): Json<Value>| async move {
-            i.lock().unwrap().push(v);
-            "ok"
-        }))
-        .with_state(Arc::clone(&inbox));
-    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let port = l.local_addr().unwrap().port();
-    rt.spawn(async move { axum::serve(l, app).await.unwrap() });
-    (port, inbox)
-}
 
 fn get(url: &str) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -51,7 +33,7 @@ fn redis_cli(port: u16, args: &[&str]) {
 #[test]
 fn redis_session_sync_is_reported_alerted_and_recovers() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (hook, inbox) = receiver(&rt);
+    let (hook, inbox) = webhook_receiver(&rt);
     let t = TestLab::up("redis", |s| {
         s.sync_max_age = "2s".into();
         s.extra_config = format!("\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/hook\"\n");

@@ -113,3 +113,31 @@ impl Drop for TestLab {
 pub fn out(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// Stops a child process this test started (by its handle, so by PID).
+pub struct Stop(pub std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub type Inbox = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on a free port collecting every JSON body POSTed to /hook.
+pub fn webhook_receiver(rt: &tokio::runtime::Runtime) -> (u16, Inbox) {
+    use axum::{extract::State, routing::post, Json, Router};
+    let inbox: Inbox = Default::default();
+    let app = Router::new()
+        .route("/hook", post(|State(i): State<Inbox>, Json(v): Json<serde_json::Value>| async move {
+            i.lock().unwrap().push(v);
+            "ok"
+        }))
+        .with_state(std::sync::Arc::clone(&inbox));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, inbox)
+}
