@@ -132,7 +132,9 @@ impl Restore {
             let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &t]).status();
         }
         if let Some(pid) = self.stopped_pid.take() {
-            let _ = crate::proc::signal(pid, rustix::process::Signal::CONT);
+            if crate::proc::signal_group(pid, rustix::process::Signal::CONT).is_err() {
+                let _ = crate::proc::signal(pid, rustix::process::Signal::CONT);
+            }
         }
     }
 }
@@ -191,12 +193,14 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         }
         Scenario::StopDb => {
             let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"]).arg(&lab.nodes[i].data_dir).args(["-m", "fast", "-w", "stop"]);
+            // -W: do not wait; the sidecar may restart it before pg_ctl would see it gone.
+            c.args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"]).arg(&lab.nodes[i].data_dir).args(["-m", "fast", "-W", "stop"]);
             c.output()?;
         }
         Scenario::Hang => {
+            // Freeze the whole server: the postmaster and every backend.
             let pid = lab.postmaster_pid(i).context("no postmaster")?;
-            crate::proc::signal(pid, rustix::process::Signal::STOP)?;
+            crate::proc::signal_group(pid, rustix::process::Signal::STOP)?;
             restore.stopped_pid = Some(pid);
             restore.remember();
         }

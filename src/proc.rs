@@ -91,6 +91,17 @@ pub fn signal(pid: i32, sig: rustix::process::Signal) -> Result<()> {
     Ok(())
 }
 
+/// Sends a signal to the process group led by `pgid` (a PostgreSQL
+/// postmaster leads its own group with all its backends).
+pub fn signal_group(pgid: i32, sig: rustix::process::Signal) -> Result<()> {
+    if pgid <= 1 {
+        bail!("invalid process group {pgid}");
+    }
+    let p = rustix::process::Pid::from_raw(pgid).context("invalid pgid")?;
+    rustix::process::kill_process_group(p, sig).with_context(|| format!("signal {sig:?} to process group {pgid}"))?;
+    Ok(())
+}
+
 /// Waits up to `limit` for a PID to exit.
 pub async fn wait_gone(pid: i32, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

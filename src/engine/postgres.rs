@@ -560,8 +560,12 @@ impl Engine for Postgres {
     async fn kill_server(&self) -> Result<()> {
         self.drop_client().await;
         if let Some(pid) = self.read_pid() {
-            tracing::warn!(pid, "killing the unresponsive postmaster");
-            proc::signal(pid, rustix::process::Signal::KILL)?;
+            tracing::warn!(pid, "killing the unresponsive postmaster and its backends");
+            // The postmaster leads its own process group: a hung server's
+            // backends (which hold its shared memory) go with it.
+            if proc::signal_group(pid, rustix::process::Signal::KILL).is_err() {
+                proc::signal(pid, rustix::process::Signal::KILL)?;
+            }
             if !proc::wait_gone(pid, Duration::from_secs(5)).await {
                 proc::reap(pid);
             }
