@@ -132,9 +132,7 @@ impl Restore {
             let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &t]).status();
         }
         if let Some(pid) = self.stopped_pid.take() {
-            if crate::proc::signal_group(pid, rustix::process::Signal::CONT).is_err() {
-                let _ = crate::proc::signal(pid, rustix::process::Signal::CONT);
-            }
+            let _ = crate::proc::signal_tree(pid, rustix::process::Signal::CONT);
         }
     }
 }
@@ -200,7 +198,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         Scenario::Hang => {
             // Freeze the whole server: the postmaster and every backend.
             let pid = lab.postmaster_pid(i).context("no postmaster")?;
-            crate::proc::signal_group(pid, rustix::process::Signal::STOP)?;
+            crate::proc::signal_tree(pid, rustix::process::Signal::STOP)?;
             restore.stopped_pid = Some(pid);
             restore.remember();
         }

@@ -91,14 +91,29 @@ pub fn signal(pid: i32, sig: rustix::process::Signal) -> Result<()> {
     Ok(())
 }
 
-/// Sends a signal to the process group led by `pgid` (a PostgreSQL
-/// postmaster leads its own group with all its backends).
-pub fn signal_group(pgid: i32, sig: rustix::process::Signal) -> Result<()> {
-    if pgid <= 1 {
-        bail!("invalid process group {pgid}");
+/// The direct children of `pid` (from /proc). PostgreSQL backends each
+/// run in a session of their own, so they are found by parent, not group.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Sends a signal to `pid` and all its direct children (a postmaster and
+/// its backends), the parent first.
+pub fn signal_tree(pid: i32, sig: rustix::process::Signal) -> Result<()> {
+    let kids = children(pid);
+    signal(pid, sig)?;
+    for k in kids {
+        let _ = signal(k, sig);
     }
-    let p = rustix::process::Pid::from_raw(pgid).context("invalid pgid")?;
-    rustix::process::kill_process_group(p, sig).with_context(|| format!("signal {sig:?} to process group {pgid}"))?;
     Ok(())
 }
 

@@ -29,7 +29,8 @@ pub struct Postgres {
     cfg: DatabaseConfig,
     node: String,
     promote_timeout: Duration,
-    client: Mutex<Option<Arc<Client>>>,
+    /// The monitoring connection and when it was opened.
+    client: Mutex<Option<(Arc<Client>, Instant)>>,
     mem: StdMutex<Memory>,
 }
 
@@ -95,18 +96,21 @@ impl Postgres {
         Ok(client)
     }
 
-    /// The monitoring connection, opened on demand.
+    /// The monitoring connection, opened on demand and opened anew every
+    /// `RECONNECT_EVERY`: a server that serves its open sessions but can no
+    /// longer accept new ones (a hung postmaster) must fail the checks too.
     async fn client(&self) -> Result<Arc<Client>> {
+        const RECONNECT_EVERY: Duration = Duration::from_secs(5);
         let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if !c.is_closed() {
+        if let Some((c, since)) = guard.as_ref() {
+            if !c.is_closed() && since.elapsed() < RECONNECT_EVERY {
                 return Ok(Arc::clone(c));
             }
         }
         *guard = None;
         let host = self.cfg.local_host.as_deref().unwrap_or(&self.cfg.host);
         let c = Arc::new(self.connect(host, self.cfg.port, self.cfg.connect_timeout).await?);
-        *guard = Some(Arc::clone(&c));
+        *guard = Some((Arc::clone(&c), Instant::now()));
         Ok(c)
     }
 
@@ -561,11 +565,8 @@ impl Engine for Postgres {
         self.drop_client().await;
         if let Some(pid) = self.read_pid() {
             tracing::warn!(pid, "killing the unresponsive postmaster and its backends");
-            // The postmaster leads its own process group: a hung server's
-            // backends (which hold its shared memory) go with it.
-            if proc::signal_group(pid, rustix::process::Signal::KILL).is_err() {
-                proc::signal(pid, rustix::process::Signal::KILL)?;
-            }
+            // A hung server's backends (which hold its shared memory) go with it.
+            proc::signal_tree(pid, rustix::process::Signal::KILL)?;
             if !proc::wait_gone(pid, Duration::from_secs(5)).await {
                 proc::reap(pid);
             }
