@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// A finished DNS publication: term, outcome, when (ms).
+type DnsResult = (i64, Result<Published, String>, u64);
+
 pub struct Ha<E: Engine, D: Dcs> {
     cfg: Config,
     policy: Policy,
@@ -61,7 +64,7 @@ pub struct Ha<E: Engine, D: Dcs> {
     my_history: Option<HistoryRecord>,
     hooks: Hooks,
     dns: Option<DnsTarget>,
-    dns_results: (tokio::sync::mpsc::UnboundedSender<(i64, Result<Published, String>, u64)>, tokio::sync::mpsc::UnboundedReceiver<(i64, Result<Published, String>, u64)>),
+    dns_results: (tokio::sync::mpsc::UnboundedSender<DnsResult>, tokio::sync::mpsc::UnboundedReceiver<DnsResult>),
     vetoed_at: Option<Instant>,
 }
 

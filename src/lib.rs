@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod config;
 pub mod core;
 pub mod dcs;
+pub mod doctor;
 pub mod drill;
 pub mod engine;
 pub mod ha;

@@ -38,6 +38,7 @@ fn main() {
                 Command::History { config, json } => cli::history(config, *json).await.map(|_| 0),
                 Command::Check { what, config, url } => cli::check(*what, config, url.as_deref()).await,
                 Command::Dsn { config, json } => cli::dsn(config, *json).await.map(|_| 0),
+                Command::Doctor { config, json } => cli::doctor(config, *json).await,
                 Command::Lab { .. } | Command::Drill { .. } => unreachable!(),
             }
         }),

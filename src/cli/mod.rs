@@ -104,6 +104,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check what would make a failover fail: replication settings, etcd, DNS TTL, clocks, sync checks, last drill.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Failover drill: baseline, fault, measured detection/switch/RTO, restore.
     Drill {
         /// kill-db, stop-db, hang, kill-node, partition, switchover (repeatable); default: kill-db.
@@ -400,6 +407,18 @@ fn lab_endpoints(lab: &Lab) -> String {
     )
 }
 
+pub async fn doctor(arg: &ConfigArg, json: bool) -> Result<i32> {
+    let cfg = resolve_config(arg)?;
+    let dcs = connect(&cfg).await?;
+    let findings = crate::doctor::run(&cfg, &dcs).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!("{}", crate::doctor::render(&findings));
+    }
+    Ok(crate::doctor::exit_code(&findings))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn drill(
     scenarios: &[crate::drill::Scenario],
@@ -451,6 +470,16 @@ the cluster may need attention: `vigil status`; runbooks/failover-happened.md");
     if let Some(p) = report {
         std::fs::write(p, crate::drill::markdown(&runs, targets)).with_context(|| format!("write {}", p.display()))?;
         eprintln!("report written to {}", p.display());
+    }
+    // Record the drill for `vigil doctor`.
+    if let Ok(cfg) = Config::load(&lab.nodes[0].config) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rec = crate::doctor::DrillRecord {
+            at_ms: crate::dcs::now_ms(),
+            scenarios: runs.iter().map(|r| r.scenario.name().to_string()).collect(),
+            missed: runs.iter().map(|r| r.missed.len()).sum(),
+        };
+        let _ = rt.block_on(async { connect(&cfg).await?.put_json(crate::doctor::DRILL_KEY, &rec).await });
     }
     Ok(if runs.iter().any(|r| !r.missed.is_empty()) { 1 } else { 0 })
 }

@@ -426,6 +426,23 @@ impl Dcs for EtcdDcs {
 }
 
 impl EtcdDcs {
+    /// Reads a JSON value stored under the cluster's prefix.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let key = self.key(name);
+        let r = self
+            .call("get", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        r.kvs().first().map(|kv| parse(&key, kv.value())).transpose()
+    }
+
+    /// Stores a JSON value under the cluster's prefix.
+    pub async fn put_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.set_or_delete(name, Some(serde_json::to_vec(value)?)).await
+    }
+
     async fn set_or_delete(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
         let key = self.key(name);
         match value {

@@ -82,7 +82,7 @@ pub async fn collect(cfg: crate::config::Config, role: Arc<dyn RoleSource>, publ
         if let Some(dir) = &s.config_dir {
             rep.config_dir = Some(confighash::of_dir(dir).await);
         }
-        rep.disk_free = rustix::fs::statvfs(&cfg.database.data_dir.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| cfg.database.data_dir.clone()))
+        rep.disk_free = rustix::fs::statvfs(cfg.database.data_dir.parent().unwrap_or(&cfg.database.data_dir))
             .ok()
             .map(|v| v.f_bavail * v.f_frsize);
         publish(rep);
