@@ -81,7 +81,13 @@ fn stats(xs: &mut [Duration]) -> (Duration, Duration, Duration) {
 
 fn row(name: &str, xs: &mut [Duration], lost: usize, target: &str) {
     let (min, med, max) = stats(xs);
-    println!("{name:<28} {:>4} {:>9.3} {:>9.3} {:>9.3}   {lost:>5}   {target}", xs.len(), min.as_secs_f64(), med.as_secs_f64(), max.as_secs_f64());
+    println!(
+        "{name:<28} {:>4} {:>9.3} {:>9.3} {:>9.3}   {lost:>5}   {target}",
+        xs.len(),
+        min.as_secs_f64(),
+        med.as_secs_f64(),
+        max.as_secs_f64()
+    );
 }
 
 fn restore(b: &mut Bench, i: usize) {
@@ -102,7 +108,14 @@ fn main() {
         let (mut xs, mut lost) = (vec![], 0);
         for _ in 0..runs {
             let l = b.leader_index();
-            let (d, n) = measure(&mut b, |b| { b.lab.kill_postgres(l); b.lab.nodes[l].pg_port }, false);
+            let (d, n) = measure(
+                &mut b,
+                |b| {
+                    b.lab.kill_postgres(l);
+                    b.lab.nodes[l].pg_port
+                },
+                false,
+            );
             xs.push(d);
             lost += n;
             restore(&mut b, l);
@@ -124,7 +137,14 @@ fn main() {
         let (mut xs, mut lost) = (vec![], 0);
         for _ in 0..runs {
             let l = b.leader_index();
-            let (d, n) = measure(&mut b, |b| { b.lab.kill_postgres(l); b.lab.nodes[l].pg_port }, true);
+            let (d, n) = measure(
+                &mut b,
+                |b| {
+                    b.lab.kill_postgres(l);
+                    b.lab.nodes[l].pg_port
+                },
+                true,
+            );
             xs.push(d);
             lost += n;
             restore(&mut b, l);
@@ -135,11 +155,23 @@ fn main() {
         if !want(name.split(' ').next().unwrap()) && !want(name) {
             continue;
         }
-        let mut b = Bench::up(if fast { "fast" } else { "node" }, |s| if fast { *s = s.clone().fast() });
+        let mut b = Bench::up(if fast { "fast" } else { "node" }, |s| {
+            if fast {
+                *s = s.clone().fast()
+            }
+        });
         let (mut xs, mut lost) = (vec![], 0);
         for _ in 0..runs {
             let l = b.leader_index();
-            let (d, n) = measure(&mut b, |b| { b.lab.kill_sidecar(l); b.lab.kill_postgres(l); b.lab.nodes[l].pg_port }, true);
+            let (d, n) = measure(
+                &mut b,
+                |b| {
+                    b.lab.kill_sidecar(l);
+                    b.lab.kill_postgres(l);
+                    b.lab.nodes[l].pg_port
+                },
+                true,
+            );
             xs.push(d);
             lost += n;
             restore(&mut b, l);

@@ -124,7 +124,10 @@ async fn health<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Respon
     let snap = s.shared.get();
     let mut failing: Vec<String> = vec![];
     if !snap.me.as_ref().is_some_and(|m| m.health == DbHealth::Running) {
-        failing.push(format!("database: {}", snap.me.as_ref().map(|m| format!("{:?}", m.health).to_lowercase()).unwrap_or_else(|| "not observed yet".into())));
+        failing.push(format!(
+            "database: {}",
+            snap.me.as_ref().map(|m| format!("{:?}", m.health).to_lowercase()).unwrap_or_else(|| "not observed yet".into())
+        ));
     }
     if let Some(rep) = &snap.sync {
         for (check, reason) in rep.problems(&s.cfg.sync, snap.writable_leader) {
@@ -137,7 +140,13 @@ async fn health<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Respon
 
 async fn sync<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
     let snap = s.shared.get();
-    let leader_hash = snap.cluster.leader.as_ref().and_then(|l| snap.cluster.members.get(&l.node)).and_then(|m| m.sync.as_ref()).map(|r| r.config_hash.clone());
+    let leader_hash = snap
+        .cluster
+        .leader
+        .as_ref()
+        .and_then(|l| snap.cluster.members.get(&l.node))
+        .and_then(|m| m.sync.as_ref())
+        .map(|r| r.config_hash.clone());
     let drift = match (&snap.sync, &leader_hash) {
         (Some(r), Some(h)) => r.config_hash != *h,
         _ => false,
@@ -198,7 +207,8 @@ async fn who_is_primary<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
     let snap = s.shared.get();
     let c = &snap.cluster;
     let Some(l) = &c.leader else {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"cluster": s.cfg.cluster, "primary": null, "error": "no leader"}))).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"cluster": s.cfg.cluster, "primary": null, "error": "no leader"})))
+            .into_response();
     };
     let m = c.members.get(&l.node);
     Json(json!({
@@ -233,14 +243,13 @@ async fn metrics<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
 fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), Response> {
     let want = cfg.api.token.expose().as_bytes();
     if want.is_empty() {
-        return Err((StatusCode::FORBIDDEN, Json(json!({"error": "no api token configured (api.token_file); mutating endpoints are disabled"}))).into_response());
+        return Err((
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "no api token configured (api.token_file); mutating endpoints are disabled"})),
+        )
+            .into_response());
     }
-    let got = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .as_bytes();
+    let got = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").as_bytes();
     let mut diff = (got.len() ^ want.len()) as u8;
     for (i, w) in want.iter().enumerate() {
         diff |= w ^ got.get(i).copied().unwrap_or(0);

@@ -209,13 +209,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:8008".into(),
-            advertise_url: None,
-            token_file: None,
-            token_env: None,
-            token: Secret::default(),
-        }
+        ApiConfig { listen: "127.0.0.1:8008".into(), advertise_url: None, token_file: None, token_env: None, token: Secret::default() }
     }
 }
 
@@ -297,7 +291,13 @@ pub struct HooksConfig {
 
 impl Default for HooksConfig {
     fn default() -> Self {
-        HooksConfig { pre_promote: None, on_role_change: None, post_failover: None, on_failover_failed: None, timeout: Duration::from_secs(30) }
+        HooksConfig {
+            pre_promote: None,
+            on_role_change: None,
+            post_failover: None,
+            on_failover_failed: None,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -527,11 +527,10 @@ impl Config {
             ConfigError { file: path.to_path_buf(), line: locate(text, &parts), field: Some(field.to_string()), message }
         };
         cfg.validate().map_err(|(field, msg)| fail(&field, msg))?;
-        cfg.database.password = read_secret(&cfg.database.password_file, &cfg.database.password_env)
-            .map_err(|m| fail("database.password_file", m))?;
-        cfg.database.replication_password =
-            read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
-                .map_err(|m| fail("database.replication_password_file", m))?;
+        cfg.database.password =
+            read_secret(&cfg.database.password_file, &cfg.database.password_env).map_err(|m| fail("database.password_file", m))?;
+        cfg.database.replication_password = read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
+            .map_err(|m| fail("database.replication_password_file", m))?;
         cfg.api.token = read_secret(&cfg.api.token_file, &cfg.api.token_env).map_err(|m| fail("api.token_file", m))?;
         if let Some(r) = cfg.sync.redis.as_mut() {
             r.password = read_secret(&r.password_file, &r.password_env).map_err(|m| fail("sync.redis.password_file", m))?;
@@ -601,7 +600,10 @@ impl Config {
             return err("timing.rise", "must be at least 1".into());
         }
         if self.etcd.request_timeout > t.retry {
-            return err("etcd.request_timeout", format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)));
+            return err(
+                "etcd.request_timeout",
+                format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)),
+            );
         }
         if self.database.port == 0 {
             return err("database.port", "must be a TCP port (1-65535)".into());
@@ -675,7 +677,10 @@ impl Config {
                 return err("service.dns_name", format!("{name:?} is not inside the zone {zone:?}"));
             }
             if svc.fall == 0 || svc.rise == 0 || svc.timeout >= svc.interval {
-                return err("service.interval", format!("service {:?}: fall and rise must be at least 1 and timeout below interval", svc.name));
+                return err(
+                    "service.interval",
+                    format!("service {:?}: fall and rise must be at least 1 and timeout below interval", svc.name),
+                );
             }
         }
         for (f, h) in [
@@ -729,9 +734,7 @@ fn read_secret(file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, S
         return Ok(Secret::new(text.trim_end_matches(['\n', '\r'])));
     }
     if let Some(var) = env {
-        return std::env::var(var)
-            .map(Secret::new)
-            .map_err(|_| format!("environment variable {var} is not set"));
+        return std::env::var(var).map(Secret::new).map_err(|_| format!("environment variable {var} is not set"));
     }
     Ok(Secret::default())
 }
@@ -884,7 +887,10 @@ data_dir = "/var/lib/postgresql/15/main"
         std::fs::write(&key, "key \"k\" { algorithm hmac-sha256; secret \"AAAA\"; };").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let dns = format!("\n[dns]\nserver = \"127.0.0.1:53\"\nzone = \"example.com.\"\nname = \"db.example.com.\"\ntsig_key_file = \"{}\"\n", key.display());
+        let dns = format!(
+            "\n[dns]\nserver = \"127.0.0.1:53\"\nzone = \"example.com.\"\nname = \"db.example.com.\"\ntsig_key_file = \"{}\"\n",
+            key.display()
+        );
         parse(&format!("{GOOD}{dns}ttl = \"30s\"\n")).unwrap();
         let e = parse(&format!("{GOOD}{dns}ttl = \"5m\"\n")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("dns.ttl"), "{e}");

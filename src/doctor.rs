@@ -64,26 +64,46 @@ pub async fn run(cfg: &Config, dcs: &EtcdDcs) -> Vec<Finding> {
     }
     if let Some(d) = &cfg.dns {
         if d.ttl > Duration::from_secs(60) {
-            out.push(f("dns", None, Level::Warning, format!("TTL {}s: clients keep the old primary that long after a failover", d.ttl.as_secs())));
+            out.push(f(
+                "dns",
+                None,
+                Level::Warning,
+                format!("TTL {}s: clients keep the old primary that long after a failover", d.ttl.as_secs()),
+            ));
         }
         let t = crate::publish::dns::DnsTarget::from_config(d);
         match t.lookup().await {
-            Ok(Some((addr, ttl))) if ttl > 60 => out.push(f("dns", None, Level::Warning, format!("{} answers {addr} with TTL {ttl}s (above 60s)", d.name))),
+            Ok(Some((addr, ttl))) if ttl > 60 => {
+                out.push(f("dns", None, Level::Warning, format!("{} answers {addr} with TTL {ttl}s (above 60s)", d.name)))
+            }
             Ok(Some((addr, ttl))) => out.push(f("dns", None, Level::Ok, format!("{} answers {addr}, TTL {ttl}s", d.name))),
             Ok(None) => out.push(f("dns", None, Level::Warning, format!("{} has no record yet", d.name))),
             Err(e) => out.push(f("dns", None, Level::Critical, format!("cannot query {}: {e:#}", d.server))),
         }
     }
     if cfg.sync.redis.is_none() && cfg.sync.files.is_none() {
-        out.push(f("sync", None, Level::Warning, "no session or file sync checks configured ([sync]): a backup with stale files or sessions would not be noticed"));
+        out.push(f(
+            "sync",
+            None,
+            Level::Warning,
+            "no session or file sync checks configured ([sync]): a backup with stale files or sessions would not be noticed",
+        ));
     } else {
         out.push(f("sync", None, Level::Ok, "sync checks configured"));
     }
     match dcs.get_json::<DrillRecord>(DRILL_KEY).await {
-        Ok(Some(d)) if now_ms().saturating_sub(d.at_ms) > 90 * 86_400_000 => {
-            out.push(f("drill", None, Level::Warning, format!("last drill {} days ago; run `vigil drill` (runbooks/drill.md)", now_ms().saturating_sub(d.at_ms) / 86_400_000)))
-        }
-        Ok(Some(d)) => out.push(f("drill", None, Level::Ok, format!("last drill {} ({} target(s) missed)", crate::cli::status::ago(d.at_ms), d.missed))),
+        Ok(Some(d)) if now_ms().saturating_sub(d.at_ms) > 90 * 86_400_000 => out.push(f(
+            "drill",
+            None,
+            Level::Warning,
+            format!("last drill {} days ago; run `vigil drill` (runbooks/drill.md)", now_ms().saturating_sub(d.at_ms) / 86_400_000),
+        )),
+        Ok(Some(d)) => out.push(f(
+            "drill",
+            None,
+            Level::Ok,
+            format!("last drill {} ({} target(s) missed)", crate::cli::status::ago(d.at_ms), d.missed),
+        )),
         Ok(None) => out.push(f("drill", None, Level::Warning, "no failover drill recorded; run `vigil drill` (runbooks/drill.md)")),
         Err(e) => out.push(f("drill", None, Level::Warning, format!("cannot read the drill record: {e:#}"))),
     }
@@ -93,7 +113,12 @@ pub async fn run(cfg: &Config, dcs: &EtcdDcs) -> Vec<Finding> {
 /// Replication settings that a failover and a rejoin depend on.
 async fn check_database(cfg: &Config, node: &str, host: &str, port: u16, members: usize) -> Vec<Finding> {
     let mut c = tokio_postgres::Config::new();
-    c.host(host).port(port).user(&cfg.database.user).dbname(&cfg.database.dbname).connect_timeout(Duration::from_secs(2)).application_name("vigil-doctor");
+    c.host(host)
+        .port(port)
+        .user(&cfg.database.user)
+        .dbname(&cfg.database.dbname)
+        .connect_timeout(Duration::from_secs(2))
+        .application_name("vigil-doctor");
     if !cfg.database.password.is_empty() {
         c.password(cfg.database.password.expose());
     }
@@ -117,13 +142,23 @@ async fn check_database(cfg: &Config, node: &str, host: &str, port: u16, members
         v.push(f("wal_level", Some(node), Level::Critical, "wal_level = minimal: no streaming replication; set replica"));
     }
     if (senders as usize) < members {
-        v.push(f("max_wal_senders", Some(node), Level::Critical, format!("max_wal_senders = {senders} is below the {members} members: a new primary could not serve every replica")));
+        v.push(f(
+            "max_wal_senders",
+            Some(node),
+            Level::Critical,
+            format!("max_wal_senders = {senders} is below the {members} members: a new primary could not serve every replica"),
+        ));
     }
     if replica && hot != "on" {
         v.push(f("hot_standby", Some(node), Level::Warning, "hot_standby = off: the replica cannot be checked or read"));
     }
     if hints != "on" && checksums != "on" {
-        v.push(f("wal_log_hints", Some(node), Level::Warning, "neither wal_log_hints nor data checksums: pg_rewind cannot run, an old primary rejoins only through a full base backup"));
+        v.push(f(
+            "wal_log_hints",
+            Some(node),
+            Level::Warning,
+            "neither wal_log_hints nor data checksums: pg_rewind cannot run, an old primary rejoins only through a full base backup",
+        ));
     }
     if v.is_empty() {
         v.push(f("database", Some(node), Level::Ok, format!("wal_level {wal_level}, max_wal_senders {senders}, rewind possible")));
@@ -146,7 +181,12 @@ async fn check_clock(node: &str, api_url: &str) -> Finding {
     let skew = rec.updated_ms as i64 - mid as i64;
     let slack = (after - before) as i64 / 2 + 50;
     if skew.abs() > 1000 + slack {
-        f("clock", Some(node), Level::Warning, format!("clock differs by {:.1}s: lag and file-sync ages are wrong; check NTP", skew as f64 / 1000.0))
+        f(
+            "clock",
+            Some(node),
+            Level::Warning,
+            format!("clock differs by {:.1}s: lag and file-sync ages are wrong; check NTP", skew as f64 / 1000.0),
+        )
     } else {
         f("clock", Some(node), Level::Ok, format!("in step (±{slack} ms)"))
     }
@@ -155,7 +195,9 @@ async fn check_clock(node: &str, api_url: &str) -> Finding {
 pub fn render(findings: &[Finding]) -> String {
     let rows: Vec<Vec<String>> = findings
         .iter()
-        .map(|x| vec![format!("{:?}", x.level).to_uppercase(), x.check.clone(), x.node.clone().unwrap_or_else(|| "-".into()), x.message.clone()])
+        .map(|x| {
+            vec![format!("{:?}", x.level).to_uppercase(), x.check.clone(), x.node.clone().unwrap_or_else(|| "-".into()), x.message.clone()]
+        })
         .collect();
     crate::cli::status::table(&["LEVEL", "CHECK", "NODE", "FINDING"], &rows)
 }

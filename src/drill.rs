@@ -144,7 +144,10 @@ impl Drop for Restore {
 }
 
 fn nft(args: &str) -> Result<()> {
-    let o = std::process::Command::new("nft").args(args.split_whitespace()).output().context("nft (Debian package nftables) is needed for the partition scenario")?;
+    let o = std::process::Command::new("nft")
+        .args(args.split_whitespace())
+        .output()
+        .context("nft (Debian package nftables) is needed for the partition scenario")?;
     if !o.status.success() {
         bail!("nft {args}: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -174,7 +177,8 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let old_term = base.term.unwrap_or(0);
     let i = lab.nodes.iter().position(|n| n.name == old).context("leader is not a lab node")?;
     let tcp: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.pg_port }).collect();
-    let socket: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: lab.socket_dir().display().to_string(), port: n.pg_port }).collect();
+    let socket: Vec<Endpoint> =
+        lab.nodes.iter().map(|n| Endpoint { host: lab.socket_dir().display().to_string(), port: n.pg_port }).collect();
     let (writer, checker) = rt.block_on(async {
         let w = Writer::start(tcp.clone(), "postgres", Duration::from_millis(20)).await?;
         anyhow::Ok((w, SplitBrainChecker::start(socket.clone(), "postgres", Duration::from_millis(50))))
@@ -192,7 +196,9 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         Scenario::StopDb => {
             let mut c = std::process::Command::new("runuser");
             // -W: do not wait; the sidecar may restart it before pg_ctl would see it gone.
-            c.args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"]).arg(&lab.nodes[i].data_dir).args(["-m", "fast", "-W", "stop"]);
+            c.args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
+                .arg(&lab.nodes[i].data_dir)
+                .args(["-m", "fast", "-W", "stop"]);
             c.output()?;
         }
         Scenario::Hang => {
@@ -280,7 +286,9 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let mut rejoin = None;
     while restored.elapsed() < Duration::from_secs(90) {
         if let Ok(c) = lab.cluster_state() {
-            let ok = c.members.get(&old).is_some_and(|m| (m.role == Some(DbRole::Replica) && m.streaming) || leader_of(&c).as_deref() == Some(old.as_str()) && m.term.is_some());
+            let ok = c.members.get(&old).is_some_and(|m| {
+                (m.role == Some(DbRole::Replica) && m.streaming) || leader_of(&c).as_deref() == Some(old.as_str()) && m.term.is_some()
+            });
             if ok {
                 rejoin = Some(restored.elapsed());
                 say(&format!("{old} is back after {:.2}s", restored.elapsed().as_secs_f64()));
@@ -293,7 +301,8 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let report = rt.block_on(checker.stop());
     let lost = rt.block_on(lost_writes(&tcp, "postgres", &acks)).map(|l| l.len()).unwrap_or(usize::MAX);
     let old_port = lab.nodes[i].pg_port;
-    let new_writable = report.became_writable.iter().filter(|(p, at)| *p != old_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
+    let new_writable =
+        report.became_writable.iter().filter(|(p, at)| *p != old_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
     let c = lab.cluster_state().ok();
     let history = c.as_ref().and_then(|c| c.last_history.clone());
     let dns = history
@@ -305,7 +314,8 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let first_writable = report.became_writable.iter().filter(|(_, at)| *at > t0).map(|(_, at)| at.duration_since(t0)).min();
     // The checker saw the old primary stop accepting writes: that is when
     // the failure was visible from outside.
-    let old_port_lost = report.became_read_only.iter().filter(|(p, at)| *p == lab.nodes[i].pg_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
+    let old_port_lost =
+        report.became_read_only.iter().filter(|(p, at)| *p == lab.nodes[i].pg_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
     let detection = match (detection, old_port_lost) {
         (Some(d), Some(c)) => Some(d.min(c)),
         (d, c) => d.or(c),
@@ -338,7 +348,8 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         missed: vec![],
     };
     if scenario == Scenario::Partition {
-        r.old_primary_read_only_s = report.became_read_only.iter().filter(|(p, at)| *p == old_port && *at > t0).map(|(_, at)| secs(at.duration_since(t0))).next();
+        r.old_primary_read_only_s =
+            report.became_read_only.iter().filter(|(p, at)| *p == old_port && *at > t0).map(|(_, at)| secs(at.duration_since(t0))).next();
     }
     let check = |name: &str, v: Option<f64>, t: Duration, missed: &mut Vec<String>| match v {
         Some(x) if x <= t.as_secs_f64() => {}

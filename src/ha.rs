@@ -11,8 +11,10 @@
 
 use crate::alerts::{Evaluator, Facts, Notifier, Severity};
 use crate::config::Config;
-use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaseState, LeaderKey, PeerObs, Policy, Request, View};
-use crate::dcs::{now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step};
+use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaderKey, LeaseState, PeerObs, Policy, Request, View};
+use crate::dcs::{
+    now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step,
+};
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::position::{Lsn, Position};
 use crate::publish::dns::{DnsTarget, Published};
@@ -370,17 +372,29 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     self.shared.update(|s| s.dns_published_term = Some(term));
                     Step { name: format!("DNS {name} published"), at_ms, detail: None }
                 }
-                Ok(Published::NewerTermOwnsIt(t)) => Step { name: format!("DNS {name} left alone"), at_ms, detail: Some(format!("term {t} owns it")) },
+                Ok(Published::NewerTermOwnsIt(t)) => {
+                    Step { name: format!("DNS {name} left alone"), at_ms, detail: Some(format!("term {t} owns it")) }
+                }
                 Err(e) => {
                     self.shared.update(|s| s.dns_failures += 1);
                     Step { name: format!("DNS {name} publication failed"), at_ms, detail: Some(e.clone()) }
                 }
             };
             let failed = result.is_err();
-            let first_failure = failed && !self.my_history.as_ref().is_some_and(|r| r.term == term && r.steps.iter().any(|s| s.name.ends_with("publication failed")));
+            let first_failure = failed
+                && !self
+                    .my_history
+                    .as_ref()
+                    .is_some_and(|r| r.term == term && r.steps.iter().any(|s| s.name.ends_with("publication failed")));
             if first_failure {
                 // One alert per term; the retries go on in the background.
-                self.event("DnsPublishFailed", Severity::Critical, format!("could not publish {name} for term {term} (retrying): {}", step.detail.clone().unwrap_or_default()), None, Some(self.cfg.node.clone()));
+                self.event(
+                    "DnsPublishFailed",
+                    Severity::Critical,
+                    format!("could not publish {name} for term {term} (retrying): {}", step.detail.clone().unwrap_or_default()),
+                    None,
+                    Some(self.cfg.node.clone()),
+                );
             }
             for rec in [self.my_history.as_mut(), self.pending_history.as_mut()].into_iter().flatten() {
                 if rec.term == term && !(failed && rec.steps.iter().any(|s| s.name.ends_with("publication failed"))) {
@@ -407,7 +421,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             return;
         }
-        let step = Step { name: "all replicas following".into(), at_ms: now_ms(), detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")) };
+        let step = Step {
+            name: "all replicas following".into(),
+            at_ms: now_ms(),
+            detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")),
+        };
         let mut rec = self.my_history.clone().filter(|r| r.term == rec.term).unwrap_or(rec);
         rec.steps.push(step);
         self.my_history = Some(rec.clone());
@@ -537,7 +555,14 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         })
     }
 
-    async fn execute(&mut self, action: &Action, obs: &Observation, cluster: Option<&ClusterState>, peers: &[PeerObs], d: &Decision) -> Result<()> {
+    async fn execute(
+        &mut self,
+        action: &Action,
+        obs: &Observation,
+        cluster: Option<&ClusterState>,
+        peers: &[PeerObs],
+        d: &Decision,
+    ) -> Result<()> {
         let node = self.cfg.node.clone();
         match action {
             Action::AdoptLeader => {
@@ -572,7 +597,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                             self.event(
                                 "FailoverStarted",
                                 Severity::Critical,
-                                format!("{node} took the leader key (term {term}) after {} lost it; promoting", old.clone().unwrap_or_else(|| "the primary".into())),
+                                format!(
+                                    "{node} took the leader key (term {term}) after {} lost it; promoting",
+                                    old.clone().unwrap_or_else(|| "the primary".into())
+                                ),
                                 old,
                                 Some(node.clone()),
                             );
@@ -602,18 +630,44 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                         notes: vec![],
                         created_ms: now_ms(),
                     });
-                    inc.notes.push(Step { name: format!("pre_promote hook vetoed promotion of {node}"), at_ms: now_ms(), detail: Some(why.clone()) });
+                    inc.notes.push(Step {
+                        name: format!("pre_promote hook vetoed promotion of {node}"),
+                        at_ms: now_ms(),
+                        detail: Some(why.clone()),
+                    });
                     let _ = self.dcs.set_incident(Some(inc)).await;
                     let _ = self.dcs.release_leader().await;
                     self.set_renewal(None);
-                    self.event("FailoverVetoed", Severity::Warning, format!("pre_promote hook vetoed promotion of {node}: {why}"), ev.old_primary.clone(), Some(node.clone()));
+                    self.event(
+                        "FailoverVetoed",
+                        Severity::Warning,
+                        format!("pre_promote hook vetoed promotion of {node}: {why}"),
+                        ev.old_primary.clone(),
+                        Some(node.clone()),
+                    );
                     bail!("pre_promote hook vetoed the promotion: {why}");
                 }
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
-                    self.event("FailoverFailed", Severity::Critical, format!("promotion of {node} failed: {e:#}"), self.last_leader.clone(), Some(node.clone()));
-                    self.hooks.fire("on_failover_failed", HookEvent { event: "failover_failed".into(), role: "replica".into(), term: self.term, old_primary: self.last_leader.clone(), new_primary: Some(node.clone()), reason: format!("{e:#}") });
+                    self.event(
+                        "FailoverFailed",
+                        Severity::Critical,
+                        format!("promotion of {node} failed: {e:#}"),
+                        self.last_leader.clone(),
+                        Some(node.clone()),
+                    );
+                    self.hooks.fire(
+                        "on_failover_failed",
+                        HookEvent {
+                            event: "failover_failed".into(),
+                            role: "replica".into(),
+                            term: self.term,
+                            old_primary: self.last_leader.clone(),
+                            new_primary: Some(node.clone()),
+                            reason: format!("{e:#}"),
+                        },
+                    );
                     let _ = self.dcs.release_leader().await;
                     return Err(e);
                 }
@@ -642,7 +696,13 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 if let Err(e) = self.dcs.set_incident(Some(incident)).await {
                     tracing::warn!(error = %format!("{e:#}"), "could not record the incident");
                 }
-                self.event("FailoverStarted", Severity::Critical, format!("{node} releases the leader key: {reason}"), Some(node.clone()), None);
+                self.event(
+                    "FailoverStarted",
+                    Severity::Critical,
+                    format!("{node} releases the leader key: {reason}"),
+                    Some(node.clone()),
+                    None,
+                );
                 self.shared.update(|s| s.writable_leader = false);
                 if obs.local.health != crate::core::DbHealth::Running {
                     // It must not come back as a primary: the key is going to
@@ -660,7 +720,16 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
             Action::Fence { reason } => {
                 tracing::error!(%reason, "fencing the local database (read-only)");
-                self.hooks.fire("on_role_change", HookEvent { event: "fenced".into(), role: "replica".into(), term: self.term, reason: reason.clone(), ..Default::default() });
+                self.hooks.fire(
+                    "on_role_change",
+                    HookEvent {
+                        event: "fenced".into(),
+                        role: "replica".into(),
+                        term: self.term,
+                        reason: reason.clone(),
+                        ..Default::default()
+                    },
+                );
                 self.shared.update(|s| s.writable_leader = false);
                 self.dcs.forget_leader();
                 self.set_renewal(None);
@@ -742,7 +811,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     async fn hand_over(&mut self, to: &str, cluster: Option<&ClusterState>) -> Result<()> {
         let c = cluster.context("no cluster view")?;
         let target = c.members.get(to).cloned();
-        let ready = target.as_ref().is_some_and(|t| t.health == crate::core::DbHealth::Running && t.role == Some(crate::core::DbRole::Replica) && t.streaming);
+        let ready = target
+            .as_ref()
+            .is_some_and(|t| t.health == crate::core::DbHealth::Running && t.role == Some(crate::core::DbRole::Replica) && t.streaming);
         if !ready {
             tracing::warn!(%to, "switchover refused: target is not a streaming replica");
             let why = format!("switchover to {to} refused: it is not a healthy streaming replica");
@@ -759,7 +830,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         steps.push(Step { name: "writes stopped".into(), at_ms: now_ms(), detail: Some(format!("shutdown checkpoint {checkpoint}")) });
         let deadline = Instant::now() + self.cfg.failover.switchover_timeout;
         loop {
-            let caught_up = self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l > checkpoint);
+            let caught_up =
+                self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l > checkpoint);
             if caught_up {
                 break;
             }
@@ -903,11 +975,26 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if let (Some(o), Some(n)) = (rec.old_position, rec.new_position) {
             summary += &format!("; old primary last at {o}, new at {n}");
         }
-        let ev = self.evaluator.event("FailoverSucceeded", Severity::Critical, now_ms(), summary, Some(term), rec.old_primary.clone(), Some(self.cfg.node.clone()));
+        let ev = self.evaluator.event(
+            "FailoverSucceeded",
+            Severity::Critical,
+            now_ms(),
+            summary,
+            Some(term),
+            rec.old_primary.clone(),
+            Some(self.cfg.node.clone()),
+        );
         let mut ev = ev;
         ev.labels.insert("kind".into(), kind.into());
         self.notifier.notify(&ev);
-        let hook = HookEvent { event: kind.into(), role: "primary".into(), term: Some(term), old_primary: rec.old_primary.clone(), new_primary: Some(self.cfg.node.clone()), reason: rec.reason.clone() };
+        let hook = HookEvent {
+            event: kind.into(),
+            role: "primary".into(),
+            term: Some(term),
+            old_primary: rec.old_primary.clone(),
+            new_primary: Some(self.cfg.node.clone()),
+            reason: rec.reason.clone(),
+        };
         self.hooks.fire("on_role_change", hook.clone());
         self.hooks.fire("post_failover", hook);
         self.my_history = Some(rec.clone());

@@ -139,7 +139,8 @@ impl Lab {
 
     /// Loads a lab started earlier (by `vigil lab up`).
     pub fn load(dir: &Path) -> Result<Lab> {
-        let text = std::fs::read_to_string(Self::state_file(dir)).with_context(|| format!("no lab in {} (run `vigil lab up`)", dir.display()))?;
+        let text =
+            std::fs::read_to_string(Self::state_file(dir)).with_context(|| format!("no lab in {} (run `vigil lab up`)", dir.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
 
@@ -257,12 +258,11 @@ impl Lab {
         std::io::Write::write_all(&mut f, conf.as_bytes())?;
         say(&format!("starting {} to take base backups", primary.name));
         sh(
-            as_postgres("pg_ctl")
-                .arg("-D")
-                .arg(&primary.data_dir)
-                .args(["-w", "-s", "-l"])
-                .arg(primary.dir.join("data.log"))
-                .args(["-o", &format!("-p {}", primary.pg_port), "start"]),
+            as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-w", "-s", "-l"]).arg(primary.dir.join("data.log")).args([
+                "-o",
+                &format!("-p {}", primary.pg_port),
+                "start",
+            ]),
             "pg_ctl start",
         )?;
         for n in &lab.nodes[1..] {
@@ -270,15 +270,28 @@ impl Lab {
             std::fs::create_dir_all(&n.dir)?;
             chown_postgres(&n.dir)?;
             sh(
-                as_postgres("pg_basebackup")
-                    .arg("-D")
-                    .arg(&n.data_dir)
-                    .args(["-h", "127.0.0.1", "-p", &primary.pg_port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast", "-R"]),
+                as_postgres("pg_basebackup").arg("-D").arg(&n.data_dir).args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.pg_port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-R",
+                ]),
                 "pg_basebackup",
             )?;
         }
         if spec.with_sync {
-            say(&format!("starting a Redis primary and replica on ports {} and {}, and the file sync", spec.base_port + 5, spec.base_port + 6));
+            say(&format!(
+                "starting a Redis primary and replica on ports {} and {}, and the file sync",
+                spec.base_port + 5,
+                spec.base_port + 6
+            ));
             lab.start_redis(spec.base_port + 5, None)?;
             lab.start_redis(spec.base_port + 6, Some(spec.base_port + 5))?;
             for n in &lab.nodes {
@@ -435,7 +448,8 @@ token_file = "{token}"
         let data = self.dir.join("etcd");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log"))?;
         let advertise = self.etcd_url();
-        let client = std::iter::once(self.etcd_url()).chain((0..self.nodes.len()).map(|i| self.node_etcd_url(i))).collect::<Vec<_>>().join(",");
+        let client =
+            std::iter::once(self.etcd_url()).chain((0..self.nodes.len()).map(|i| self.node_etcd_url(i))).collect::<Vec<_>>().join(",");
         let peer = format!("http://127.0.0.1:{}", self.etcd_port + 1);
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", "lab", "--data-dir"])
@@ -537,7 +551,8 @@ token_file = "{token}"
     pub fn cluster_state(&self) -> Result<ClusterState> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
-            let dcs = EtcdDcs::new(&[self.etcd_url()], "/vigil", &self.cluster, "lab", Duration::from_secs(10), Duration::from_secs(1)).await?;
+            let dcs =
+                EtcdDcs::new(&[self.etcd_url()], "/vigil", &self.cluster, "lab", Duration::from_secs(10), Duration::from_secs(1)).await?;
             dcs.load().await
         })
     }

@@ -3,6 +3,8 @@
 //! One `vigil run` per database node. See ARCHITECTURE.md for the map.
 
 pub mod alerts;
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dcs;
@@ -10,17 +12,15 @@ pub mod doctor;
 pub mod drill;
 pub mod engine;
 pub mod ha;
-pub mod proc;
+pub mod lab;
+pub mod metrics;
+pub mod ops;
 pub mod position;
+pub mod proc;
+pub mod publish;
 pub mod secret;
 pub mod service;
 pub mod status;
 pub mod sync;
 pub mod units;
-pub mod api;
-pub mod cli;
-pub mod lab;
-pub mod metrics;
-pub mod ops;
 pub mod workload;
-pub mod publish;

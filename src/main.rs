@@ -14,22 +14,26 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let result: anyhow::Result<i32> = match &args.command {
         Command::Lab { action } => cli::lab(action).map(|_| 0),
-        Command::Drill { scenario, all, repeat, json, report, target_detection, target_switch, target_rto, dir, cluster, yes_really } => cli::drill(
-            scenario,
-            *all,
-            *repeat,
-            *json,
-            report.as_deref(),
-            vigil::drill::Targets { detection: *target_detection, switch: *target_switch, rto: *target_rto },
-            dir,
-            cluster.as_deref(),
-            *yes_really,
-        ),
+        Command::Drill { scenario, all, repeat, json, report, target_detection, target_switch, target_rto, dir, cluster, yes_really } => {
+            cli::drill(
+                scenario,
+                *all,
+                *repeat,
+                *json,
+                report.as_deref(),
+                vigil::drill::Targets { detection: *target_detection, switch: *target_switch, rto: *target_rto },
+                dir,
+                cluster.as_deref(),
+                *yes_really,
+            )
+        }
         other => rt.block_on(async {
             match other {
                 Command::Run { config } => cli::run(config).await.map(|_| 0),
                 Command::Status { config, json, watch } => cli::status(config, *json, *watch).await.map(|_| 0),
-                Command::Switchover { config, from, to, wait } => cli::switchover(config, from.as_deref(), to.as_deref(), *wait).await.map(|_| 0),
+                Command::Switchover { config, from, to, wait } => {
+                    cli::switchover(config, from.as_deref(), to.as_deref(), *wait).await.map(|_| 0)
+                }
                 Command::Failover { config, to, allow_data_loss, cancel, wait } => {
                     cli::failover(config, to.as_deref(), *allow_data_loss, *cancel, *wait).await.map(|_| 0)
                 }

@@ -15,7 +15,8 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     let c = esc(&cfg.cluster);
     let n = esc(&cfg.node);
     let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} gauge\nvigil_{name}{{cluster=\"{c}\",node=\"{n}\"}} {value}");
+        let _ =
+            writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} gauge\nvigil_{name}{{cluster=\"{c}\",node=\"{n}\"}} {value}");
     };
     let me = s.me.as_ref();
     gauge("up", "1 while the HA loop runs.", 1.0);
@@ -61,16 +62,27 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
             gauge("disk_free_bytes", "Free bytes on the database's file system.", free as f64);
         }
     }
-    gauge("config_drift", "1 if this node's shared configuration differs from the leader's.", crate::cli::status::drifted(&s.cluster).contains(&cfg.node) as u8 as f64);
+    gauge(
+        "config_drift",
+        "1 if this node's shared configuration differs from the leader's.",
+        crate::cli::status::drifted(&s.cluster).contains(&cfg.node) as u8 as f64,
+    );
     gauge("alerts_firing", "Alerts this sidecar has firing now.", s.alerts_firing.len() as f64);
-    gauge("hold_down", "1 while automatic failover is held down after a recent one.", s.me.as_ref().and_then(|m| m.refusal.as_deref()).is_some_and(|r| r.starts_with("held down")) as u8 as f64);
+    gauge(
+        "hold_down",
+        "1 while automatic failover is held down after a recent one.",
+        s.me.as_ref().and_then(|m| m.refusal.as_deref()).is_some_and(|r| r.starts_with("held down")) as u8 as f64,
+    );
     let (delivered, failed, dropped) = s.alert_deliveries;
     let _ = writeln!(out, "# HELP vigil_alert_notifications_total Alert notifications by outcome (failed: gave up after retries; dropped: queue full).\n# TYPE vigil_alert_notifications_total counter");
     for (outcome, v) in [("delivered", delivered), ("failed", failed), ("dropped", dropped)] {
         let _ = writeln!(out, "vigil_alert_notifications_total{{cluster=\"{c}\",node=\"{n}\",outcome=\"{outcome}\"}} {v}");
     }
     // Per-member figures from etcd, so one scrape of any sidecar shows the cluster.
-    let _ = writeln!(out, "# HELP vigil_member_lag_seconds Heartbeat lag of each replica, as published in etcd.\n# TYPE vigil_member_lag_seconds gauge");
+    let _ = writeln!(
+        out,
+        "# HELP vigil_member_lag_seconds Heartbeat lag of each replica, as published in etcd.\n# TYPE vigil_member_lag_seconds gauge"
+    );
     for m in s.cluster.members.values() {
         if let Some(l) = m.lag_seconds {
             let _ = writeln!(out, "vigil_member_lag_seconds{{cluster=\"{c}\",member=\"{}\"}} {l}", esc(&m.node));
@@ -88,11 +100,19 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         let _ = writeln!(out, "vigil_member_is_primary{{cluster=\"{c}\",member=\"{}\"}} {v}", esc(&m.node));
     }
     if let Some(h) = &s.cluster.last_history {
-        let _ = writeln!(out, "# HELP vigil_last_change_timestamp_seconds When the primary last changed.\n# TYPE vigil_last_change_timestamp_seconds gauge");
-        let _ = writeln!(out, "vigil_last_change_timestamp_seconds{{cluster=\"{c}\",kind=\"{}\"}} {}", esc(&h.kind), h.at_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "# HELP vigil_last_change_timestamp_seconds When the primary last changed.\n# TYPE vigil_last_change_timestamp_seconds gauge"
+        );
+        let _ =
+            writeln!(out, "vigil_last_change_timestamp_seconds{{cluster=\"{c}\",kind=\"{}\"}} {}", esc(&h.kind), h.at_ms as f64 / 1000.0);
         if let (Some(first), Some(last)) = (h.steps.first(), h.steps.iter().find(|st| st.name == "accepting writes")) {
             let _ = writeln!(out, "# HELP vigil_last_change_duration_seconds From the first recorded step to the new primary accepting writes.\n# TYPE vigil_last_change_duration_seconds gauge");
-            let _ = writeln!(out, "vigil_last_change_duration_seconds{{cluster=\"{c}\"}} {}", last.at_ms.saturating_sub(first.at_ms) as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "vigil_last_change_duration_seconds{{cluster=\"{c}\"}} {}",
+                last.at_ms.saturating_sub(first.at_ms) as f64 / 1000.0
+            );
         }
     }
     out

@@ -20,11 +20,10 @@ pub async fn switchover<D: Dcs>(dcs: &D, from: Option<&str>, to: Option<&str>) -
         Some(t) => t.to_string(),
         None => {
             // The freshest eligible streaming replica.
-            let best = c
-                .members
-                .values()
-                .filter(|m| m.node != leader && m.role == Some(DbRole::Replica) && m.streaming && m.eligible)
-                .max_by(|a, b| (a.position, a.priority, std::cmp::Reverse(&a.node)).cmp(&(b.position, b.priority, std::cmp::Reverse(&b.node))));
+            let best =
+                c.members.values().filter(|m| m.node != leader && m.role == Some(DbRole::Replica) && m.streaming && m.eligible).max_by(
+                    |a, b| (a.position, a.priority, std::cmp::Reverse(&a.node)).cmp(&(b.position, b.priority, std::cmp::Reverse(&b.node))),
+                );
             match best {
                 Some(m) => m.node.clone(),
                 None => bail!("no eligible streaming replica to switch over to"),
@@ -43,7 +42,15 @@ pub async fn switchover<D: Dcs>(dcs: &D, from: Option<&str>, to: Option<&str>) -
     if c.request.as_ref().is_some_and(|r| r.refused.is_none()) {
         bail!("another switchover or failover is pending; wait for it or clear it with `vigil failover --cancel`");
     }
-    let req = RequestRecord { kind: RequestKind::Switchover, from: Some(leader), to, allow_data_loss: false, requested_ms: now_ms(), steps: vec![], refused: None };
+    let req = RequestRecord {
+        kind: RequestKind::Switchover,
+        from: Some(leader),
+        to,
+        allow_data_loss: false,
+        requested_ms: now_ms(),
+        steps: vec![],
+        refused: None,
+    };
     dcs.set_request(Some(req.clone())).await?;
     Ok(req)
 }
@@ -63,7 +70,8 @@ pub async fn failover<D: Dcs>(dcs: &D, to: &str, allow_data_loss: bool) -> Resul
         bail!("{to} is already the leader");
     }
     let kind = if leader.is_some() { RequestKind::Switchover } else { RequestKind::Failover };
-    let req = RequestRecord { kind, from: leader, to: to.to_string(), allow_data_loss, requested_ms: now_ms(), steps: vec![], refused: None };
+    let req =
+        RequestRecord { kind, from: leader, to: to.to_string(), allow_data_loss, requested_ms: now_ms(), steps: vec![], refused: None };
     dcs.set_request(Some(req.clone())).await?;
     Ok(req)
 }

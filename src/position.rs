@@ -14,10 +14,7 @@ pub struct Lsn(pub u64);
 impl Lsn {
     /// Parses PostgreSQL's `XXXXXXXX/XXXXXXXX` text form.
     pub fn parse(text: &str) -> Result<Lsn, String> {
-        let (hi, lo) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("invalid LSN {text:?}: expected HI/LO in hexadecimal"))?;
+        let (hi, lo) = text.trim().split_once('/').ok_or_else(|| format!("invalid LSN {text:?}: expected HI/LO in hexadecimal"))?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("invalid LSN {text:?}: bad high half"))?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("invalid LSN {text:?}: bad low half"))?;
         Ok(Lsn(((hi as u64) << 32) | lo as u64))
@@ -82,9 +79,7 @@ pub fn parse_timeline_history(text: &str) -> Result<Vec<TimelineSwitch>, String>
         let mut parts = line.split_whitespace();
         let tli = parts.next().unwrap_or_default();
         let lsn = parts.next().ok_or_else(|| format!("history line {}: missing LSN", i + 1))?;
-        let timeline = tli
-            .parse::<u32>()
-            .map_err(|_| format!("history line {}: bad timeline {tli:?}", i + 1))?;
+        let timeline = tli.parse::<u32>().map_err(|_| format!("history line {}: bad timeline {tli:?}", i + 1))?;
         out.push(TimelineSwitch { timeline, switch_lsn: Lsn::parse(lsn)? });
     }
     Ok(out)

@@ -132,7 +132,11 @@ pub async fn run<D: Dcs>(svc: ServiceConfig, dns: DnsTarget, dcs: Arc<D>, notifi
                                 "ServiceFailover",
                                 Severity::Warning,
                                 now_ms(),
-                                format!("{} now points at {target} (was {})", svc.dns_name, current.clone().unwrap_or_else(|| "unset".into())),
+                                format!(
+                                    "{} now points at {target} (was {})",
+                                    svc.dns_name,
+                                    current.clone().unwrap_or_else(|| "unset".into())
+                                ),
                                 None,
                                 current.clone(),
                                 Some(target.clone()),
@@ -140,7 +144,9 @@ pub async fn run<D: Dcs>(svc: ServiceConfig, dns: DnsTarget, dcs: Arc<D>, notifi
                             notifier.notify(&ev);
                             current = Some(target);
                         }
-                        Err(e) => tracing::error!(service = %svc.name, error = %format!("{e:#}"), "could not move the service's DNS record; retrying"),
+                        Err(e) => {
+                            tracing::error!(service = %svc.name, error = %format!("{e:#}"), "could not move the service's DNS record; retrying")
+                        }
                     }
                 }
                 None => tracing::error!(service = %svc.name, "no healthy target; leaving {} as it is", svc.dns_name),

@@ -82,7 +82,8 @@ impl Writer {
                 }
                 let (c, port) = client.as_ref().expect("connected");
                 id += 1;
-                let r = tokio::time::timeout(Duration::from_secs(1), c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id])).await;
+                let r = tokio::time::timeout(Duration::from_secs(1), c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id]))
+                    .await;
                 match r {
                     Ok(Ok(_)) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port, conn }),
                     _ => {
@@ -164,13 +165,16 @@ impl SplitBrainChecker {
                         clients[i] = connect(std::slice::from_ref(e), &user, false, Duration::from_millis(200)).await;
                     }
                     let w = match &clients[i] {
-                        Some(c) => match tokio::time::timeout(Duration::from_millis(500), c.query_one("SELECT NOT pg_is_in_recovery()", &[])).await {
-                            Ok(Ok(r)) => r.get::<_, bool>(0),
-                            _ => {
-                                clients[i] = None;
-                                false
+                        Some(c) => {
+                            match tokio::time::timeout(Duration::from_millis(500), c.query_one("SELECT NOT pg_is_in_recovery()", &[])).await
+                            {
+                                Ok(Ok(r)) => r.get::<_, bool>(0),
+                                _ => {
+                                    clients[i] = None;
+                                    false
+                                }
                             }
-                        },
+                        }
                         None => false,
                     };
                     if w {

@@ -111,7 +111,8 @@ fn failover_and_silent_peer_notifications_reach_the_webhook() {
     // Sidecars read their config at start: give them the webhook and restart them.
     for i in 0..3 {
         let cfg = &t.lab.nodes[i].config;
-        let text = std::fs::read_to_string(cfg).unwrap() + &format!("\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nheaders = {{ \"X-Test\" = \"1\" }}\n");
+        let text = std::fs::read_to_string(cfg).unwrap()
+            + &format!("\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nheaders = {{ \"X-Test\" = \"1\" }}\n");
         std::fs::write(cfg, text).unwrap();
         t.lab.kill_sidecar(i);
         t.lab.start_sidecar(i).unwrap();
@@ -136,7 +137,15 @@ fn failover_and_silent_peer_notifications_reach_the_webhook() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    for step in ["failure seen by", "leader key released by", "leader key acquired", "promoted", "accepting writes", "published", "all replicas following"] {
+    for step in [
+        "failure seen by",
+        "leader key released by",
+        "leader key acquired",
+        "promoted",
+        "accepting writes",
+        "published",
+        "all replicas following",
+    ] {
         assert!(history.contains(step), "history lacks {step:?}:\n{history}");
     }
 

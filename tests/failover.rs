@@ -184,7 +184,10 @@ fn e_old_primary_with_damaged_data_rejoins_through_a_base_backup() {
     t.wait_streaming("pg1", Duration::from_secs(60));
     let log = std::fs::read_to_string(t.lab.nodes[0].dir.join("vigil.log")).unwrap();
     assert!(log.contains("fresh base backup"), "the log says how it rejoined");
-    let kept = std::fs::read_dir(&t.lab.nodes[0].dir).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("data.vigil-old-"));
+    let kept = std::fs::read_dir(&t.lab.nodes[0].dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("data.vigil-old-"));
     assert!(kept, "the damaged data directory is kept aside");
     let report = t.rt.block_on(checker.stop());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);

@@ -27,7 +27,8 @@ fn render(t: &TestLab, write_port: u16, read_port: u16) -> String {
 fn through(t: &TestLab, port: u16) -> Option<(u16, bool)> {
     t.rt.block_on(async {
         let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2");
-        let (c, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await.ok()?.ok()?;
+        let (c, conn) =
+            tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await.ok()?.ok()?;
         tokio::spawn(conn);
         let row = c.query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[]).await.ok()?;
         Some((row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)))
@@ -66,7 +67,15 @@ fn haproxy_follows_the_primary() {
     let check = Command::new("haproxy").arg("-c").arg("-f").arg(&cfg_path).output().expect("haproxy installed");
     assert!(check.status.success(), "config check: {}", out(&check));
     let log = std::fs::File::create(t.lab.dir.join("haproxy.log")).unwrap();
-    let mut haproxy = Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     struct Stop<'a>(&'a mut std::process::Child);
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
@@ -90,7 +99,9 @@ fn haproxy_follows_the_primary() {
     // Any sidecar, replica or not, tells who the primary is.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let who: serde_json::Value = rt
-        .block_on(async { reqwest::get(format!("http://127.0.0.1:{}/cluster/primary", t.lab.nodes[2].api_port)).await.unwrap().json().await })
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{}/cluster/primary", t.lab.nodes[2].api_port)).await.unwrap().json().await
+        })
         .unwrap();
     assert_eq!(who["primary"], "pg2", "{who}");
     assert_eq!(who["port"], pg2, "{who}");

@@ -53,7 +53,10 @@ fn start_bind(dir: &Path, port: u16) -> (Stop, std::path::PathBuf) {
 
 /// `dig +noall +answer` lines.
 fn dig(port: u16, name: &str, rtype: &str) -> Vec<String> {
-    let o = Command::new("dig").args(["@127.0.0.1", "-p", &port.to_string(), "+noall", "+answer", "+time=1", "+tries=1", name, rtype]).output().expect("dig");
+    let o = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+noall", "+answer", "+time=1", "+tries=1", name, rtype])
+        .output()
+        .expect("dig");
     String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect()
 }
 
@@ -151,7 +154,8 @@ fn pre_promote_veto_hands_over_to_another_candidate() {
 
 /// A tiny web server on `addr` answering `/health` with `code`.
 fn web(rt: &tokio::runtime::Runtime, addr: &str, code: u16) -> tokio::task::JoinHandle<()> {
-    let app = axum::Router::new().route("/health", axum::routing::get(move || async move { axum::http::StatusCode::from_u16(code).unwrap() }));
+    let app =
+        axum::Router::new().route("/health", axum::routing::get(move || async move { axum::http::StatusCode::from_u16(code).unwrap() }));
     let l = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
     rt.spawn(async move { axum::serve(l, app).await.unwrap() })
 }

@@ -94,7 +94,9 @@ fn configuration_drift_is_flagged() {
     std::fs::write(&cfg, text).unwrap();
     t.lab.kill_sidecar(2);
     t.lab.start_sidecar(2).unwrap();
-    wait("drift shown", Duration::from_secs(20), || out(&t.vigil(&["status"])).lines().any(|l| l.starts_with("pg3") && l.contains("DRIFT")));
+    wait("drift shown", Duration::from_secs(20), || {
+        out(&t.vigil(&["status"])).lines().any(|l| l.starts_with("pg3") && l.contains("DRIFT"))
+    });
     let status = out(&t.vigil(&["status"]));
     assert!(!status.lines().any(|l| l.starts_with("pg2") && l.contains("DRIFT")), "{status}");
     let url = format!("http://127.0.0.1:{}/cluster", t.lab.nodes[0].api_port);

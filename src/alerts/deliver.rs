@@ -63,7 +63,8 @@ pub fn alertmanager_body(a: &Alert, generator: &str) -> serde_json::Value {
             labels.insert(k.clone(), json!(v));
         }
     }
-    let mut annotations = json!({ "summary": a.summary, "description": a.description, "runbook_url": a.runbook, "reported_by": a.reported_by });
+    let mut annotations =
+        json!({ "summary": a.summary, "description": a.description, "runbook_url": a.runbook, "reported_by": a.reported_by });
     if let Some(r) = a.labels.get("reason") {
         annotations["reason"] = json!(r);
     }
@@ -167,7 +168,12 @@ async fn run_destination(d: Dest, mut rx: mpsc::Receiver<Alert>, http: reqwest::
 async fn send(d: &Dest, a: &Alert, http: &reqwest::Client, generator: &str) -> Result<(), String> {
     match d {
         Dest::Alertmanager(base) => {
-            let r = http.post(format!("{base}/api/v2/alerts")).json(&json!([alertmanager_body(a, generator)])).send().await.map_err(|e| e.to_string())?;
+            let r = http
+                .post(format!("{base}/api/v2/alerts"))
+                .json(&json!([alertmanager_body(a, generator)]))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if r.status().is_success() {
                 Ok(())
             } else {

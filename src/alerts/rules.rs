@@ -142,7 +142,10 @@ impl Evaluator {
                         severity: Severity::Warning,
                         for_: Duration::ZERO,
                         summary: format!("replication lag of {node} is {lag:.0}s (alert above {}s)", self.t.lag_alert.as_secs()),
-                        description: format!("heartbeat lag {lag:.1}s; {} bytes behind the primary's last position", me.lag_bytes.unwrap_or(0)),
+                        description: format!(
+                            "heartbeat lag {lag:.1}s; {} bytes behind the primary's last position",
+                            me.lag_bytes.unwrap_or(0)
+                        ),
                         runbook: "lag.md",
                         labels: BTreeMap::new(),
                     });
@@ -258,7 +261,16 @@ impl Evaluator {
 
     /// A one-shot event (failover started/succeeded/failed).
     #[allow(clippy::too_many_arguments)]
-    pub fn event(&self, name: &str, severity: Severity, now_ms: u64, summary: String, term: Option<i64>, old: Option<String>, new: Option<String>) -> Alert {
+    pub fn event(
+        &self,
+        name: &str,
+        severity: Severity,
+        now_ms: u64,
+        summary: String,
+        term: Option<i64>,
+        old: Option<String>,
+        new: Option<String>,
+    ) -> Alert {
         Alert {
             name: name.into(),
             status: Status::Firing,
@@ -318,7 +330,12 @@ mod tests {
         Evaluator::new(
             "lab",
             "pg2",
-            Thresholds { lag_alert: Duration::from_secs(30), broken_for: Duration::from_secs(10), dcs_for: Duration::from_secs(5), runbook_base: "runbooks".into() },
+            Thresholds {
+                lag_alert: Duration::from_secs(30),
+                broken_for: Duration::from_secs(10),
+                dcs_for: Duration::from_secs(5),
+                runbook_base: "runbooks".into(),
+            },
         )
     }
 
@@ -327,7 +344,16 @@ mod tests {
     }
 
     fn facts<'a>(now: u64, me: &'a MemberRecord, c: &'a ClusterState) -> Facts<'a> {
-        Facts { now_ms: now, me, cluster: Some(c), dcs_down_since_ms: None, silent_peers: vec![], refusal: None, held_down: false, sync_problems: vec![] }
+        Facts {
+            now_ms: now,
+            me,
+            cluster: Some(c),
+            dcs_down_since_ms: None,
+            silent_peers: vec![],
+            refusal: None,
+            held_down: false,
+            sync_problems: vec![],
+        }
     }
 
     #[test]
@@ -375,7 +401,16 @@ mod tests {
     fn etcd_unreachable_after_its_for() {
         let mut e = eval();
         let me = member("pg2", DbRole::Replica, Some(1.0), true);
-        let f = Facts { now_ms: 6000, me: &me, cluster: None, dcs_down_since_ms: Some(0), silent_peers: vec![], refusal: None, held_down: false, sync_problems: vec![] };
+        let f = Facts {
+            now_ms: 6000,
+            me: &me,
+            cluster: None,
+            dcs_down_since_ms: Some(0),
+            silent_peers: vec![],
+            refusal: None,
+            held_down: false,
+            sync_problems: vec![],
+        };
         assert_eq!(e.evaluate(&f)[0].name, "EtcdUnreachable");
     }
 }

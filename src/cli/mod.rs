@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Database-replication failover supervisor (one sidecar per node, leader key bound to an etcd lease)")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Database-replication failover supervisor (one sidecar per node, leader key bound to an etcd lease)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -232,12 +236,17 @@ async fn wait_for_leader(dcs: &EtcdDcs, to: &str, limit: Duration) -> Result<()>
     let mut last = String::new();
     loop {
         let c = dcs.load().await?;
-        let done = c.leader.as_ref().is_some_and(|l| l.node == to) && c.members.get(to).is_some_and(|m| m.term.is_some() && m.role == Some(crate::core::DbRole::Primary));
+        let done = c.leader.as_ref().is_some_and(|l| l.node == to)
+            && c.members.get(to).is_some_and(|m| m.term.is_some() && m.role == Some(crate::core::DbRole::Primary));
         if done {
             eprintln!("{to} is the primary (term {}) after {:.1}s", c.term.unwrap_or(0), start.elapsed().as_secs_f64());
             return Ok(());
         }
-        let line = format!("leader {}; {}", c.leader.as_ref().map(|l| l.node.as_str()).unwrap_or("none"), c.members.get(to).map(|m| m.state.clone()).unwrap_or_default());
+        let line = format!(
+            "leader {}; {}",
+            c.leader.as_ref().map(|l| l.node.as_str()).unwrap_or("none"),
+            c.members.get(to).map(|m| m.state.clone()).unwrap_or_default()
+        );
         if line != last {
             eprintln!("  {:.1}s  {line}", start.elapsed().as_secs_f64());
             last = line.clone();
@@ -338,7 +347,8 @@ pub async fn dsn(arg: &ConfigArg, json: bool) -> Result<()> {
     // The current leader first, so clients try it first.
     hosts.sort_by_key(|m| (c.leader.as_ref().map(|l| l.node != m.node).unwrap_or(true), m.node.clone()));
     let list = hosts.iter().map(|m| format!("{}:{}", m.db_host, m.db_port)).collect::<Vec<_>>().join(",");
-    let uri = format!("postgresql://{}@{}/{}?target_session_attrs=read-write&connect_timeout=2", cfg.database.user, list, cfg.database.dbname);
+    let uri =
+        format!("postgresql://{}@{}/{}?target_session_attrs=read-write&connect_timeout=2", cfg.database.user, list, cfg.database.dbname);
     if json {
         println!("{}", serde_json::json!({"dsn": uri, "leader": c.leader.map(|l| l.node), "term": c.term}));
     } else {
@@ -455,8 +465,10 @@ pub fn drill(
             match crate::drill::run_once(&mut lab, *sc, targets, &say) {
                 Ok(r) => runs.push(r),
                 Err(e) => {
-                    eprintln!("{label}: {e:#}
-the cluster may need attention: `vigil status`; runbooks/failover-happened.md");
+                    eprintln!(
+                        "{label}: {e:#}
+the cluster may need attention: `vigil status`; runbooks/failover-happened.md"
+                    );
                     return Err(e);
                 }
             }
@@ -496,7 +508,12 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
     dcs.spawn_watch(Arc::clone(&wake));
 
     let listener = tokio::net::TcpListener::bind(cfg.api_listen()).await.with_context(|| format!("api.listen {}", cfg.api.listen))?;
-    let api = crate::api::router(Arc::new(crate::api::ApiState { cfg: cfg.clone(), shared: Arc::clone(&shared), engine: Arc::clone(&engine), dcs: Arc::clone(&dcs) }));
+    let api = crate::api::router(Arc::new(crate::api::ApiState {
+        cfg: cfg.clone(),
+        shared: Arc::clone(&shared),
+        engine: Arc::clone(&engine),
+        dcs: Arc::clone(&dcs),
+    }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, api).await {
             tracing::error!(error = %e, "API server stopped");
@@ -506,7 +523,8 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
     let notifier = crate::alerts::Notifier::start(&cfg.alerts, format!("{}/cluster", cfg.api.url()));
     if let Some(d) = &cfg.dns {
         let target = crate::publish::dns::DnsTarget::from_config(d);
-        let alerts = Arc::new(crate::alerts::Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts)));
+        let alerts =
+            Arc::new(crate::alerts::Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts)));
         for svc in cfg.service.clone() {
             tokio::spawn(crate::service::run(svc, target.clone(), Arc::clone(&dcs), notifier.clone(), Arc::clone(&alerts)));
         }

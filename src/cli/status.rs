@@ -100,7 +100,14 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         }
     }
     if let Some(h) = &c.last_history {
-        out += &format!("\nlast change: {} (term {}) {} -> {}, {}\n", h.kind, h.term, h.old_primary.clone().unwrap_or_else(|| "-".into()), h.new_primary, ago(h.at_ms));
+        out += &format!(
+            "\nlast change: {} (term {}) {} -> {}, {}\n",
+            h.kind,
+            h.term,
+            h.old_primary.clone().unwrap_or_else(|| "-".into()),
+            h.new_primary,
+            ago(h.at_ms)
+        );
     }
     out
 }
@@ -112,7 +119,8 @@ pub fn drifted(c: &ClusterState) -> Vec<String> {
         .values()
         .filter(|m| {
             m.sync.as_ref().is_some_and(|s| {
-                s.config_hash != reference.config_hash || s.config_dir.as_ref().map(|d| &d.hash) != reference.config_dir.as_ref().map(|d| &d.hash)
+                s.config_hash != reference.config_hash
+                    || s.config_dir.as_ref().map(|d| &d.hash) != reference.config_dir.as_ref().map(|d| &d.hash)
             })
         })
         .map(|m| m.node.clone())
@@ -140,7 +148,11 @@ fn render_sync(c: &ClusterState) -> String {
             let cfg = format!(
                 "{}{}{}",
                 &s.config_hash.chars().take(8).collect::<String>(),
-                s.config_dir.as_ref().and_then(|d| d.git_revision.clone()).map(|r| format!(" git {}", &r[..r.len().min(8)])).unwrap_or_default(),
+                s.config_dir
+                    .as_ref()
+                    .and_then(|d| d.git_revision.clone())
+                    .map(|r| format!(" git {}", &r[..r.len().min(8)]))
+                    .unwrap_or_default(),
                 if drift.contains(&m.node) { "  DRIFT" } else { "" }
             );
             vec![m.node.clone(), redis.unwrap_or_else(|| "-".into()), files.unwrap_or_else(|| "-".into()), cfg]
@@ -175,7 +187,12 @@ pub fn render_history(h: &[HistoryRecord]) -> String {
         );
         let t0 = r.steps.first().map(|s| s.at_ms).unwrap_or(r.at_ms);
         for s in &r.steps {
-            out += &format!("  +{:>7.3}s  {}{}\n", (s.at_ms.saturating_sub(t0)) as f64 / 1000.0, s.name, s.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default());
+            out += &format!(
+                "  +{:>7.3}s  {}{}\n",
+                (s.at_ms.saturating_sub(t0)) as f64 / 1000.0,
+                s.name,
+                s.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            );
         }
         for c in &r.candidates {
             out += &format!(

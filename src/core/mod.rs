@@ -423,7 +423,8 @@ fn follow(i: &Inputs, view: &View, leader: &str, elig: &Eligibility) -> Decision
         DbHealth::Starting => Decision::new("database starting", elig),
         DbHealth::Unresponsive => Decision::new(format!("database check failed {}x", i.local.failed_checks), elig),
         DbHealth::Running => {
-            let state = if i.local.streaming { format!("streaming from {leader}") } else { format!("following {leader} (not streaming yet)") };
+            let state =
+                if i.local.streaming { format!("streaming from {leader}") } else { format!("following {leader} (not streaming yet)") };
             Decision::new(state, elig).act(Action::Follow { leader: leader.into() })
         }
     }
@@ -518,8 +519,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             (Some(theirs), Some(ours)) => {
                 theirs > ours
                     || (theirs == ours
-                        && (is_primary, c.priority, std::cmp::Reverse(&peer.node))
-                            > (me_primary, p.priority, std::cmp::Reverse(&i.me)))
+                        && (is_primary, c.priority, std::cmp::Reverse(&peer.node)) > (me_primary, p.priority, std::cmp::Reverse(&i.me)))
             }
             (Some(_), None) => true,
             _ => false,

@@ -166,7 +166,8 @@ fn leader_key_of_an_earlier_process_is_adopted_then_promotion_finished() {
 
 #[test]
 fn leader_hands_over_on_switchover_request() {
-    let req = Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
+    let req =
+        Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
     let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), request: Some(req), ..View::default() });
     i.lease = held();
     assert_eq!(actions(&i), vec![Action::HandOver { to: "pg2".into() }]);
@@ -318,7 +319,8 @@ fn running_primary_without_a_leader_retakes_the_key() {
 
 #[test]
 fn only_the_requested_target_takes_the_key_during_a_switchover() {
-    let req = Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg3".into(), allow_data_loss: false, age: Duration::ZERO };
+    let req =
+        Request { kind: RequestKind::Switchover, from: Some("pg1".into()), to: "pg3".into(), allow_data_loss: false, age: Duration::ZERO };
     let mut i = inputs("pg2", replica(1000), View { request: Some(req.clone()), ..no_leader() });
     i.peers = vec![dead_peer("pg1"), peer("pg3", 1000)];
     assert_eq!(actions(&i), vec![]);

@@ -9,8 +9,8 @@
 use super::*;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,10 +42,8 @@ impl EtcdDcs {
     pub async fn new(endpoints: &[String], prefix: &str, cluster: &str, node: &str, ttl: Duration, timeout: Duration) -> Result<Self> {
         let mut clients = Vec::new();
         for ep in endpoints {
-            let opts = ConnectOptions::new()
-                .with_connect_timeout(timeout)
-                .with_timeout(timeout)
-                .with_keep_alive(Duration::from_secs(2), timeout);
+            let opts =
+                ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout).with_keep_alive(Duration::from_secs(2), timeout);
             let c = Client::connect([ep.as_str()], Some(opts)).await.with_context(|| format!("etcd endpoint {ep}"))?;
             clients.push((ep.clone(), c));
         }
@@ -196,8 +194,14 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 
 impl Dcs for EtcdDcs {
     async fn load(&self) -> Result<ClusterState> {
-        let (leader, members, pause, request, history, incident) =
-            (self.key("leader"), self.key("members/"), self.key("pause"), self.key("switchover"), self.key("history/"), self.key("incident"));
+        let (leader, members, pause, request, history, incident) = (
+            self.key("leader"),
+            self.key("members/"),
+            self.key("pause"),
+            self.key("switchover"),
+            self.key("history/"),
+            self.key("incident"),
+        );
         let txn = Txn::new().and_then([
             TxnOp::get(leader.clone(), None),
             TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
@@ -206,11 +210,12 @@ impl Dcs for EtcdDcs {
             TxnOp::get(history.clone(), Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(1))),
             TxnOp::get(incident.clone(), None),
         ]);
-        let resp = self.call("load", |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+        let resp = self
+            .call("load", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         let mut st = ClusterState::default();
         let gets: Vec<_> = resp
             .op_responses()

@@ -72,12 +72,7 @@ impl Postgres {
 
     fn pg_config(&self, host: &str, port: u16, timeout: Duration) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host(host)
-            .port(port)
-            .user(&self.cfg.user)
-            .dbname(&self.cfg.dbname)
-            .connect_timeout(timeout)
-            .application_name("vigil");
+        c.host(host).port(port).user(&self.cfg.user).dbname(&self.cfg.dbname).connect_timeout(timeout).application_name("vigil");
         if !self.cfg.password.is_empty() {
             c.password(self.cfg.password.expose());
         }
@@ -255,11 +250,7 @@ impl Postgres {
     fn set_auto_conf(&self, key: &str, value: &str) -> Result<()> {
         let path = self.cfg.data_dir.join("postgresql.auto.conf");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut out: Vec<String> = old
-            .lines()
-            .filter(|l| l.split('=').next().map(|k| k.trim()) != Some(key))
-            .map(str::to_string)
-            .collect();
+        let mut out: Vec<String> = old.lines().filter(|l| l.split('=').next().map(|k| k.trim()) != Some(key)).map(str::to_string).collect();
         out.push(format!("{key} = '{}'", value.replace('\\', "\\\\").replace('\'', "''")));
         self.write_owned(&path, &(out.join("\n") + "\n"))
     }
@@ -300,9 +291,18 @@ impl Postgres {
         std::os::unix::fs::chown(data, Some(meta.uid()), Some(meta.gid()))?;
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
         let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_basebackup"));
-        cmd.arg("-D")
-            .arg(data)
-            .args(["-h", &up.host, "-p", &up.port.to_string(), "-U", &self.cfg.replication_user, "-X", "stream", "-c", "fast"]);
+        cmd.arg("-D").arg(data).args([
+            "-h",
+            &up.host,
+            "-p",
+            &up.port.to_string(),
+            "-U",
+            &self.cfg.replication_user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ]);
         if !self.cfg.replication_password.is_empty() {
             cmd.env("PGPASSWORD", self.cfg.replication_password.expose());
         }
@@ -469,36 +469,36 @@ impl Engine for Postgres {
         obs.receive_lsn = receive;
         obs.replay_lsn = replay;
         {
-        let mut m = self.mem();
-        m.failed_checks = 0;
-        m.start_issued = None;
-        if in_recovery {
-            obs.local.role = Some(DbRole::Replica);
-            let streaming = wr_status.as_deref() == Some("streaming");
-            if streaming {
-                m.streamed_since_start = true;
-                m.last_streamed = Some(Instant::now());
-                obs.local.last_streamed_ago = Some(Duration::ZERO);
+            let mut m = self.mem();
+            m.failed_checks = 0;
+            m.start_issued = None;
+            if in_recovery {
+                obs.local.role = Some(DbRole::Replica);
+                let streaming = wr_status.as_deref() == Some("streaming");
+                if streaming {
+                    m.streamed_since_start = true;
+                    m.last_streamed = Some(Instant::now());
+                    obs.local.last_streamed_ago = Some(Duration::ZERO);
+                }
+                if let Some(t) = wr_tli {
+                    m.last_timeline = Some(t as u32);
+                }
+                let tli = wr_tli.map(|t| t as u32).or(m.last_timeline).or(ckpt_tli.map(|t| t as u32)).unwrap_or(1);
+                let received = if m.streamed_since_start { receive } else { None };
+                let lsn = match (received, replay) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                obs.local.position = lsn.map(|lsn| Position { timeline: tli, lsn });
+                obs.local.streaming = streaming;
+                obs.upstream = conninfo_target(&conninfo);
+            } else {
+                obs.local.role = Some(DbRole::Primary);
+                let tli = cur_tli.map(|t| t as u32).unwrap_or(1);
+                m.last_timeline = Some(tli);
+                obs.local.position = flush.and_then(|s| Lsn::parse(&s).ok()).map(|lsn| Position { timeline: tli, lsn });
+                obs.local.replica_caught_up = caught_up;
             }
-            if let Some(t) = wr_tli {
-                m.last_timeline = Some(t as u32);
-            }
-            let tli = wr_tli.map(|t| t as u32).or(m.last_timeline).or(ckpt_tli.map(|t| t as u32)).unwrap_or(1);
-            let received = if m.streamed_since_start { receive } else { None };
-            let lsn = match (received, replay) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            obs.local.position = lsn.map(|lsn| Position { timeline: tli, lsn });
-            obs.local.streaming = streaming;
-            obs.upstream = conninfo_target(&conninfo);
-        } else {
-            obs.local.role = Some(DbRole::Primary);
-            let tli = cur_tli.map(|t| t as u32).unwrap_or(1);
-            m.last_timeline = Some(tli);
-            obs.local.position = flush.and_then(|s| Lsn::parse(&s).ok()).map(|lsn| Position { timeline: tli, lsn });
-            obs.local.replica_caught_up = caught_up;
-        }
         }
         if let (Some(DbRole::Primary), Some(p)) = (obs.local.role, obs.local.position) {
             obs.timeline_history = self.timeline_history(p.timeline);

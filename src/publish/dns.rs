@@ -59,7 +59,8 @@ impl TsigKey {
 
     fn signer(&self) -> Result<TSigner> {
         let name = Name::from_ascii(&self.name).map_err(|e| anyhow!("TSIG key name {:?}: {e}", self.name))?;
-        TSigner::new(self.secret.clone(), algo(&self.algorithm).map_err(|e| anyhow!(e))?, name, 300).map_err(|e| anyhow!("TSIG signer: {e}"))
+        TSigner::new(self.secret.clone(), algo(&self.algorithm).map_err(|e| anyhow!(e))?, name, 300)
+            .map_err(|e| anyhow!("TSIG signer: {e}"))
     }
 }
 
@@ -68,7 +69,9 @@ fn algo(a: &str) -> Result<TsigAlgorithm, String> {
         "hmac-sha256" => Ok(TsigAlgorithm::HmacSha256),
         "hmac-sha384" => Ok(TsigAlgorithm::HmacSha384),
         "hmac-sha512" => Ok(TsigAlgorithm::HmacSha512),
-        other => Err(format!("TSIG algorithm {other:?} cannot sign here; use hmac-sha256, hmac-sha384 or hmac-sha512 (tsig-keygen -a hmac-sha256)")),
+        other => Err(format!(
+            "TSIG algorithm {other:?} cannot sign here; use hmac-sha256, hmac-sha384 or hmac-sha512 (tsig-keygen -a hmac-sha256)"
+        )),
     }
 }
 
@@ -293,7 +296,9 @@ mod tests {
 
     #[test]
     fn signature_errors_are_translated() {
-        let e = explain("protocol error: Please file an issue with https://github.com/hickory-dns/hickory-dns to support truncated HMACs with TSIG");
+        let e = explain(
+            "protocol error: Please file an issue with https://github.com/hickory-dns/hickory-dns to support truncated HMACs with TSIG",
+        );
         assert!(e.to_string().contains("wrong key name, secret or algorithm"));
     }
 }

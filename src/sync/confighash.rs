@@ -24,7 +24,16 @@ pub fn of_config(c: &Config) -> String {
     let dns = c.dns.as_ref().map(|d| (&d.server, &d.zone, &d.name, d.ttl, d.txt_term));
     let shared = format!(
         "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        c.cluster, c.engine, c.etcd.prefix, c.timing, f, c.alerts, c.hooks, dns, c.service, c.sync.redis.as_ref().map(|r| (&r.primary, &r.replica))
+        c.cluster,
+        c.engine,
+        c.etcd.prefix,
+        c.timing,
+        f,
+        c.alerts,
+        c.hooks,
+        dns,
+        c.service,
+        c.sync.redis.as_ref().map(|r| (&r.primary, &r.replica))
     );
     format!("{:016x}", fnv(shared.as_bytes()))
 }
@@ -72,7 +81,8 @@ pub async fn of_dir(dir: &Path) -> DirHash {
     if dir.join(".git").exists() {
         let mut cmd = tokio::process::Command::new("git");
         cmd.arg("-C").arg(dir).args(["rev-parse", "HEAD"]);
-        out.git_revision = crate::proc::run(cmd, "git rev-parse", std::time::Duration::from_secs(5)).await.ok().map(|s| s.trim().to_string());
+        out.git_revision =
+            crate::proc::run(cmd, "git rev-parse", std::time::Duration::from_secs(5)).await.ok().map(|s| s.trim().to_string());
     }
     out
 }

@@ -39,7 +39,10 @@ pub fn write_marker(cfg: &FileSyncConfig, term: i64, node: &str) -> Result<(), S
 
 /// Reads this node's copy of the marker.
 pub fn read_marker(cfg: &FileSyncConfig, now_ms: u64) -> FileSyncStatus {
-    let mut st = FileSyncStatus { lsyncd: cfg.lsyncd_status.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| t.lines().next().map(str::to_string)), ..Default::default() };
+    let mut st = FileSyncStatus {
+        lsyncd: cfg.lsyncd_status.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| t.lines().next().map(str::to_string)),
+        ..Default::default()
+    };
     if !cfg.dir.is_dir() {
         st.state = "dir_missing".into();
         st.detail = format!("{} does not exist", cfg.dir.display());

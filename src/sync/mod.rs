@@ -82,9 +82,8 @@ pub async fn collect(cfg: crate::config::Config, role: Arc<dyn RoleSource>, publ
         if let Some(dir) = &s.config_dir {
             rep.config_dir = Some(confighash::of_dir(dir).await);
         }
-        rep.disk_free = rustix::fs::statvfs(cfg.database.data_dir.parent().unwrap_or(&cfg.database.data_dir))
-            .ok()
-            .map(|v| v.f_bavail * v.f_frsize);
+        rep.disk_free =
+            rustix::fs::statvfs(cfg.database.data_dir.parent().unwrap_or(&cfg.database.data_dir)).ok().map(|v| v.f_bavail * v.f_frsize);
         publish(rep);
         tokio::time::sleep(s.interval.max(Duration::from_millis(100))).await;
     }

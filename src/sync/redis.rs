@@ -104,10 +104,13 @@ pub fn evaluate(p: &Result<HashMap<String, String>, String>, r: &Result<HashMap<
     (st.state, st.detail) = if st.full_resync {
         ("full_resync".into(), "a full resynchronisation is running".into())
     } else if !st.link_up {
-        ("link_down".into(), match st.last_io_seconds_ago {
-            Some(s) => format!("link to the primary is down (last I/O {s}s ago)"),
-            None => "link to the primary is down".to_string(),
-        })
+        (
+            "link_down".into(),
+            match st.last_io_seconds_ago {
+                Some(s) => format!("link to the primary is down (last I/O {s}s ago)"),
+                None => "link to the primary is down".to_string(),
+            },
+        )
     } else if let Err(e) = p {
         ("unreachable".into(), format!("primary: {e}"))
     } else if st.offset_lag_bytes.is_some_and(|l| l > max_lag) {
@@ -129,7 +132,11 @@ mod tests {
     #[test]
     fn replication_states() {
         let p = kv("role:master\nmaster_repl_offset:1000");
-        let ok = evaluate(&p, &kv("role:slave\nmaster_link_status:up\nslave_repl_offset:990\nmaster_last_io_seconds_ago:0\nmaster_sync_in_progress:0"), 1 << 20);
+        let ok = evaluate(
+            &p,
+            &kv("role:slave\nmaster_link_status:up\nslave_repl_offset:990\nmaster_last_io_seconds_ago:0\nmaster_sync_in_progress:0"),
+            1 << 20,
+        );
         assert_eq!((ok.state.as_str(), ok.offset_lag_bytes), ("ok", Some(10)));
         let down = evaluate(&p, &kv("role:slave\nmaster_link_status:down\nslave_repl_offset:990\nmaster_sync_in_progress:0"), 1 << 20);
         assert_eq!(down.state, "link_down");

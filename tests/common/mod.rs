@@ -131,10 +131,13 @@ pub fn webhook_receiver(rt: &tokio::runtime::Runtime) -> (u16, Inbox) {
     use axum::{extract::State, routing::post, Json, Router};
     let inbox: Inbox = Default::default();
     let app = Router::new()
-        .route("/hook", post(|State(i): State<Inbox>, Json(v): Json<serde_json::Value>| async move {
-            i.lock().unwrap().push(v);
-            "ok"
-        }))
+        .route(
+            "/hook",
+            post(|State(i): State<Inbox>, Json(v): Json<serde_json::Value>| async move {
+                i.lock().unwrap().push(v);
+                "ok"
+            }),
+        )
         .with_state(std::sync::Arc::clone(&inbox));
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
