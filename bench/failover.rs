@@ -97,6 +97,36 @@ fn restore(b: &mut Bench, i: usize) {
     b.lab.wait_healthy(Duration::from_secs(90)).expect("cluster healthy again");
 }
 
+/// Runs `fault` on the current leader `runs` times, restoring in between;
+/// returns the measured times and the writes lost.
+fn repeat(b: &mut Bench, runs: usize, fault: fn(&mut Bench, usize), new_node: bool) -> (Vec<Duration>, usize) {
+    let (mut xs, mut lost) = (vec![], 0);
+    for _ in 0..runs {
+        let l = b.leader_index();
+        let (d, n) = measure(
+            b,
+            |b| {
+                fault(b, l);
+                b.lab.nodes[l].pg_port
+            },
+            new_node,
+        );
+        xs.push(d);
+        lost += n;
+        restore(b, l);
+    }
+    (xs, lost)
+}
+
+fn kill_db(b: &mut Bench, l: usize) {
+    b.lab.kill_postgres(l);
+}
+
+fn kill_node(b: &mut Bench, l: usize) {
+    b.lab.kill_sidecar(l);
+    b.lab.kill_postgres(l);
+}
+
 fn main() {
     let runs: usize = std::env::var("VIGIL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -105,21 +135,7 @@ fn main() {
 
     if want("kill9-auto") {
         let mut b = Bench::up("auto", |_| {});
-        let (mut xs, mut lost) = (vec![], 0);
-        for _ in 0..runs {
-            let l = b.leader_index();
-            let (d, n) = measure(
-                &mut b,
-                |b| {
-                    b.lab.kill_postgres(l);
-                    b.lab.nodes[l].pg_port
-                },
-                false,
-            );
-            xs.push(d);
-            lost += n;
-            restore(&mut b, l);
-        }
+        let (mut xs, lost) = repeat(&mut b, runs, kill_db, false);
         row("kill9-auto (restart/fail)", &mut xs, lost, "<= 1.5s");
     }
     for (label, am_down) in [("kill9-failover (new node)", false), ("kill9-failover, AM down", true)] {
@@ -134,21 +150,7 @@ fn main() {
                 s.extra_config = "\n[alerts]\nalertmanager = [\"http://127.0.0.1:9\"]\n".into();
             }
         });
-        let (mut xs, mut lost) = (vec![], 0);
-        for _ in 0..runs {
-            let l = b.leader_index();
-            let (d, n) = measure(
-                &mut b,
-                |b| {
-                    b.lab.kill_postgres(l);
-                    b.lab.nodes[l].pg_port
-                },
-                true,
-            );
-            xs.push(d);
-            lost += n;
-            restore(&mut b, l);
-        }
+        let (mut xs, lost) = repeat(&mut b, runs, kill_db, true);
         row(label, &mut xs, lost, "<= 1.5s (issue: <= 3s)");
     }
     for (name, fast) in [("node-loss ttl=10s", false), ("node-loss fast ttl=3s", true)] {
@@ -160,22 +162,7 @@ fn main() {
                 *s = s.clone().fast()
             }
         });
-        let (mut xs, mut lost) = (vec![], 0);
-        for _ in 0..runs {
-            let l = b.leader_index();
-            let (d, n) = measure(
-                &mut b,
-                |b| {
-                    b.lab.kill_sidecar(l);
-                    b.lab.kill_postgres(l);
-                    b.lab.nodes[l].pg_port
-                },
-                true,
-            );
-            xs.push(d);
-            lost += n;
-            restore(&mut b, l);
-        }
+        let (mut xs, lost) = repeat(&mut b, runs, kill_node, true);
         row(name, &mut xs, lost, if fast { "<= 3s" } else { "<= ttl + 1s = 11s" });
     }
     if want("switchover") {
