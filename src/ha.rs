@@ -54,6 +54,9 @@ pub struct Ha<E: Engine, D: Dcs> {
     heartbeat_ok: bool,
     /// Rejoins since this node last streamed; escalates rewind to base backup.
     rejoin_attempts: u32,
+    /// Silent peers' databases as last probed in the background: answer
+    /// (None: not yet known) and when the probe started.
+    silent_probes: Arc<std::sync::Mutex<std::collections::HashMap<String, (Option<Option<bool>>, Instant)>>>,
     notifier: Notifier,
     evaluator: Evaluator,
     dcs_down_since: Option<u64>,
@@ -108,6 +111,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             last_refusal: None,
             heartbeat_ok: false,
             rejoin_attempts: 0,
+            silent_probes: Arc::default(),
             notifier,
             evaluator,
             dcs_down_since: None,
@@ -252,7 +256,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if obs.local.streaming || obs.local.writable() {
             self.rejoin_attempts = 0;
         }
-        let silent = self.silent_peers(cluster.as_ref()).await;
+        let silent = self.silent_peers(cluster.as_ref());
         self.publish(&obs, cluster, dcs_error, &decision).await;
         self.raise_alerts(&decision, silent);
         self.drain_dns().await;
@@ -261,12 +265,38 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     }
 
     /// Members seen before whose member key is gone, and whether their
-    /// database still answers.
-    async fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, Option<bool>)> {
+    /// database still answers. Only the sidecar that evaluates cluster-wide
+    /// alerts asks, and the probes run in the background (at most every
+    /// 5 s per peer), so a dead host never slows the loop.
+    fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, Option<bool>)> {
         let Some(c) = cluster else { return vec![] };
+        let evaluator = c.leader.as_ref().map(|l| l.node.clone()).or_else(|| c.members.keys().next().cloned());
+        if evaluator.as_deref() != Some(self.cfg.node.as_str()) {
+            return vec![];
+        }
+        let mut probes = self.silent_probes.lock().unwrap_or_else(|e| e.into_inner());
+        probes.retain(|node, _| !c.members.contains_key(node));
         let mut out = vec![];
         for m in self.known.values().filter(|m| m.node != self.cfg.node && !c.members.contains_key(&m.node)) {
-            out.push((m.node.clone(), self.engine.probe_writable(&m.db_host, m.db_port).await));
+            let entry = probes.get(&m.node).copied();
+            if let Some((Some(db), _)) = entry {
+                out.push((m.node.clone(), db));
+            }
+            if entry.is_none_or(|(_, started)| started.elapsed() > Duration::from_secs(5)) {
+                probes.insert(m.node.clone(), (entry.and_then(|e| e.0), Instant::now()));
+                let (engine, cache, wake, m) =
+                    (Arc::clone(&self.engine), Arc::clone(&self.silent_probes), Arc::clone(&self.wake), m.clone());
+                tokio::spawn(async move {
+                    let db = engine.probe_writable(&m.db_host, m.db_port).await;
+                    if let Some(e) = cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&m.node) {
+                        let first = e.0.is_none();
+                        e.0 = Some(db);
+                        if first {
+                            wake.notify_one();
+                        }
+                    }
+                });
+            }
         }
         out
     }

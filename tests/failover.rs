@@ -10,6 +10,19 @@ use vigil::workload::{longest_gap, lost_writes, SplitBrainChecker, Writer};
 
 const WRITE_EVERY: Duration = Duration::from_millis(20);
 
+/// Stops the writer and the checker: acknowledged writes, the checker's
+/// report, and the acknowledged writes missing on the current primary.
+fn stop_traffic(
+    t: &TestLab,
+    writer: Writer,
+    checker: SplitBrainChecker,
+) -> (Vec<vigil::workload::Ack>, vigil::workload::CheckerReport, Vec<i64>) {
+    let acks = t.rt.block_on(writer.stop());
+    let report = t.rt.block_on(checker.stop());
+    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    (acks, report, lost)
+}
+
 fn start_traffic(t: &TestLab) -> (Writer, SplitBrainChecker) {
     let eps = t.eps();
     t.rt.block_on(async {
@@ -32,9 +45,7 @@ fn a_primary_crash_fails_over_to_the_freshest_replica() {
     let new = t.wait_new_primary("pg1", Duration::from_secs(20));
     t.wait_streaming("pg1", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
-    let acks = t.rt.block_on(writer.stop());
-    let report = t.rt.block_on(checker.stop());
-    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    let (acks, report, lost) = stop_traffic(&t, writer, checker);
     let (gap, _) = longest_gap(&acks, killed_at);
     eprintln!("new primary {new}; writes acknowledged {}, lost {} ({lost:?}); longest write gap {gap:?}", acks.len(), lost.len());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
@@ -60,9 +71,7 @@ fn a_primary_crash_in_auto_mode_restarts_in_place_without_loss() {
         c.members.get("pg1").is_some_and(|m| m.term.is_some() && m.health == vigil::core::DbHealth::Running)
     });
     std::thread::sleep(Duration::from_secs(1));
-    let acks = t.rt.block_on(writer.stop());
-    let report = t.rt.block_on(checker.stop());
-    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    let (acks, report, lost) = stop_traffic(&t, writer, checker);
     let (gap, _) = longest_gap(&acks, killed_at);
     eprintln!("leader {:?}; acknowledged {}, lost {}; longest write gap {gap:?}", t.leader(), acks.len(), lost.len());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
@@ -88,9 +97,7 @@ fn b_node_loss_then_e_old_primary_rejoins() {
     t.lab.start_sidecar(0).unwrap();
     t.wait_streaming("pg1", Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(1));
-    let acks = t.rt.block_on(writer.stop());
-    let report = t.rt.block_on(checker.stop());
-    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    let (acks, report, lost) = stop_traffic(&t, writer, checker);
     eprintln!("new primary {new} after {switched:?}; acknowledged {}, lost {}", acks.len(), lost.len());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
     let lost_window = acks.iter().filter(|a| lost.contains(&a.id)).map(|a| killed_at.duration_since(a.at)).max().unwrap_or_default();
@@ -110,9 +117,7 @@ fn c_switchover_loses_nothing() {
     assert!(o.status.success(), "{}", out(&o));
     t.wait_streaming("pg1", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
-    let acks = t.rt.block_on(writer.stop());
-    let report = t.rt.block_on(checker.stop());
-    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    let (acks, report, lost) = stop_traffic(&t, writer, checker);
     let (gap, _) = longest_gap(&acks, at);
     eprintln!("switchover: acknowledged {}, lost {}, longest write gap {gap:?}", acks.len(), lost.len());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
