@@ -34,7 +34,7 @@ impl Bench {
         Bench { lab, rt }
     }
     fn eps(&self) -> Vec<Endpoint> {
-        self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.pg_port }).collect()
+        self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect()
     }
     fn leader_index(&self) -> usize {
         let c = self.lab.wait_healthy(Duration::from_secs(60)).expect("healthy");
@@ -107,7 +107,7 @@ fn repeat(b: &mut Bench, runs: usize, fault: fn(&mut Bench, usize), new_node: bo
             b,
             |b| {
                 fault(b, l);
-                b.lab.nodes[l].pg_port
+                b.lab.nodes[l].db_port
             },
             new_node,
         );
@@ -119,12 +119,12 @@ fn repeat(b: &mut Bench, runs: usize, fault: fn(&mut Bench, usize), new_node: bo
 }
 
 fn kill_db(b: &mut Bench, l: usize) {
-    b.lab.kill_postgres(l);
+    b.lab.kill_db(l);
 }
 
 fn kill_node(b: &mut Bench, l: usize) {
     b.lab.kill_sidecar(l);
-    b.lab.kill_postgres(l);
+    b.lab.kill_db(l);
 }
 
 fn main() {
@@ -179,7 +179,7 @@ fn main() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             std::thread::sleep(Duration::from_millis(700));
             let acks = b.rt.block_on(writer.stop());
-            let old = b.lab.nodes[l].pg_port;
+            let old = b.lab.nodes[l].db_port;
             let last_old = acks.iter().filter(|a| a.port == old).map(|a| a.at).max().unwrap();
             let first_new = acks.iter().filter(|a| a.port != old && a.at > last_old).map(|a| a.at).min().unwrap();
             xs.push(first_new.duration_since(last_old));

@@ -117,8 +117,11 @@ pub struct DatabaseConfig {
     /// is cut off.
     pub local_host: Option<String>,
     pub port: u16,
-    #[serde(default = "default_user")]
+    /// Monitoring/control user. Default: postgres (PostgreSQL), vigil
+    /// (MariaDB/MySQL).
+    #[serde(default)]
     pub user: String,
+    /// Database the monitoring connection opens (PostgreSQL).
     #[serde(default = "default_dbname")]
     pub dbname: String,
     pub password_file: Option<PathBuf>,
@@ -135,11 +138,18 @@ pub struct DatabaseConfig {
     #[serde(default = "d_1s", with = "humantime_serde")]
     pub query_timeout: Duration,
     pub data_dir: PathBuf,
-    #[serde(default = "default_bin_dir")]
+    /// Where the server programs are. Default: /usr/lib/postgresql/15/bin
+    /// (PostgreSQL), /usr/sbin (MariaDB/MySQL).
+    #[serde(default)]
     pub bin_dir: PathBuf,
     /// When vigil runs as root, database programs run as this user.
-    #[serde(default = "default_os_user")]
+    /// Default: postgres (PostgreSQL), mysql (MariaDB/MySQL).
+    #[serde(default)]
     pub os_user: String,
+    /// MariaDB/MySQL: the option file the server starts with
+    /// (`--defaults-file`). vigil always adds `--read-only`, so a server it
+    /// starts never accepts writes before its sidecar holds the leader key.
+    pub defaults_file: Option<PathBuf>,
     /// Server log file used when vigil starts the database.
     pub log_file: Option<PathBuf>,
     /// Resolved secrets (not fields of the file).
@@ -477,20 +487,27 @@ fn d_1s() -> Duration {
 fn default_host() -> String {
     "127.0.0.1".into()
 }
-fn default_user() -> String {
-    "postgres".into()
-}
 fn default_dbname() -> String {
     "postgres".into()
 }
 fn default_repl_user() -> String {
     "replicator".into()
 }
-fn default_bin_dir() -> PathBuf {
-    PathBuf::from("/usr/lib/postgresql/15/bin")
-}
-fn default_os_user() -> String {
-    "postgres".into()
+
+impl DatabaseConfig {
+    /// Fills the defaults that depend on the engine.
+    fn apply_engine_defaults(&mut self, engine: EngineKind) {
+        let pg = engine == EngineKind::Postgres;
+        if self.user.is_empty() {
+            self.user = if pg { "postgres" } else { "vigil" }.into();
+        }
+        if self.os_user.is_empty() {
+            self.os_user = if pg { "postgres" } else { "mysql" }.into();
+        }
+        if self.bin_dir.as_os_str().is_empty() {
+            self.bin_dir = PathBuf::from(if pg { "/usr/lib/postgresql/15/bin" } else { "/usr/sbin" });
+        }
+    }
 }
 
 /// A config problem, located as precisely as the file allows.
@@ -522,6 +539,7 @@ impl Config {
             ConfigError { file: path.to_path_buf(), line, field, message: e.message().trim().to_string() }
         })?;
         cfg.source = path.to_path_buf();
+        cfg.database.apply_engine_defaults(cfg.engine);
         let fail = |field: &str, message: String| {
             let parts: Vec<&str> = field.split('.').collect();
             ConfigError { file: path.to_path_buf(), line: locate(text, &parts), field: Some(field.to_string()), message }
@@ -549,9 +567,6 @@ impl Config {
             if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return err(field, format!("{value:?} must be non-empty and use only letters, digits, '-', '_' and '.'"));
             }
-        }
-        if self.engine != EngineKind::Postgres {
-            return err("engine", format!("engine {:?} is not supported by this build yet; use \"postgres\"", self.engine));
         }
         if self.etcd.endpoints.is_empty() {
             return err("etcd.endpoints", "at least one etcd endpoint is required".into());
@@ -604,6 +619,9 @@ impl Config {
                 "etcd.request_timeout",
                 format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)),
             );
+        }
+        if self.engine != EngineKind::Postgres && self.database.defaults_file.is_none() {
+            return err("database.defaults_file", "is required for MariaDB/MySQL: vigil starts the server with this option file".into());
         }
         if self.database.port == 0 {
             return err("database.port", "must be a TCP port (1-65535)".into());

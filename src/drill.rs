@@ -176,9 +176,9 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let old = leader_of(&base).context("no leader")?;
     let old_term = base.term.unwrap_or(0);
     let i = lab.nodes.iter().position(|n| n.name == old).context("leader is not a lab node")?;
-    let tcp: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.pg_port }).collect();
+    let tcp: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect();
     let socket: Vec<Endpoint> =
-        lab.nodes.iter().map(|n| Endpoint { host: lab.socket_dir().display().to_string(), port: n.pg_port }).collect();
+        lab.nodes.iter().map(|n| Endpoint { host: lab.socket_dir().display().to_string(), port: n.db_port }).collect();
     let (writer, checker) = rt.block_on(async {
         let w = Writer::start(tcp.clone(), "postgres", Duration::from_millis(20)).await?;
         anyhow::Ok((w, SplitBrainChecker::start(socket.clone(), "postgres", Duration::from_millis(50))))
@@ -191,7 +191,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let t0 = Instant::now();
     match scenario {
         Scenario::KillDb => {
-            lab.kill_postgres(i).context("no postmaster to kill")?;
+            lab.kill_db(i).context("no postmaster to kill")?;
         }
         Scenario::StopDb => {
             let mut c = std::process::Command::new("runuser");
@@ -203,14 +203,14 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
         }
         Scenario::Hang => {
             // Freeze the whole server: the postmaster and every backend.
-            let pid = lab.postmaster_pid(i).context("no postmaster")?;
+            let pid = lab.db_pid(i).context("no postmaster")?;
             crate::proc::signal_tree(pid, rustix::process::Signal::STOP)?;
             restore.stopped_pid = Some(pid);
             restore.remember();
         }
         Scenario::KillNode => {
             lab.kill_sidecar(i);
-            lab.kill_postgres(i);
+            lab.kill_db(i);
         }
         Scenario::Partition => {
             let table = format!("vigil_drill_{}", std::process::id());
@@ -219,7 +219,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
             restore.nft_table = Some(table.clone());
             restore.remember();
             nft(&format!("add chain inet {table} out {{ type filter hook output priority 0 ; }}"))?;
-            for port in [n.pg_port, n.api_port] {
+            for port in [n.db_port, n.api_port] {
                 nft(&format!("add rule inet {table} out tcp dport {port} drop"))?;
             }
             nft(&format!("add rule inet {table} out ip daddr {} tcp dport {} drop", lab.node_etcd_addr(i), lab.etcd_port))?;
@@ -300,7 +300,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let acks = rt.block_on(writer.stop());
     let report = rt.block_on(checker.stop());
     let lost = rt.block_on(lost_writes(&tcp, "postgres", &acks)).map(|l| l.len()).unwrap_or(usize::MAX);
-    let old_port = lab.nodes[i].pg_port;
+    let old_port = lab.nodes[i].db_port;
     let new_writable =
         report.became_writable.iter().filter(|(p, at)| *p != old_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
     let c = lab.cluster_state().ok();
@@ -315,7 +315,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     // The checker saw the old primary stop accepting writes: that is when
     // the failure was visible from outside.
     let old_port_lost =
-        report.became_read_only.iter().filter(|(p, at)| *p == lab.nodes[i].pg_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
+        report.became_read_only.iter().filter(|(p, at)| *p == lab.nodes[i].db_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();
     let detection = match (detection, old_port_lost) {
         (Some(d), Some(c)) => Some(d.min(c)),
         (d, c) => d.or(c),

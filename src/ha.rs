@@ -582,6 +582,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             port: m.db_port,
             timeline: m.position.filter(|_| m.role == Some(crate::core::DbRole::Primary)).map(|p| p.timeline),
             history: m.timeline_history.clone(),
+            gtid_state: m.gtid.as_ref().map(|g| g.binlog_state.clone()),
+            server_uuid: m.gtid.as_ref().and_then(|g| g.server_uuid.clone()),
         })
     }
 
@@ -861,7 +863,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let deadline = Instant::now() + self.cfg.failover.switchover_timeout;
         loop {
             let caught_up =
-                self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l > checkpoint);
+                self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l >= checkpoint);
             if caught_up {
                 break;
             }
@@ -1064,6 +1066,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             updated_ms: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             sync: self.shared.get().sync,
+            gtid: obs.gtid.clone(),
         };
         let put = if cluster.is_some() { self.dcs.put_member(&rec).await.err().map(|e| format!("{e:#}")) } else { None };
         if let Some(e) = &put {

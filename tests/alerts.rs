@@ -119,7 +119,7 @@ fn failover_and_silent_peer_notifications_reach_the_webhook() {
     }
     t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
     let old = t.leader().unwrap();
-    t.lab.kill_postgres(t.index(&old)).unwrap();
+    t.lab.kill_db(t.index(&old)).unwrap();
     let new = t.wait_new_primary(&old, Duration::from_secs(20));
     let started = wait_message(&inbox, Duration::from_secs(10), |v| v["name"] == "FailoverStarted" && v["new_primary"] == new.as_str());
     let done = wait_message(&inbox, Duration::from_secs(10), |v| v["name"] == "FailoverSucceeded");

@@ -43,7 +43,7 @@ fn etcd_outage_fences_the_leader_and_never_promotes() {
     for i in 0..3 {
         assert_eq!(code(&format!("{}/primary", api(i))), Some(503), "node {i} /primary");
         assert_eq!(code(&format!("{}/liveness", api(i))), Some(200), "node {i} API keeps answering");
-        assert_eq!(writable(&t, t.lab.nodes[i].pg_port), Some(false), "nobody writable without etcd");
+        assert_eq!(writable(&t, t.lab.nodes[i].db_port), Some(false), "nobody writable without etcd");
     }
     t.lab.start_etcd().unwrap();
     t.wait_for("a writable leader after etcd returns", Duration::from_secs(30), |c| {

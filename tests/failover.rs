@@ -41,7 +41,7 @@ fn a_primary_crash_fails_over_to_the_freshest_replica() {
     let (writer, checker) = start_traffic(&t);
     std::thread::sleep(Duration::from_secs(1));
     let killed_at = Instant::now();
-    t.lab.kill_postgres(0).expect("kill pg1's postmaster");
+    t.lab.kill_db(0).expect("kill pg1's postmaster");
     let new = t.wait_new_primary("pg1", Duration::from_secs(20));
     t.wait_streaming("pg1", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
@@ -66,7 +66,7 @@ fn a_primary_crash_in_auto_mode_restarts_in_place_without_loss() {
     let (writer, checker) = start_traffic(&t);
     std::thread::sleep(Duration::from_secs(1));
     let killed_at = Instant::now();
-    t.lab.kill_postgres(0).expect("kill pg1's postmaster");
+    t.lab.kill_db(0).expect("kill pg1's postmaster");
     t.wait_for("pg1 writable again", Duration::from_secs(20), |c| {
         c.members.get("pg1").is_some_and(|m| m.term.is_some() && m.health == vigil::core::DbHealth::Running)
     });
@@ -90,7 +90,7 @@ fn b_node_loss_then_e_old_primary_rejoins() {
     let mut t = t;
     let killed_at = Instant::now();
     t.lab.kill_sidecar(0);
-    t.lab.kill_postgres(0).expect("kill pg1's postmaster");
+    t.lab.kill_db(0).expect("kill pg1's postmaster");
     let new = t.wait_new_primary("pg1", Duration::from_secs(20));
     let switched = killed_at.elapsed();
     // (e) The node returns: its sidecar starts, sees another leader, rewinds and follows.
@@ -152,7 +152,7 @@ fn d_manual_failover_refuses_a_less_fresh_node() {
     });
     std::thread::sleep(Duration::from_secs(2));
     t.lab.kill_sidecar(0);
-    t.lab.kill_postgres(0);
+    t.lab.kill_db(0);
     // Paused: the lease expires and nobody takes over.
     std::thread::sleep(Duration::from_secs(6));
     let st = t.state();
@@ -181,7 +181,7 @@ fn e_old_primary_with_damaged_data_rejoins_through_a_base_backup() {
     let mut t = TestLab::up("basebackup", |s| *s = s.clone().fast());
     let checker = t.rt.block_on(async { SplitBrainChecker::start(t.eps(), "postgres", Duration::from_millis(50)) });
     t.lab.kill_sidecar(0);
-    t.lab.kill_postgres(0);
+    t.lab.kill_db(0);
     t.wait_new_primary("pg1", Duration::from_secs(20));
     let data = t.lab.nodes[0].data_dir.clone();
     std::fs::remove_file(data.join("global/pg_control")).unwrap();

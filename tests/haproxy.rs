@@ -16,7 +16,7 @@ fn render(t: &TestLab, write_port: u16, read_port: u16) -> String {
         let ip = format!("10.0.0.2{}", i + 1);
         cfg = cfg.replace(
             &format!("{ip}:5432 maxconn 100 check addr {ip} port 8008"),
-            &format!("127.0.0.1:{} maxconn 100 check addr 127.0.0.1 port {}", n.pg_port, n.api_port),
+            &format!("127.0.0.1:{} maxconn 100 check addr 127.0.0.1 port {}", n.db_port, n.api_port),
         );
     }
     assert!(!cfg.contains("10.0.0."), "every address rewritten");
@@ -108,7 +108,7 @@ fn haproxy_follows_the_primary() {
     assert!(who["term"].as_i64().is_some() && who["since"].as_str().is_some(), "{who}");
 
     // A crash of the new primary: HAProxy moves to whoever takes over.
-    t.lab.kill_postgres(t.index("pg2")).unwrap();
+    t.lab.kill_db(t.index("pg2")).unwrap();
     let new = t.wait_new_primary("pg2", Duration::from_secs(20));
     let took = wait_route(&t, wp, t.port(&new), Duration::from_secs(10));
     eprintln!("write port reached {new} {took:?} after it was elected");

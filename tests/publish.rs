@@ -87,7 +87,7 @@ fn dns_follows_the_primary_through_a_failover() {
     };
     let old = t.leader().unwrap();
     wait_dns(&addr(&old));
-    t.lab.kill_postgres(t.index(&old)).unwrap();
+    t.lab.kill_db(t.index(&old)).unwrap();
     let killed = Instant::now();
     let new = t.wait_new_primary(&old, Duration::from_secs(20));
     let (_, line) = wait_dns(&addr(&new));
@@ -143,7 +143,7 @@ fn pre_promote_veto_hands_over_to_another_candidate() {
         s.on_primary_crash = "failover".into();
         s.extra_config = "\n[hooks]\npre_promote = \"echo fencing check on $VIGIL_NODE for term {term}; test \\\"$VIGIL_NODE\\\" != pg2\"\ntimeout = \"5s\"\n".into();
     });
-    t.lab.kill_postgres(0).unwrap();
+    t.lab.kill_db(0).unwrap();
     let new = t.wait_new_primary("pg1", Duration::from_secs(30));
     assert_eq!(new, "pg3", "the vetoed pg2 must not lead");
     let h = out(&t.vigil(&["history"]));
@@ -219,7 +219,7 @@ fn dns_server_down_does_not_block_the_failover() {
     t.reconfigure(|_| format!("\n[dns]\nserver = \"127.0.0.1:{dead}\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\ntimeout = \"500ms\"\ntsig_key_file = \"{}\"\n", key.display()));
     let old = t.leader().unwrap();
     let killed = Instant::now();
-    t.lab.kill_postgres(t.index(&old)).unwrap();
+    t.lab.kill_db(t.index(&old)).unwrap();
     let new = t.wait_new_primary(&old, Duration::from_secs(20));
     eprintln!("{new} leads {:?} after the crash with the DNS server down", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(5));

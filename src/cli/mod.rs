@@ -144,7 +144,7 @@ pub enum Command {
         #[arg(long)]
         yes_really: bool,
     },
-    /// The local lab: etcd, a 3-node PostgreSQL 15 cluster and its sidecars.
+    /// The local lab: etcd, a 3-node PostgreSQL 15 (or MariaDB) cluster and its sidecars.
     Lab {
         #[command(subcommand)]
         action: LabAction,
@@ -171,6 +171,10 @@ pub enum LabAction {
         /// What a sidecar does when its primary database crashes: auto, restart, failover.
         #[arg(long, default_value = "auto")]
         on_primary_crash: String,
+        /// The database: postgres (PostgreSQL 15 streaming replication) or
+        /// mariadb (MariaDB GTID replication).
+        #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
+        engine: String,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -359,10 +363,13 @@ pub async fn dsn(arg: &ConfigArg, json: bool) -> Result<()> {
 
 pub fn lab(action: &LabAction) -> Result<()> {
     match action {
-        LabAction::Up { dir, nodes, base_port, on_primary_crash } => {
+        LabAction::Up { dir, nodes, base_port, on_primary_crash, engine } => {
             let bin = std::env::current_exe()?;
             let mut spec = LabSpec::new(dir.clone(), *base_port, bin);
             spec.nodes = *nodes;
+            if engine == "mariadb" {
+                spec.engine = crate::config::EngineKind::Mariadb;
+            }
             spec.on_primary_crash = on_primary_crash.clone();
             let t0 = Instant::now();
             let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).inspect_err(|_| {
@@ -402,7 +409,7 @@ fn lab_endpoints(lab: &Lab) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
-                format!("127.0.0.1:{}", n.pg_port),
+                format!("127.0.0.1:{}", n.db_port),
                 format!("http://127.0.0.1:{}", n.api_port),
                 n.sidecar_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 n.config.display().to_string(),
@@ -413,7 +420,7 @@ fn lab_endpoints(lab: &Lab) -> String {
         "etcd {} · lab dir {}\n\n{}",
         lab.etcd_url(),
         lab.dir.display(),
-        status::table(&["NODE", "POSTGRES", "SIDECAR API", "SIDECAR PID", "CONFIG"], &rows)
+        status::table(&["NODE", "DATABASE", "SIDECAR API", "SIDECAR PID", "CONFIG"], &rows)
     )
 }
 
@@ -501,7 +508,20 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
     let cfg = resolve_config(arg)?;
     tracing::info!(cluster = %cfg.cluster, node = %cfg.node, config = %cfg.source.display(), "vigil sidecar starting");
     crate::proc::become_subreaper();
-    let engine = Arc::new(crate::engine::postgres::Postgres::new(cfg.database.clone(), &cfg.node, cfg.failover.promote_timeout));
+    match cfg.engine {
+        crate::config::EngineKind::Postgres => {
+            let engine = crate::engine::postgres::Postgres::new(cfg.database.clone(), &cfg.node, cfg.failover.promote_timeout);
+            run_with(cfg, Arc::new(engine)).await
+        }
+        kind => {
+            let engine = crate::engine::mysql::MySql::new(cfg.database.clone(), kind, cfg.failover.promote_timeout);
+            run_with(cfg, Arc::new(engine)).await
+        }
+    }
+}
+
+/// The sidecar around one engine.
+async fn run_with<E: crate::engine::Engine>(cfg: Config, engine: Arc<E>) -> Result<()> {
     let dcs = Arc::new(connect_as(&cfg, &cfg.node).await?);
     let shared = Arc::new(crate::status::Shared::default());
     let wake = Arc::new(tokio::sync::Notify::new());

@@ -77,6 +77,16 @@ pub struct LocalObs {
     /// Primary: at the last observation some replica had flushed all WAL,
     /// so failing over now loses no acknowledged write.
     pub replica_caught_up: bool,
+    /// A reason the engine found why this replica must not be promoted
+    /// automatically (errant transactions, applier stopped, position
+    /// unreadable). A forced manual failover overrides it.
+    #[serde(default)]
+    pub blocker: Option<String>,
+    /// Read-only and replicating from nobody: a MariaDB/MySQL primary at
+    /// rest (vigil starts those servers read-only) or a fenced one. Its data
+    /// is its own, so not streaming does not make it ineligible.
+    #[serde(default)]
+    pub primary_at_rest: bool,
 }
 
 impl LocalObs {
@@ -486,7 +496,11 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     }
     let allow_data_loss = manual.is_some_and(|r| r.allow_data_loss);
 
-    if !(elig.eligible || manual.is_some() && eligible_when_forced(i)) {
+    // A manual failover may take an ineligible node, but one the engine
+    // blocked (errant transactions, stopped applier) only with
+    // --allow-data-loss.
+    let forced = manual.is_some() && eligible_when_forced(i) && (i.local.blocker.is_none() || allow_data_loss);
+    if !(elig.eligible || forced) {
         d.state = "no leader; not eligible".into();
         let why = format!("not taking the leader key: {}", elig.reason.clone().unwrap_or_default());
         if manual.is_some() {
@@ -578,11 +592,14 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     let Some(mine) = l.position else {
         return Eligibility::no("position unknown");
     };
+    if let Some(why) = &l.blocker {
+        return Eligibility::no(why.clone());
+    }
     if l.role == Some(DbRole::Primary) {
         return Eligibility::yes();
     }
     let recent = p.ttl * 2;
-    if !l.streaming && l.last_streamed_ago.is_none_or(|a| a > recent) {
+    if !l.streaming && !l.primary_at_rest && l.last_streamed_ago.is_none_or(|a| a > recent) {
         return Eligibility::no(format!("has not streamed from a primary in the last {}", secs(recent)));
     }
     if let Some(view) = &i.view {

@@ -27,6 +27,8 @@ fn replica(lsn: u64) -> LocalObs {
         streaming: true,
         last_streamed_ago: Some(Duration::ZERO),
         replica_caught_up: false,
+        blocker: None,
+        primary_at_rest: false,
     }
 }
 
@@ -257,6 +259,32 @@ fn replica_that_has_not_streamed_recently_is_not_eligible() {
 }
 
 #[test]
+fn replica_the_engine_blocks_is_not_eligible_unless_forced_with_data_loss() {
+    let mut local = replica(1000);
+    local.blocker = Some("errant transactions 0-3-51 (not on the primary)".into());
+    let i = inputs("pg3", local.clone(), no_leader());
+    assert!(decide(&i).refusal.unwrap().contains("errant transactions 0-3-51"));
+    assert_eq!(actions(&i), vec![]);
+    let req = Request { kind: RequestKind::Failover, from: None, to: "pg3".into(), allow_data_loss: false, age: Duration::ZERO };
+    let i = inputs("pg3", local.clone(), View { request: Some(req.clone()), ..no_leader() });
+    assert!(matches!(decide(&i).actions[..], [Action::RefuseRequest { .. }]));
+    let i = inputs("pg3", local, View { request: Some(Request { allow_data_loss: true, ..req }), ..no_leader() });
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn primary_at_rest_is_eligible_without_streaming() {
+    // MariaDB/MySQL servers start read-only; the former primary replicates
+    // from nobody and must still be able to take the key back.
+    let mut local = replica(1000);
+    local.streaming = false;
+    local.last_streamed_ago = None;
+    local.primary_at_rest = true;
+    let i = inputs("db1", local, no_leader());
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
 fn replica_on_an_old_timeline_is_not_eligible() {
     let mut i = inputs("pg2", replica(5000), no_leader());
     i.peers = vec![PeerObs {
@@ -388,6 +416,8 @@ fn arb_local() -> impl Strategy<Value = LocalObs> {
             streaming,
             last_streamed_ago: ago.map(Duration::from_secs),
             replica_caught_up: caught,
+            blocker: None,
+            primary_at_rest: false,
         })
 }
 

@@ -68,6 +68,9 @@ pub struct MemberRecord {
     /// File, session and configuration sync status.
     #[serde(default)]
     pub sync: Option<crate::sync::SyncReport>,
+    /// MariaDB/MySQL: GTID positions, thread states, errant transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<crate::engine::GtidStatus>,
 }
 
 /// One step of a failover or switchover, with when it happened.

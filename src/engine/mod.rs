@@ -1,7 +1,8 @@
-//! The database behind the sidecar. Each engine (PostgreSQL now;
-//! MySQL/MariaDB later) implements [`Engine`]; the HA loop only speaks
-//! this trait.
+//! The database behind the sidecar. Each engine (PostgreSQL in
+//! `postgres`, MariaDB and MySQL in `mysql`) implements [`Engine`]; the HA
+//! loop only speaks this trait.
 
+pub mod mysql;
 pub mod postgres;
 
 use crate::core::LocalObs;
@@ -17,6 +18,39 @@ pub struct Upstream {
     /// The leader's current timeline and its history, when it published them.
     pub timeline: Option<u32>,
     pub history: Vec<TimelineSwitch>,
+    /// MariaDB/MySQL: the leader's GTID history (`gtid_binlog_state` or
+    /// `gtid_executed`) and server uuid, to find errant transactions.
+    pub gtid_state: Option<String>,
+    pub server_uuid: Option<String>,
+}
+
+/// MariaDB/MySQL replication details, published in the member key and
+/// shown by `vigil status` and `/cluster`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GtidStatus {
+    /// `mariadb`, `mysql-8.0` or `mysql-8.4`.
+    pub flavor: String,
+    pub server_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_uuid: Option<String>,
+    /// Applied transactions (MariaDB GTID list / MySQL GTID set).
+    pub executed: String,
+    /// Received transactions (applied included).
+    pub received: String,
+    /// The server's own GTID history: MariaDB `gtid_binlog_state`, MySQL
+    /// `gtid_executed`.
+    pub binlog_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_running: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_running: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_behind: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Transactions this replica has that the primary never had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errant: Option<String>,
 }
 
 /// Everything one look at the local database yields.
@@ -34,6 +68,8 @@ pub struct Observation {
     pub timeline_history: Vec<TimelineSwitch>,
     /// Why the last check failed, if it did.
     pub error: Option<String>,
+    /// MariaDB/MySQL replication details.
+    pub gtid: Option<GtidStatus>,
 }
 
 /// What `follow` did.
@@ -68,9 +104,10 @@ pub trait Engine: Send + Sync + 'static {
     /// rewind is impossible or `attempt` shows earlier rejoins did not
     /// work. Returns a sentence saying what it did.
     fn rejoin(&self, up: &Upstream, attempt: u32) -> impl Future<Output = anyhow::Result<String>> + Send;
-    /// Stops the database cleanly (planned switchover), marks it to come
-    /// back only as a replica, and returns the position of its shutdown
-    /// checkpoint, which the target must have.
+    /// Stops writes (planned switchover; PostgreSQL shuts down cleanly and
+    /// is marked to come back only as a replica, MariaDB/MySQL turn
+    /// read-only) and returns the position the target must reach
+    /// (received position ≥ it) before it may take over.
     fn stop_for_switchover(&self) -> impl Future<Output = anyhow::Result<Lsn>> + Send;
     /// Undoes `stop_for_switchover`: starts again as the primary.
     fn resume_as_primary(&self) -> impl Future<Output = anyhow::Result<()>> + Send;

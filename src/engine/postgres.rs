@@ -410,6 +410,8 @@ impl Engine for Postgres {
                 streaming: false,
                 last_streamed_ago: None,
                 replica_caught_up: false,
+                blocker: None,
+                primary_at_rest: false,
             },
             receive_lsn: None,
             replay_lsn: None,
@@ -417,6 +419,7 @@ impl Engine for Postgres {
             lag_seconds: None,
             timeline_history: vec![],
             error: None,
+            gtid: None,
         };
         let pid = self.read_pid();
         {
@@ -630,7 +633,9 @@ impl Engine for Postgres {
     async fn stop_for_switchover(&self) -> Result<Lsn> {
         self.stop_server().await?;
         self.make_standby(None)?;
-        Ok(self.controldata().await?.checkpoint)
+        // The target must have received the shutdown checkpoint record
+        // itself, which starts at this location.
+        Ok(Lsn(self.controldata().await?.checkpoint.0 + 1))
     }
 
     async fn resume_as_primary(&self) -> Result<()> {

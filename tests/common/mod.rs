@@ -28,7 +28,7 @@ impl TestLab {
     }
 
     pub fn eps(&self) -> Vec<Endpoint> {
-        self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.pg_port }).collect()
+        self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect()
     }
 
     pub fn index(&self, node: &str) -> usize {
@@ -36,7 +36,7 @@ impl TestLab {
     }
 
     pub fn port(&self, node: &str) -> u16 {
-        self.lab.nodes[self.index(node)].pg_port
+        self.lab.nodes[self.index(node)].db_port
     }
 
     pub fn state(&self) -> ClusterState {

@@ -1,12 +1,17 @@
 //! The local lab: etcd plus a PostgreSQL 15 cluster (one primary, the rest
-//! replicas from pg_basebackup) plus one `vigil run` sidecar per node, all
-//! on 127.0.0.1 high ports under one work directory. `vigil lab up` and the
-//! integration tests build clusters with this same code.
+//! replicas from pg_basebackup) or a MariaDB GTID cluster (`mariadb.rs`),
+//! plus one `vigil run` sidecar per node, all on 127.0.0.1 high ports under
+//! one work directory. `vigil lab up` and the integration tests build
+//! clusters with this same code.
 //!
 //! Every process the lab starts is recorded in `lab.json` by PID, and
 //! `down` stops exactly those (PostgreSQL through `pg_ctl -D`, which
-//! signals the PID in that data directory's `postmaster.pid`).
+//! signals the PID in that data directory's `postmaster.pid`; MariaDB by
+//! the PID in its data directory's pid file).
 
+mod mariadb;
+
+use crate::config::EngineKind;
 use crate::dcs::{ClusterState, Dcs, EtcdDcs};
 use crate::proc;
 use anyhow::{bail, Context, Result};
@@ -38,6 +43,8 @@ pub struct LabSpec {
     pub with_sync: bool,
     /// `max_age` of the sync checks.
     pub sync_max_age: String,
+    /// PostgreSQL (default) or MariaDB.
+    pub engine: EngineKind,
 }
 
 impl LabSpec {
@@ -53,6 +60,7 @@ impl LabSpec {
             on_primary_crash: "auto".into(),
             with_sync: true,
             sync_max_age: "10s".into(),
+            engine: EngineKind::Postgres,
         }
     }
 
@@ -67,7 +75,7 @@ impl LabSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabNode {
     pub name: String,
-    pub pg_port: u16,
+    pub db_port: u16,
     pub api_port: u16,
     pub dir: PathBuf,
     pub data_dir: PathBuf,
@@ -80,6 +88,8 @@ pub struct LabNode {
 pub struct Lab {
     pub dir: PathBuf,
     pub cluster: String,
+    #[serde(default)]
+    pub engine: EngineKind,
     pub etcd_port: u16,
     pub etcd_pid: Option<i32>,
     pub vigil_bin: PathBuf,
@@ -95,7 +105,7 @@ pub struct Lab {
     children: Vec<(i32, Child)>,
 }
 
-fn sh(cmd: &mut Command, what: &str) -> Result<String> {
+pub(crate) fn sh(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         bail!("{what} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
@@ -187,10 +197,15 @@ impl Lab {
         if Self::state_file(&spec.dir).exists() {
             bail!("a lab is already recorded in {} (run `vigil lab down` first)", spec.dir.display());
         }
-        for tool in ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind"] {
-            if !Path::new(PG_BIN).join(tool).exists() {
-                bail!("{PG_BIN}/{tool} not found: install postgresql-15");
+        match spec.engine {
+            EngineKind::Postgres => {
+                for tool in ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind"] {
+                    if !Path::new(PG_BIN).join(tool).exists() {
+                        bail!("{PG_BIN}/{tool} not found: install postgresql-15");
+                    }
+                }
             }
+            _ => mariadb::check_tools()?,
         }
         if Command::new("etcd").arg("--version").output().is_err() {
             bail!("etcd not found: install etcd-server");
@@ -208,6 +223,7 @@ impl Lab {
         let mut lab = Lab {
             dir: spec.dir.clone(),
             cluster: spec.cluster.clone(),
+            engine: spec.engine,
             etcd_port: spec.base_port,
             etcd_pid: None,
             vigil_bin: spec.vigil_bin.clone(),
@@ -217,10 +233,10 @@ impl Lab {
             children: vec![],
         };
         for i in 0..spec.nodes {
-            let name = format!("pg{}", i + 1);
+            let name = format!("{}{}", if spec.engine == EngineKind::Postgres { "pg" } else { "mdb" }, i + 1);
             let dir = spec.dir.join(&name);
             lab.nodes.push(LabNode {
-                pg_port: spec.base_port + 10 + i as u16,
+                db_port: spec.base_port + 10 + i as u16,
                 api_port: spec.base_port + 10 + spec.nodes as u16 + i as u16,
                 data_dir: dir.join("data"),
                 config: dir.join("vigil.toml"),
@@ -239,8 +255,43 @@ impl Lab {
         std::fs::write(&token, format!("lab-{}\n", crate::dcs::now_ms()))?;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
 
+        match spec.engine {
+            EngineKind::Postgres => lab.init_postgres(&run_dir, say)?,
+            _ => lab.init_mariadb(say)?,
+        }
+        if spec.with_sync {
+            say(&format!(
+                "starting a Redis primary and replica on ports {} and {}, and the file sync",
+                spec.base_port + 5,
+                spec.base_port + 6
+            ));
+            lab.start_redis(spec.base_port + 5, None)?;
+            lab.start_redis(spec.base_port + 6, Some(spec.base_port + 5))?;
+            for n in &lab.nodes {
+                std::fs::create_dir_all(n.dir.join("files"))?;
+                std::fs::write(n.dir.join("files").join("index.html"), "<h1>served by the primary's files</h1>\n")?;
+            }
+            lab.start_file_sync()?;
+        }
+        for n in &lab.nodes {
+            std::fs::write(&n.config, lab.sidecar_config(n, spec, &token))?;
+        }
+        say(&format!("starting {} sidecars", lab.nodes.len()));
+        for i in 0..lab.nodes.len() {
+            lab.start_sidecar(i)?;
+        }
+        lab.save()?;
+        say("waiting for a leader and streaming replicas");
+        lab.wait_healthy(Duration::from_secs(60))?;
+        Ok(lab)
+    }
+
+    /// initdb on the first node, base backups for the others. The sidecars
+    /// start the servers.
+    fn init_postgres(&self, run_dir: &Path, say: &dyn Fn(&str)) -> Result<()> {
+        let lab = self;
         let primary = lab.nodes[0].clone();
-        say(&format!("initdb {} (PostgreSQL 15, port {})", primary.name, primary.pg_port));
+        say(&format!("initdb {} (PostgreSQL 15, port {})", primary.name, primary.db_port));
         std::fs::create_dir_all(&primary.dir)?;
         chown_postgres(&primary.dir)?;
         sh(
@@ -260,7 +311,7 @@ impl Lab {
         sh(
             as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-w", "-s", "-l"]).arg(primary.dir.join("data.log")).args([
                 "-o",
-                &format!("-p {}", primary.pg_port),
+                &format!("-p {}", primary.db_port),
                 "start",
             ]),
             "pg_ctl start",
@@ -274,7 +325,7 @@ impl Lab {
                     "-h",
                     "127.0.0.1",
                     "-p",
-                    &primary.pg_port.to_string(),
+                    &primary.db_port.to_string(),
                     "-U",
                     "postgres",
                     "-X",
@@ -286,41 +337,17 @@ impl Lab {
                 "pg_basebackup",
             )?;
         }
-        if spec.with_sync {
-            say(&format!(
-                "starting a Redis primary and replica on ports {} and {}, and the file sync",
-                spec.base_port + 5,
-                spec.base_port + 6
-            ));
-            lab.start_redis(spec.base_port + 5, None)?;
-            lab.start_redis(spec.base_port + 6, Some(spec.base_port + 5))?;
-            for n in &lab.nodes {
-                std::fs::create_dir_all(n.dir.join("files"))?;
-                std::fs::write(n.dir.join("files").join("index.html"), "<h1>served by the primary's files</h1>\n")?;
-            }
-            lab.start_file_sync()?;
-        }
         // The sidecar owns its database: stop the bootstrap server and let
         // pg1's sidecar start it (and reap it, should it crash).
         sh(as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-s", "-m", "fast", "-w", "stop"]), "pg_ctl stop")?;
-        for n in &lab.nodes {
-            std::fs::write(&n.config, lab.sidecar_config(n, spec, &token))?;
-        }
-        say(&format!("starting {} sidecars", lab.nodes.len()));
-        for i in 0..lab.nodes.len() {
-            lab.start_sidecar(i)?;
-        }
-        lab.save()?;
-        say("waiting for a leader and streaming replicas");
-        lab.wait_healthy(Duration::from_secs(60))?;
-        Ok(lab)
+        Ok(())
     }
 
     fn sidecar_config(&self, n: &LabNode, spec: &LabSpec, token: &Path) -> String {
         format!(
             r#"# vigil sidecar for lab node {name} (written by `vigil lab up`)
 cluster = "{cluster}"
-node = "{name}"
+node = "{name}"{engine}
 
 [etcd]
 # Each node reaches etcd through its own loopback address, so that a drill
@@ -335,16 +362,7 @@ safety_margin = "{margin}"
 # The lab runs drills back to back; production keeps the 5m default.
 hold_down = "0s"
 
-[database]
-host = "127.0.0.1"
-port = {pg_port}
-# Its own database through the unix socket: works while the node is partitioned.
-local_host = "{socket_dir}"
-user = "postgres"
-replication_user = "postgres"
-data_dir = "{data}"
-log_file = "{log}"
-
+{database}
 [failover]
 on_primary_crash = "{crash}"
 
@@ -355,15 +373,23 @@ token_file = "{token}"
 "#,
             name = n.name,
             cluster = spec.cluster,
+            engine = if self.engine == EngineKind::Postgres { String::new() } else { "\nengine = \"mariadb\"".into() },
             etcd = self.node_etcd_url(self.nodes.iter().position(|x| x.name == n.name).unwrap_or(0)),
-            pg_port = n.pg_port,
-            data = n.data_dir.display(),
-            log = n.dir.join("data.log").display(),
+            database = match self.engine {
+                EngineKind::Postgres => format!(
+                    "[database]\nhost = \"127.0.0.1\"\nport = {}\n# Its own database through the unix socket: works while the node is partitioned.\n\
+                     local_host = \"{}\"\nuser = \"postgres\"\nreplication_user = \"postgres\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n",
+                    n.db_port,
+                    self.dir.join("run").display(),
+                    n.data_dir.display(),
+                    n.dir.join("data.log").display()
+                ),
+                _ => self.mariadb_database_section(n),
+            },
             crash = spec.on_primary_crash,
             api_port = n.api_port,
             token = token.display(),
             extra = spec.extra_config,
-            socket_dir = self.dir.join("run").display(),
             tloop = spec.timing[0],
             ttl = spec.timing[1],
             retry = spec.timing[2],
@@ -533,16 +559,17 @@ token_file = "{token}"
         let _ = self.save();
     }
 
-    /// The postmaster PID of node `i`, if it runs.
-    pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
-        let text = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
+    /// The database server's PID on node `i` (PostgreSQL's postmaster), if it runs.
+    pub fn db_pid(&self, i: usize) -> Option<i32> {
+        let file = if self.engine == EngineKind::Postgres { "postmaster.pid" } else { "mariadbd.pid" };
+        let text = std::fs::read_to_string(self.nodes[i].data_dir.join(file)).ok()?;
         let pid = text.lines().next()?.trim().parse().ok()?;
         proc::alive(pid).then_some(pid)
     }
 
-    /// SIGKILLs node `i`'s postmaster (a database crash).
-    pub fn kill_postgres(&self, i: usize) -> Option<i32> {
-        let pid = self.postmaster_pid(i)?;
+    /// SIGKILLs node `i`'s database server (a database crash).
+    pub fn kill_db(&self, i: usize) -> Option<i32> {
+        let pid = self.db_pid(i)?;
         proc::signal(pid, rustix::process::Signal::KILL).ok()?;
         Some(pid)
     }
@@ -623,6 +650,13 @@ token_file = "{token}"
         for i in 0..self.nodes.len() {
             if let Some(pid) = self.nodes[i].sidecar_pid.take() {
                 self.kill_pid(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.engine != EngineKind::Postgres {
+                if let Some(pid) = self.db_pid(i) {
+                    self.kill_pid(pid, rustix::process::Signal::TERM);
+                }
             }
         }
         for n in self.nodes.clone() {
