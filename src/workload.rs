@@ -1,6 +1,7 @@
 //! Test traffic for drills, benchmarks and the integration tests: a writer
-//! that inserts numbered rows through a libpq-style multi-host connection
-//! (`target_session_attrs=read-write`, as applications use it) and records
+//! that inserts numbered rows through a multi-host connection (PostgreSQL:
+//! libpq's `target_session_attrs=read-write`; MariaDB/MySQL: the first
+//! node with `read_only = OFF`, as connectors with failover do) and records
 //! every acknowledged row, and a checker that polls every node for
 //! writability and counts moments with two writable nodes.
 
@@ -16,6 +17,116 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
 }
+
+/// Which database the traffic goes to, and as whom.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres { user: String },
+    /// An application user without administrative rights, so that
+    /// `read_only` stops its writes.
+    MySql { user: String, password: String },
+}
+
+/// One open session of either kind.
+enum Session {
+    Pg(Client),
+    My(Box<mysql_async::Conn>),
+}
+
+impl Session {
+    async fn open(db: &Db, eps: &[Endpoint], read_write: bool, timeout: Duration) -> Option<Session> {
+        match db {
+            Db::Postgres { user } => connect(eps, user, read_write, timeout).await.map(Session::Pg),
+            Db::MySql { user, password } => {
+                for e in eps {
+                    let opts = mysql_async::OptsBuilder::default()
+                        .ip_or_hostname(e.host.clone())
+                        .tcp_port(e.port)
+                        .user(Some(user.clone()))
+                        .pass(Some(password.clone()))
+                        .prefer_socket(false)
+                        .stmt_cache_size(0);
+                    let Ok(Ok(mut c)) = tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await else { continue };
+                    if !read_write {
+                        return Some(Session::My(Box::new(c)));
+                    }
+                    use mysql_async::prelude::Queryable;
+                    if let Ok(Ok(Some(0i64))) = tokio::time::timeout(timeout, c.query_first::<i64, _>("SELECT @@global.read_only")).await {
+                        return Some(Session::My(Box::new(c)));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Session::Pg(c) => c.is_closed(),
+            Session::My(..) => false,
+        }
+    }
+
+    async fn batch(&mut self, pg: &str, my: &[&str]) -> anyhow::Result<()> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => Ok(c.batch_execute(pg).await?),
+            Session::My(c) => {
+                for s in my {
+                    c.query_drop(*s).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn max_id(&mut self) -> anyhow::Result<i64> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => Ok(c.query_one("SELECT coalesce(max(id), 0) FROM vigil_drill.writes", &[]).await?.get(0)),
+            Session::My(c) => Ok(c.query_first::<i64, _>("SELECT coalesce(max(id), 0) FROM vigil_drill.writes").await?.unwrap_or(0)),
+        }
+    }
+
+    async fn insert(&mut self, id: i64) -> anyhow::Result<()> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id]).await.map(|_| ()).map_err(Into::into),
+            Session::My(c) => c.exec_drop("INSERT INTO vigil_drill.writes (id) VALUES (?)", (id,)).await.map_err(Into::into),
+        }
+    }
+
+    async fn ids(&mut self) -> anyhow::Result<Vec<i64>> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => Ok(c.query("SELECT id FROM vigil_drill.writes", &[]).await?.iter().map(|r| r.get(0)).collect()),
+            Session::My(c) => Ok(c.query::<i64, _>("SELECT id FROM vigil_drill.writes").await?),
+        }
+    }
+
+    async fn port(&mut self) -> u16 {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => server_port(c).await,
+            Session::My(c) => c.query_first::<u16, _>("SELECT @@port").await.ok().flatten().unwrap_or(0),
+        }
+    }
+
+    /// Accepts writes now? Errors mean unreachable.
+    async fn writable(&mut self) -> anyhow::Result<bool> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Session::Pg(c) => Ok(c.query_one("SELECT NOT pg_is_in_recovery()", &[]).await?.get::<_, bool>(0)),
+            Session::My(c) => Ok(c.query_first::<i64, _>("SELECT @@global.read_only").await?.map(|ro| ro == 0).unwrap_or(false)),
+        }
+    }
+}
+
+const CREATE_PG: &str = "CREATE SCHEMA IF NOT EXISTS vigil_drill; CREATE TABLE IF NOT EXISTS vigil_drill.writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
+const CREATE_MY: &[&str] = &[
+    "CREATE DATABASE IF NOT EXISTS vigil_drill",
+    "CREATE TABLE IF NOT EXISTS vigil_drill.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+];
 
 async fn connect(eps: &[Endpoint], user: &str, read_write: bool, timeout: Duration) -> Option<Client> {
     let mut c = tokio_postgres::Config::new();
@@ -55,24 +166,29 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts inserting a row every `interval`.
+    /// Starts inserting a row every `interval` into PostgreSQL.
     pub async fn start(eps: Vec<Endpoint>, user: &str, interval: Duration) -> anyhow::Result<Writer> {
-        let c = connect(&eps, user, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
-        c.batch_execute("CREATE SCHEMA IF NOT EXISTS vigil_drill; CREATE TABLE IF NOT EXISTS vigil_drill.writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
-            .await?;
-        let start: i64 = c.query_one("SELECT coalesce(max(id), 0) FROM vigil_drill.writes", &[]).await?.get(0);
+        Self::start_db(Db::Postgres { user: user.to_string() }, eps, interval).await
+    }
+
+    /// Starts inserting a row every `interval`.
+    pub async fn start_db(db: Db, eps: Vec<Endpoint>, interval: Duration) -> anyhow::Result<Writer> {
+        let mut c =
+            Session::open(&db, &eps, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
+        c.batch(CREATE_PG, CREATE_MY).await?;
+        let start = c.max_id().await?;
         let acks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, s, user) = (Arc::clone(&acks), Arc::clone(&stop), user.to_string());
+        let (a, s) = (Arc::clone(&acks), Arc::clone(&stop));
         let task = tokio::spawn(async move {
-            let port = server_port(&c).await;
-            let mut client: Option<(Client, u16)> = Some((c, port));
+            let port = c.port().await;
+            let mut client: Option<(Session, u16)> = Some((c, port));
             let mut conn = 1u64;
             let mut id = start;
             while !s.load(Ordering::Relaxed) {
                 if client.is_none() {
-                    if let Some(c) = connect(&eps, &user, true, Duration::from_millis(500)).await {
-                        let port = server_port(&c).await;
+                    if let Some(mut c) = Session::open(&db, &eps, true, Duration::from_millis(500)).await {
+                        let port = c.port().await;
                         conn += 1;
                         client = Some((c, port));
                     } else {
@@ -80,12 +196,11 @@ impl Writer {
                         continue;
                     }
                 }
-                let (c, port) = client.as_ref().expect("connected");
+                let (c, port) = client.as_mut().expect("connected");
                 id += 1;
-                let r = tokio::time::timeout(Duration::from_secs(1), c.execute("INSERT INTO vigil_drill.writes (id) VALUES ($1)", &[&id]))
-                    .await;
+                let r = tokio::time::timeout(Duration::from_secs(1), c.insert(id)).await;
                 match r {
-                    Ok(Ok(_)) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port, conn }),
+                    Ok(Ok(())) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port, conn }),
                     _ => {
                         // Not acknowledged: the id may or may not exist; it is not counted.
                         client = None;
@@ -111,9 +226,14 @@ impl Writer {
 
 /// Acknowledged ids missing from the table on the current primary.
 pub async fn lost_writes(eps: &[Endpoint], user: &str, acks: &[Ack]) -> anyhow::Result<Vec<i64>> {
-    let c = connect(eps, user, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("no writable node to verify writes"))?;
-    let rows = c.query("SELECT id FROM vigil_drill.writes", &[]).await?;
-    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    lost_writes_db(&Db::Postgres { user: user.to_string() }, eps, acks).await
+}
+
+/// Acknowledged ids missing from the table on the current primary.
+pub async fn lost_writes_db(db: &Db, eps: &[Endpoint], acks: &[Ack]) -> anyhow::Result<Vec<i64>> {
+    let mut c =
+        Session::open(db, eps, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("no writable node to verify writes"))?;
+    let present: std::collections::HashSet<i64> = c.ids().await?.into_iter().collect();
     Ok(acks.iter().map(|a| a.id).filter(|id| !present.contains(id)).collect())
 }
 
@@ -151,30 +271,30 @@ pub struct CheckerReport {
 
 impl SplitBrainChecker {
     pub fn start(eps: Vec<Endpoint>, user: &str, every: Duration) -> Self {
+        Self::start_db(Db::Postgres { user: user.to_string() }, eps, every)
+    }
+
+    pub fn start_db(db: Db, eps: Vec<Endpoint>, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let user = user.to_string();
         let task = tokio::spawn(async move {
             let mut report = CheckerReport::default();
-            let mut clients: Vec<Option<Client>> = eps.iter().map(|_| None).collect();
+            let mut clients: Vec<Option<Session>> = eps.iter().map(|_| None).collect();
             let mut was_writable = vec![false; eps.len()];
             while !s.load(Ordering::Relaxed) {
                 let mut writable = vec![];
                 for (i, e) in eps.iter().enumerate() {
                     if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                        clients[i] = connect(std::slice::from_ref(e), &user, false, Duration::from_millis(200)).await;
+                        clients[i] = Session::open(&db, std::slice::from_ref(e), false, Duration::from_millis(200)).await;
                     }
-                    let w = match &clients[i] {
-                        Some(c) => {
-                            match tokio::time::timeout(Duration::from_millis(500), c.query_one("SELECT NOT pg_is_in_recovery()", &[])).await
-                            {
-                                Ok(Ok(r)) => r.get::<_, bool>(0),
-                                _ => {
-                                    clients[i] = None;
-                                    false
-                                }
+                    let w = match clients[i].as_mut() {
+                        Some(c) => match tokio::time::timeout(Duration::from_millis(500), c.writable()).await {
+                            Ok(Ok(w)) => w,
+                            _ => {
+                                clients[i] = None;
+                                false
                             }
-                        }
+                        },
                         None => false,
                     };
                     if w {

@@ -151,6 +151,18 @@ impl Evaluator {
                     });
                 }
             }
+            if let Some(errant) = me.gtid.as_ref().and_then(|g| g.errant.as_ref()) {
+                v.push(Cond {
+                    name: "ErrantTransactions",
+                    node: node.clone(),
+                    severity: Severity::Critical,
+                    for_: Duration::ZERO,
+                    summary: format!("{node} has transactions the primary never had; it will not be promoted"),
+                    description: format!("errant GTIDs: {errant}"),
+                    runbook: "errant-transactions.md",
+                    labels: BTreeMap::new(),
+                });
+            }
             if leader.is_some() && !me.streaming && me.health == DbHealth::Running {
                 v.push(Cond {
                     name: "ReplicationBroken",
@@ -323,7 +335,20 @@ mod tests {
             updated_ms: 0,
             version: String::new(),
             sync: None,
+            gtid: None,
         }
+    }
+
+    #[test]
+    fn errant_transactions_are_alerted_once() {
+        let mut e = eval();
+        let c = cluster("mdb1");
+        let mut m = member("mdb3", DbRole::Replica, Some(1.0), true);
+        m.gtid = Some(crate::engine::GtidStatus { errant: Some("0-3-51".into()), ..Default::default() });
+        let a = e.evaluate(&facts(0, &m, &c));
+        assert_eq!((a[0].name.as_str(), a[0].status), ("ErrantTransactions", Status::Firing));
+        assert!(a[0].description.contains("0-3-51"));
+        assert!(e.evaluate(&facts(1000, &m, &c)).is_empty(), "deduplicated");
     }
 
     fn eval() -> Evaluator {

@@ -58,16 +58,34 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         c.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
         if c.pause.is_some() { "PAUSED" } else { "automatic failover on" }
     );
+    // MariaDB/MySQL members show their GTID position, and lag in
+    // transactions rather than bytes.
+    let gtid = c.members.values().any(|m| m.gtid.is_some());
+    let behind = |b: u64| if gtid { format!("{b} trx") } else { format_size(b) };
     let rows: Vec<Vec<String>> = c
         .members
         .values()
         .map(|m| {
             let lag = match (m.lag_seconds, m.lag_bytes) {
-                (Some(s), Some(b)) => format!("{s:.1}s / {}", format_size(b)),
+                (Some(s), Some(b)) => format!("{s:.1}s / {}", behind(b)),
                 (Some(s), None) => format!("{s:.1}s"),
-                (None, Some(b)) => format_size(b),
+                (None, Some(b)) => behind(b),
                 _ => "-".into(),
             };
+            if gtid {
+                let g = m.gtid.as_ref();
+                let eligible =
+                    if m.eligible { "yes".to_string() } else { format!("no: {}", m.ineligible_reason.clone().unwrap_or_default()) };
+                return vec![
+                    m.node.clone(),
+                    role(m, leader),
+                    format!("{}:{}", m.db_host, m.db_port),
+                    g.map(|g| if g.executed.is_empty() { "-".into() } else { g.executed.clone() }).unwrap_or_else(|| "-".into()),
+                    if m.role == Some(DbRole::Replica) { lag } else { "-".into() },
+                    eligible,
+                    m.state.clone(),
+                ];
+            }
             let eligible = if m.eligible { "yes".to_string() } else { format!("no: {}", m.ineligible_reason.clone().unwrap_or_default()) };
             vec![
                 m.node.clone(),
@@ -81,7 +99,32 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
             ]
         })
         .collect();
-    out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
+    if gtid {
+        out += &table(&["MEMBER", "ROLE", "DATABASE", "GTID EXECUTED", "LAG", "ELIGIBLE", "STATE"], &rows);
+        let before = out.len();
+        for m in c.members.values() {
+            let Some(g) = &m.gtid else { continue };
+            if let Some(e) = &g.errant {
+                out += &format!("\n{} ERRANT TRANSACTIONS: {e}", m.node);
+            }
+            if let Some(e) = &g.last_error {
+                out += &format!("\n{} replication error: {e}", m.node);
+            }
+            if m.role == Some(DbRole::Replica) && g.io_running.is_some() && (g.io_running.as_deref() != Some("Yes") || g.sql_running.as_deref() != Some("Yes")) {
+                out += &format!(
+                    "\n{} threads: IO {}, SQL {}",
+                    m.node,
+                    g.io_running.clone().unwrap_or_default(),
+                    g.sql_running.clone().unwrap_or_default()
+                );
+            }
+        }
+        if out.len() > before {
+            out += "\n";
+        }
+    } else {
+        out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
+    }
     out += &render_sync(c);
     if let Some(r) = &c.request {
         let what = format!("{:?} {} -> {}", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();

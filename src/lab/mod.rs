@@ -9,7 +9,7 @@
 //! signals the PID in that data directory's `postmaster.pid`; MariaDB by
 //! the PID in its data directory's pid file).
 
-mod mariadb;
+pub mod mariadb;
 
 use crate::config::EngineKind;
 use crate::dcs::{ClusterState, Dcs, EtcdDcs};

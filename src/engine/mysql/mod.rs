@@ -86,6 +86,7 @@ struct Snapshot {
 /// executed or received (sum of sequence numbers per MariaDB domain; count
 /// of the MySQL set). It respects the GTID partial order: a server that has
 /// everything another has never gets a smaller number.
+#[derive(Debug)]
 struct Positions {
     executed: u64,
     received: u64,
