@@ -164,6 +164,8 @@ impl Lab {
             ap = APP_PASSWORD
         );
         self.root_sql(&primary, &users)?;
+        // vigil's heartbeat table, as a DBA installs it from sql/mysql/.
+        self.root_sql(&primary, crate::engine::mysql::HEARTBEAT_DDL)?;
         let target = self.root_sql(&primary, "SELECT @@gtid_binlog_pos")?.trim().to_string();
         for n in &nodes[1..] {
             say(&format!("{} replicates from {} with GTID", n.name, primary.name));

@@ -279,6 +279,14 @@ impl Lab {
         say(&format!("starting {} sidecars", lab.nodes.len()));
         for i in 0..lab.nodes.len() {
             lab.start_sidecar(i)?;
+            if i == 0 && lab.engine != EngineKind::Postgres {
+                // MariaDB servers all start read-only, so any of them could
+                // win the first election; let the bootstrap primary lead.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while lab.cluster_state().ok().and_then(|c| c.leader).is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
         lab.save()?;
         say("waiting for a leader and streaming replicas");
