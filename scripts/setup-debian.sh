@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   postgresql-15            # the database engine (server and tools: pg_ctl, pg_rewind, pg_basebackup)
+  mariadb-server mariadb-client  # the MariaDB GTID engine: mariadbd, mariadb-install-db, mariadb, mariadb-dump
   etcd-server etcd-client  # the coordination store (etcd 3.4) and etcdctl
   protobuf-compiler libprotobuf-dev  # the etcd client library compiles etcd's protocol at build time
   haproxy                  # the load-balancer integration test

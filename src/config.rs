@@ -841,6 +841,18 @@ data_dir = "/var/lib/postgresql/15/main"
     }
 
     #[test]
+    fn mariadb_gets_its_own_defaults_and_needs_an_option_file() {
+        let text = GOOD.replace("node = \"pg1\"", "node = \"db1\"\nengine = \"mariadb\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("database.defaults_file"), "{e}");
+        let c = parse(&format!("{text}defaults_file = \"/etc/mysql/my.cnf\"\n")).unwrap();
+        assert_eq!((c.database.user.as_str(), c.database.os_user.as_str()), ("vigil", "mysql"));
+        assert_eq!(c.database.bin_dir, PathBuf::from("/usr/sbin"));
+        let pg = parse(GOOD).unwrap();
+        assert_eq!((pg.database.user.as_str(), pg.database.bin_dir.to_str().unwrap()), ("postgres", "/usr/lib/postgresql/15/bin"));
+    }
+
+    #[test]
     fn unknown_field_names_file_line_and_field() {
         let text = format!("{GOOD}\n[timing]\nttl = \"10s\"\nlop = \"1s\"\n");
         let e = parse(&text).unwrap_err();

@@ -55,10 +55,19 @@ pub async fn run(cfg: &Config, dcs: &EtcdDcs) -> Vec<Finding> {
         None => out.push(f("leader", None, Level::Critical, "no leader: see runbooks/no-leader.md")),
     }
     let members = cluster.members.len();
+    let mut server_ids: Vec<(String, u32)> = vec![];
     for m in cluster.members.values() {
-        out.extend(check_database(cfg, &m.node, &m.db_host, m.db_port, members).await);
+        match cfg.engine {
+            crate::config::EngineKind::Postgres => out.extend(check_database(cfg, &m.node, &m.db_host, m.db_port, members).await),
+            _ => {
+                let (findings, id) = check_mysql(cfg, &m.node, &m.db_host, m.db_port, cfg.timing.ttl).await;
+                out.extend(findings);
+                server_ids.extend(id.map(|id| (m.node.clone(), id)));
+            }
+        }
         out.push(check_clock(&m.node, &m.api_url).await);
     }
+    out.extend(duplicate_server_ids(&server_ids));
     for node in crate::cli::status::drifted(&cluster) {
         out.push(f("config", Some(&node), Level::Warning, "shared configuration differs from the leader's (vigil status shows DRIFT)"));
     }
@@ -127,6 +136,14 @@ async fn check_database(cfg: &Config, node: &str, host: &str, port: u16, members
             tokio::spawn(conn);
             client
         }
+        Ok(Err(e)) if format!("{e:?}").to_lowercase().contains("hot standby") => {
+            return vec![f(
+                "hot_standby",
+                Some(node),
+                Level::Warning,
+                "hot_standby = off: the replica refuses connections, so vigil cannot see its position or lag",
+            )]
+        }
         _ => return vec![f("database", Some(node), Level::Critical, format!("cannot connect to {host}:{port}"))],
     };
     let q = "SELECT current_setting('wal_level'), current_setting('max_wal_senders')::int, current_setting('hot_standby'), \
@@ -166,6 +183,141 @@ async fn check_database(cfg: &Config, node: &str, host: &str, port: u16, members
     v
 }
 
+/// The MariaDB/MySQL settings a GTID failover depends on.
+#[derive(Debug, Clone, Default)]
+pub struct MySqlVars {
+    pub mariadb: bool,
+    pub log_bin: bool,
+    pub log_replica_updates: bool,
+    pub binlog_format: String,
+    /// MariaDB `gtid_strict_mode`.
+    pub gtid_strict_mode: bool,
+    /// MySQL `gtid_mode` and `enforce_gtid_consistency`.
+    pub gtid_mode: String,
+    pub enforce_gtid_consistency: String,
+    pub read_only: bool,
+    pub replica: bool,
+    pub net_timeout: u64,
+}
+
+/// Findings for one MariaDB/MySQL server (pure, so every rule has a test).
+pub fn mysql_findings(node: &str, v: &MySqlVars, ttl: Duration) -> Vec<Finding> {
+    let n = Some(node);
+    let mut out = vec![];
+    if !v.log_bin {
+        out.push(f("log_bin", n, Level::Critical, "binary log off: this server cannot serve replicas once promoted"));
+    }
+    if !v.log_replica_updates {
+        out.push(f(
+            "log_slave_updates",
+            n,
+            Level::Critical,
+            "log_slave_updates (log_replica_updates) off: once promoted, the others cannot follow it with GTID",
+        ));
+    }
+    if !v.binlog_format.eq_ignore_ascii_case("ROW") {
+        out.push(f("binlog_format", n, Level::Warning, format!("binlog_format = {}: use ROW for deterministic replicas", v.binlog_format)));
+    }
+    if v.mariadb && !v.gtid_strict_mode {
+        out.push(f(
+            "gtid_strict_mode",
+            n,
+            Level::Warning,
+            "gtid_strict_mode off: errant transactions on a replica are not stopped at once (runbooks/errant-transactions.md)",
+        ));
+    }
+    if !v.mariadb && !v.gtid_mode.eq_ignore_ascii_case("ON") {
+        out.push(f("gtid_mode", n, Level::Critical, format!("gtid_mode = {}: GTID auto-positioning needs ON", v.gtid_mode)));
+    }
+    if !v.mariadb && !v.enforce_gtid_consistency.eq_ignore_ascii_case("ON") {
+        out.push(f("enforce_gtid_consistency", n, Level::Critical, "enforce_gtid_consistency must be ON with gtid_mode = ON"));
+    }
+    if v.replica && !v.read_only {
+        out.push(f("read_only", n, Level::Critical, "a replica accepts writes (read_only = OFF): errant transactions ahead"));
+    }
+    if v.net_timeout > (ttl * 3).as_secs() {
+        out.push(f(
+            "slave_net_timeout",
+            n,
+            Level::Warning,
+            format!(
+                "slave_net_timeout = {}s: after a failover, replicas of a silently vanished primary wait that long before reconnecting; \
+                 use a few seconds",
+                v.net_timeout
+            ),
+        ));
+    }
+    if out.is_empty() {
+        out.push(f(
+            "database",
+            n,
+            Level::Ok,
+            format!("binlog on, replica updates logged, {} binlog, {}", v.binlog_format, if v.mariadb { "strict GTID" } else { "GTID on" }),
+        ));
+    }
+    out
+}
+
+/// Two members with one server_id: replicas silently skip each other's events.
+pub fn duplicate_server_ids(ids: &[(String, u32)]) -> Vec<Finding> {
+    let mut out = vec![];
+    for (i, (a, id)) in ids.iter().enumerate() {
+        if let Some((b, _)) = ids[i + 1..].iter().find(|(_, other)| other == id) {
+            out.push(f(
+                "server_id",
+                Some(b),
+                Level::Critical,
+                format!("server_id {id} is also {a}'s: replication skips events that carry its own server_id"),
+            ));
+        }
+    }
+    out
+}
+
+async fn check_mysql(cfg: &Config, node: &str, host: &str, port: u16, ttl: Duration) -> (Vec<Finding>, Option<u32>) {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_string())
+        .tcp_port(port)
+        .user(Some(cfg.database.user.clone()))
+        .pass((!cfg.database.password.is_empty()).then(|| cfg.database.password.expose().to_string()))
+        .prefer_socket(false);
+    let mut c = match tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts)).await {
+        Ok(Ok(c)) => c,
+        _ => return (vec![f("database", Some(node), Level::Critical, format!("cannot connect to {host}:{port}"))], None),
+    };
+    let version: String = c.query_first("SELECT @@version").await.ok().flatten().unwrap_or_default();
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let q = if mariadb {
+        "SELECT @@log_bin, @@log_slave_updates, @@binlog_format, @@gtid_strict_mode, '', '', @@read_only, @@server_id, @@slave_net_timeout"
+    } else {
+        "SELECT @@log_bin, @@log_replica_updates, @@binlog_format, 0, @@gtid_mode, @@enforce_gtid_consistency, @@read_only, @@server_id, \
+         @@replica_net_timeout"
+    };
+    type Row = (i64, i64, String, i64, String, String, i64, u32, u64);
+    let row: Option<Row> = match c.query_first(q).await {
+        Ok(r) => r,
+        Err(e) => return (vec![f("database", Some(node), Level::Critical, format!("query failed: {e}"))], None),
+    };
+    let status: Option<mysql_async::Row> =
+        c.query_first(if mariadb { "SHOW SLAVE STATUS" } else { "SHOW REPLICA STATUS" }).await.ok().flatten();
+    let _ = c.disconnect().await;
+    let Some((log_bin, lru, fmt, strict, gtid_mode, egc, ro, id, net)) = row else { return (vec![], None) };
+    let v = MySqlVars {
+        mariadb,
+        log_bin: log_bin != 0,
+        log_replica_updates: lru != 0,
+        binlog_format: fmt,
+        gtid_strict_mode: strict != 0,
+        gtid_mode,
+        enforce_gtid_consistency: egc,
+        read_only: ro != 0,
+        replica: status.is_some(),
+        net_timeout: net,
+    };
+    (mysql_findings(node, &v, ttl), Some(id))
+}
+
 /// Clock offset of a member, from its sidecar's fresh member record.
 async fn check_clock(node: &str, api_url: &str) -> Finding {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
@@ -200,6 +352,66 @@ pub fn render(findings: &[Finding]) -> String {
         })
         .collect();
     crate::cli::status::table(&["LEVEL", "CHECK", "NODE", "FINDING"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> MySqlVars {
+        MySqlVars {
+            mariadb: true,
+            log_bin: true,
+            log_replica_updates: true,
+            binlog_format: "ROW".into(),
+            gtid_strict_mode: true,
+            read_only: true,
+            replica: true,
+            net_timeout: 4,
+            ..Default::default()
+        }
+    }
+
+    fn checks(v: &MySqlVars) -> Vec<(String, Level)> {
+        mysql_findings("db2", v, Duration::from_secs(10)).into_iter().map(|x| (x.check, x.level)).collect()
+    }
+
+    #[test]
+    fn a_correct_mariadb_replica_passes() {
+        assert_eq!(checks(&good()), vec![("database".to_string(), Level::Ok)]);
+    }
+
+    #[test]
+    fn each_mariadb_misconfiguration_is_found() {
+        let cases: Vec<(MySqlVars, &str, Level)> = vec![
+            (MySqlVars { log_bin: false, ..good() }, "log_bin", Level::Critical),
+            (MySqlVars { log_replica_updates: false, ..good() }, "log_slave_updates", Level::Critical),
+            (MySqlVars { binlog_format: "STATEMENT".into(), ..good() }, "binlog_format", Level::Warning),
+            (MySqlVars { gtid_strict_mode: false, ..good() }, "gtid_strict_mode", Level::Warning),
+            (MySqlVars { read_only: false, ..good() }, "read_only", Level::Critical),
+            (MySqlVars { net_timeout: 60, ..good() }, "slave_net_timeout", Level::Warning),
+        ];
+        for (v, check, level) in cases {
+            assert_eq!(checks(&v), vec![(check.to_string(), level)], "{check}");
+        }
+    }
+
+    #[test]
+    fn mysql_needs_gtid_mode_and_consistency() {
+        let v = MySqlVars { mariadb: false, gtid_mode: "OFF_PERMISSIVE".into(), enforce_gtid_consistency: "WARN".into(), ..good() };
+        let c = checks(&v);
+        assert!(c.contains(&("gtid_mode".into(), Level::Critical)) && c.contains(&("enforce_gtid_consistency".into(), Level::Critical)));
+        let ok = MySqlVars { mariadb: false, gtid_mode: "ON".into(), enforce_gtid_consistency: "ON".into(), ..good() };
+        assert_eq!(checks(&ok)[0].1, Level::Ok);
+    }
+
+    #[test]
+    fn duplicate_server_ids_are_critical() {
+        let d = duplicate_server_ids(&[("a".into(), 1), ("b".into(), 2), ("c".into(), 1)]);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].node.as_deref(), d[0].level), (Some("c"), Level::Critical));
+        assert!(duplicate_server_ids(&[("a".into(), 1), ("b".into(), 2)]).is_empty());
+    }
 }
 
 pub fn exit_code(findings: &[Finding]) -> i32 {

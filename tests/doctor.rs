@@ -4,7 +4,7 @@ mod common;
 
 use common::{out, TestLab};
 use serde_json::Value;
-use vigil::dcs::EtcdDcs;
+use vigil::dcs::{Dcs, EtcdDcs};
 use vigil::doctor::{DrillRecord, DRILL_KEY};
 
 fn doctor(t: &TestLab) -> (i32, Vec<Value>) {
@@ -81,6 +81,11 @@ fn doctor_finds_each_planted_misconfiguration() {
     let (_, f) = doctor(&t);
     assert!(has(&f, "wal_log_hints", Some("pg2"), "warning"), "{f:?}");
 
+    sql(&t, "pg3", "ALTER SYSTEM SET hot_standby = off");
+    restart(&t, "pg3");
+    let (_, f) = doctor(&t);
+    assert!(has(&f, "hot_standby", Some("pg3"), "warning"), "{f:?}");
+
     sql(&t, "pg1", "ALTER SYSTEM SET max_wal_senders = 2");
     restart(&t, "pg1");
     let (code, f) = doctor(&t);
@@ -90,5 +95,87 @@ fn doctor_finds_each_planted_misconfiguration() {
     t.lab.kill_etcd();
     let (code, f) = doctor(&t);
     assert!(has(&f, "etcd", None, "critical"), "{f:?}");
+    assert_eq!(code, 2);
+}
+
+/// A member whose clock is 5 s ahead (its sidecar's member record says so)
+/// and a DNS name published with a 300 s TTL.
+#[test]
+fn doctor_finds_a_clock_out_of_step_and_a_long_dns_ttl() {
+    let t = TestLab::up("doctor-clock", |s| s.with_sync = false);
+    // A sidecar API whose member record is stamped 5 s in the future.
+    let listener = t.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    let mut rec = t.state().members["pg3"].clone();
+    rec.node = "pg9".into();
+    rec.api_url = format!("http://127.0.0.1:{api_port}");
+    let fake = rec.clone();
+    t.rt.spawn(async move {
+        let app = axum::Router::new().route(
+            "/member",
+            axum::routing::get(move || {
+                let mut r = fake.clone();
+                async move {
+                    r.updated_ms = vigil::dcs::now_ms() + 5_000;
+                    axum::Json(r)
+                }
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
+    });
+    t.rt.block_on(async {
+        let dcs = EtcdDcs::new(
+            &[t.lab.etcd_url()],
+            "/vigil",
+            &t.lab.cluster,
+            "pg9",
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        dcs.put_member(&rec).await.unwrap();
+        let (_, f) = doctor(&t);
+        assert!(has(&f, "clock", Some("pg9"), "warning"), "{f:?}");
+        assert!(has(&f, "clock", Some("pg1"), "ok"), "{f:?}");
+    });
+
+    // The published name's TTL, from the configuration.
+    let key = t.lab.dir.join("tsig.key");
+    let gen = std::process::Command::new("tsig-keygen").args(["-a", "hmac-sha256", "vigil-key"]).output().expect("tsig-keygen");
+    std::fs::write(&key, &gen.stdout).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cfg = t.lab.dir.join("doctor-dns.toml");
+    let text = std::fs::read_to_string(&t.lab.nodes[0].config).unwrap()
+        + &format!(
+            "\n[dns]\nserver = \"127.0.0.1:9\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\nttl = \"300s\"\ntimeout = \"300ms\"\ntsig_key_file = \"{}\"\n",
+            key.display()
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let o = t.vigil(&["doctor", "--json", "-c", cfg.to_str().unwrap()]);
+    let f: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    assert!(f.iter().any(|x| x["check"] == "dns" && x["level"] == "warning" && x["message"].as_str().unwrap().contains("TTL 300s")), "{f:?}");
+}
+
+/// MariaDB: each GTID-replication setting a failover depends on.
+#[test]
+fn doctor_finds_mariadb_misconfigurations() {
+    let t = TestLab::up("doctor-mdb", |s| {
+        s.engine = vigil::config::EngineKind::Mariadb;
+        s.with_sync = false;
+    });
+    let (_, f) = doctor(&t);
+    for n in ["mdb1", "mdb2", "mdb3"] {
+        assert!(has(&f, "database", Some(n), "ok"), "{f:?}");
+    }
+    assert!(t.vigil(&["pause"]).status.success());
+    let node = |name: &str| t.lab.nodes[t.index(name)].clone();
+    t.lab.root_sql(&node("mdb2"), "SET GLOBAL gtid_strict_mode = OFF; SET GLOBAL slave_net_timeout = 120").unwrap();
+    t.lab.root_sql(&node("mdb3"), "SET GLOBAL binlog_format = 'STATEMENT'; SET GLOBAL server_id = 1").unwrap();
+    let (code, f) = doctor(&t);
+    assert!(has(&f, "gtid_strict_mode", Some("mdb2"), "warning"), "{f:?}");
+    assert!(has(&f, "slave_net_timeout", Some("mdb2"), "warning"), "{f:?}");
+    assert!(has(&f, "binlog_format", Some("mdb3"), "warning"), "{f:?}");
+    assert!(f.iter().any(|x| x["check"] == "server_id" && x["level"] == "critical"), "{f:?}");
     assert_eq!(code, 2);
 }
