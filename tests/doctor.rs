@@ -148,7 +148,7 @@ fn doctor_finds_a_clock_out_of_step_and_a_long_dns_ttl() {
     let cfg = t.lab.dir.join("doctor-dns.toml");
     let text = std::fs::read_to_string(&t.lab.nodes[0].config).unwrap()
         + &format!(
-            "\n[dns]\nserver = \"127.0.0.1:9\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\nttl = \"300s\"\ntimeout = \"300ms\"\ntsig_key_file = \"{}\"\n",
+            "\n[dns]\nserver = \"127.0.0.1:9\"\nzone = \"example.test.\"\nname = \"db.example.test.\"\nttl = \"300s\"\nallow_long_ttl = true\ntimeout = \"300ms\"\ntsig_key_file = \"{}\"\n",
             key.display()
         );
     std::fs::write(&cfg, text).unwrap();
