@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
-cargo test --lib --bins
-cargo test --test "*" -- --test-threads=1
+cargo test --features fault-injection --lib --bins
+cargo test --features fault-injection --test "*" -- --test-threads=1

@@ -50,6 +50,7 @@ pub fn router<E: Engine, D: Dcs>(state: Arc<ApiState<E, D>>) -> Router {
         .route("/switchover", post(switchover::<E, D>))
         .route("/failover", post(failover::<E, D>))
         .route("/pause", post(pause::<E, D>))
+        .route("/failsafe", post(failsafe::<E, D>))
         .route("/resume", post(resume::<E, D>))
         .with_state(state)
 }
@@ -296,6 +297,29 @@ async fn failover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, bod
         return r;
     }
     outcome(crate::ops::failover(&*s.dcs, &body.candidate, body.allow_data_loss).await)
+}
+
+/// The question a leader cut off from etcd asks every member.
+#[derive(serde::Deserialize, serde::Serialize)]
+pub struct FailsafeAsk {
+    pub leader: String,
+    pub term: Option<i64>,
+}
+
+/// etcd failsafe, member side: "may I keep serving?" Yes only while this
+/// member cannot reach etcd either, so that no leader can be elected
+/// behind the asking primary's back; a member that reaches etcd answers
+/// 409 and the primary fences itself on time.
+async fn failsafe<E: Engine, D: Dcs>(State(s): St<E, D>, Json(ask): Json<FailsafeAsk>) -> Response {
+    let snap = s.shared.get();
+    let fresh = s.cfg.timing.loop_wait * 2 + s.cfg.timing.retry;
+    let reaches_etcd = snap.dcs_ok && crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms) < fresh.as_millis() as u64;
+    if reaches_etcd {
+        return (StatusCode::CONFLICT, Json(json!({"error": format!("{} reaches etcd: the leader key there decides", s.cfg.node)})))
+            .into_response();
+    }
+    s.shared.update(|x| x.failsafe_granted = Some((ask.leader.clone(), crate::dcs::now_ms())));
+    Json(json!({"ok": true, "node": s.cfg.node})).into_response()
 }
 
 async fn pause<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Response {

@@ -190,6 +190,16 @@ pub struct FailoverConfig {
     /// How long a planned switchover waits for the target to catch up.
     #[serde(with = "humantime_serde")]
     pub switchover_timeout: Duration,
+    /// Synchronous mode (PostgreSQL): a commit is acknowledged only once a
+    /// replica of the synchronous set has flushed it, and only a member of
+    /// that set that provably has every acknowledged commit is promoted
+    /// automatically. Writes wait while no replica of the set is connected.
+    pub synchronous: bool,
+    /// etcd failsafe: while the leader cannot reach etcd, it keeps serving
+    /// as long as every other member answers its sidecar API and cannot
+    /// reach etcd either (nobody can elect another leader); otherwise it
+    /// fences at `ttl - safety_margin` as always.
+    pub failsafe: bool,
 }
 
 impl Default for FailoverConfig {
@@ -201,6 +211,8 @@ impl Default for FailoverConfig {
             restart_budget: Duration::from_secs(10),
             promote_timeout: Duration::from_secs(30),
             switchover_timeout: Duration::from_secs(30),
+            synchronous: false,
+            failsafe: true,
         }
     }
 }
@@ -619,6 +631,9 @@ impl Config {
                 "etcd.request_timeout",
                 format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)),
             );
+        }
+        if self.engine != EngineKind::Postgres && self.failover.synchronous {
+            return err("failover.synchronous", "synchronous mode is supported for PostgreSQL only (MariaDB semi-sync: not yet)".into());
         }
         if self.engine != EngineKind::Postgres && self.database.defaults_file.is_none() {
             return err("database.defaults_file", "is required for MariaDB/MySQL: vigil starts the server with this option file".into());

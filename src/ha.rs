@@ -13,7 +13,7 @@ use crate::alerts::{Evaluator, Facts, Notifier, Severity};
 use crate::config::Config;
 use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaderKey, LeaseState, PeerObs, Policy, Request, View};
 use crate::dcs::{
-    now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step,
+    now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step, SyncRecord,
 };
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::position::{Lsn, Position};
@@ -86,6 +86,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             on_primary_crash: cfg.failover.on_primary_crash,
             restart_budget: cfg.failover.restart_budget,
             switchover_timeout: cfg.failover.switchover_timeout,
+            synchronous: cfg.failover.synchronous,
         };
         let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
@@ -228,6 +229,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if let Some(c) = &cluster {
             self.paused.store(c.pause.is_some(), std::sync::atomic::Ordering::Relaxed);
             self.renew_lease(c).await;
+            self.shared.update(|s| s.failsafe_active = false);
+        } else if self.cfg.failover.failsafe && self.renewal().is_some() && obs.local.writable() {
+            self.failsafe_round().await;
         }
 
         let vacant = cluster.as_ref().is_some_and(|c| c.leader.is_none());
@@ -255,6 +259,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         }
         if obs.local.streaming || obs.local.writable() {
             self.rejoin_attempts = 0;
+        }
+        if self.dcs.holds_leader() && obs.local.writable() {
+            if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref()).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not update the synchronous standbys");
+            }
         }
         let silent = self.silent_peers(cluster.as_ref());
         self.publish(&obs, cluster, dcs_error, &decision).await;
@@ -507,10 +516,12 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             async move {
                 let writable = self.engine.probe_writable(&m.db_host, m.db_port).await;
                 let fresh = self.fetch_member(&m.api_url).await;
+                let answered = fresh.is_some();
                 let rec = fresh.or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
                 PeerObs {
                     node: m.node.clone(),
                     db_writable: writable,
+                    answered,
                     candidate: rec.map(|r| Candidate {
                         position: r.position,
                         priority: r.priority,
@@ -548,6 +559,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 .filter(|h| h.is_automatic_failover())
                 .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
             last_primary_position: self.last_primary_position,
+            sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
         });
         Inputs {
             me: self.cfg.node.clone(),
@@ -621,6 +633,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                         self.term = Some(term);
                         self.set_renewal(Some(Instant::now()));
                         tracing::info!(term, "took the leader key");
+                        crate::faults::point("after_acquire");
                         if obs.local.writable() {
                             self.record_retake(cluster, term).await;
                             self.publish_dns(term);
@@ -679,6 +692,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     );
                     bail!("pre_promote hook vetoed the promotion: {why}");
                 }
+                // Synchronous mode: name the standbys before the database
+                // accepts its first write (allowed during recovery).
+                self.manage_sync(None, cluster).await.context("set the synchronous standbys before promotion")?;
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
@@ -703,6 +719,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     let _ = self.dcs.release_leader().await;
                     return Err(e);
                 }
+                crate::faults::point("after_promote");
                 let promoted_ms = now_ms();
                 let term = self.term.unwrap_or(0);
                 self.engine.write_heartbeat(&node, term).await.context("first write after promotion")?;
@@ -809,6 +826,77 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
         }
         Ok(())
+    }
+
+    /// etcd failsafe, leader side: etcd is unreachable. Ask every member
+    /// known from etcd whether it may keep serving; if all say yes (none
+    /// can reach etcd, so none can elect a leader), count it as a lease
+    /// renewal. One missing or refusing answer and the lease lapses as
+    /// usual: the watchdog fences at `ttl - safety_margin`.
+    async fn failsafe_round(&mut self) {
+        let peers: Vec<MemberRecord> = self.known.values().filter(|m| m.node != self.cfg.node).cloned().collect();
+        let ask = crate::api::FailsafeAsk { leader: self.cfg.node.clone(), term: self.term };
+        let asks = peers.iter().map(|m| {
+            let (http, url, ask) = (self.http.clone(), format!("{}/failsafe", m.api_url), &ask);
+            async move {
+                match http.post(url).json(ask).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("{}: {}", m.node, r.text().await.unwrap_or_default())),
+                    Err(e) => Err(format!("{}: {e}", m.node)),
+                }
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
+        if refusals.is_empty() {
+            if !self.shared.get().failsafe_active {
+                tracing::warn!(members = peers.len(), "etcd unreachable; every member confirmed it cannot reach etcd either: keeping the primary (failsafe)");
+            }
+            self.set_renewal(Some(Instant::now()));
+            self.shared.update(|s| s.failsafe_active = true);
+        } else {
+            tracing::warn!(refusals = %refusals.join("; "), "etcd unreachable and failsafe not confirmed by every member; the lease will lapse");
+            self.shared.update(|s| s.failsafe_active = false);
+        }
+    }
+
+    /// Synchronous mode, on the leader: keeps the `sync` key and the
+    /// database's synchronous standbys in step. A replica is added to the
+    /// key before the database counts its acknowledgements; one that left
+    /// the cluster is dropped only once a remaining member of the set has
+    /// flushed all the WAL the primary has now (so it has everything the
+    /// dropped one could have acknowledged). `obs` is None just before a
+    /// promotion (nothing is connected yet).
+    async fn manage_sync(&mut self, obs: Option<&Observation>, cluster: Option<&ClusterState>) -> Result<()> {
+        use std::collections::{BTreeMap, BTreeSet};
+        if !self.cfg.failover.synchronous {
+            return Ok(());
+        }
+        let Some(c) = cluster else { return Ok(()) };
+        let me = self.cfg.node.clone();
+        let desired: BTreeSet<String> = c.members.values().filter(|m| m.node != me && m.priority > 0).map(|m| m.node.clone()).collect();
+        let mine = c.sync.as_ref().filter(|s| s.leader == me);
+        let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
+        let connected: BTreeMap<&str, Lsn> = obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
+        let flushed = obs.and_then(|o| o.local.position).map(|p| p.lsn);
+        let mut next: BTreeSet<String> = current.union(&desired).cloned().collect();
+        for gone in current.difference(&desired) {
+            if connected.contains_key(gone.as_str()) {
+                continue;
+            }
+            let covered = flushed.is_some_and(|l| {
+                next.iter().filter(|m| *m != gone).any(|m| connected.get(m.as_str()).is_some_and(|f| *f >= l))
+            });
+            if covered {
+                tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all its WAL)");
+                next.remove(gone);
+            }
+        }
+        if mine.is_none() || next != current {
+            let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms() };
+            self.dcs.set_sync(&rec).await.context("write the sync key")?;
+        }
+        self.engine.set_synchronous(&next.into_iter().collect::<Vec<_>>()).await
     }
 
     async fn rejoin(&mut self, up: &Upstream) -> Result<String> {

@@ -11,6 +11,7 @@ pub mod dcs;
 pub mod doctor;
 pub mod drill;
 pub mod engine;
+pub mod faults;
 pub mod gtid;
 pub mod ha;
 pub mod lab;

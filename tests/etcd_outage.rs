@@ -1,6 +1,7 @@
-//! etcd unreachable: vigil never promotes, the leader fences itself before
-//! its lease could have expired, the API keeps answering (503 on
-//! /primary), and everything recovers when etcd returns.
+//! etcd unreachable: vigil never promotes; the leader keeps serving only
+//! while every member confirms it cannot reach etcd either (failsafe), and
+//! otherwise fences itself before its lease could have expired; the API
+//! keeps answering, and everything recovers when etcd returns.
 
 mod common;
 
@@ -22,12 +23,41 @@ fn writable(t: &TestLab, port: u16) -> Option<bool> {
     })
 }
 
+/// The whole etcd cluster is down and every sidecar still answers: nobody
+/// can elect a leader, so the primary keeps serving (failsafe) instead of
+/// turning a coordination outage into a database outage.
 #[test]
-fn etcd_outage_fences_the_leader_and_never_promotes() {
+fn etcd_outage_with_every_member_confirming_keeps_the_primary() {
+    let mut t = TestLab::up("etcd-failsafe", |s| *s = s.clone().fast());
+    let api = format!("http://127.0.0.1:{}", t.lab.nodes[0].api_port);
+    assert_eq!(code(&format!("{api}/primary")), Some(200));
+    let cut = Instant::now();
+    t.lab.kill_etcd();
+    // Three times the lease (ttl 3s): pg1 must accept writes at every poll.
+    while cut.elapsed() < Duration::from_secs(9) {
+        assert_eq!(writable(&t, t.port("pg1")), Some(true), "pg1 stopped accepting writes {:?} into the outage", cut.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(code(&format!("{api}/primary")), Some(200), "HAProxy keeps sending writes to pg1");
+    for i in 1..3 {
+        assert_eq!(writable(&t, t.lab.nodes[i].db_port), Some(false), "replicas stay replicas");
+    }
+    t.lab.start_etcd().unwrap();
+    let c = t.wait_for("a writable leader after etcd returns", Duration::from_secs(30), |c| {
+        c.leader.as_ref().is_some_and(|l| c.members.get(&l.node).is_some_and(|m| m.term.is_some()))
+    });
+    assert_eq!(c.leader.unwrap().node, "pg1", "the same primary, no failover");
+}
+
+/// etcd down and one sidecar silent: the primary cannot prove that nobody
+/// elects another leader, so it fences before its lease could expire.
+#[test]
+fn etcd_outage_without_every_member_fences_the_leader_and_never_promotes() {
     let mut t = TestLab::up("etcd", |s| *s = s.clone().fast());
     let ports: Vec<u16> = t.lab.nodes.iter().map(|n| n.api_port).collect();
     let api = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     assert_eq!(code(&format!("{}/primary", api(0))), Some(200));
+    t.lab.kill_sidecar(2);
     let cut = Instant::now();
     t.lab.kill_etcd();
     // ttl 3s, safety margin 1s: pg1 must be read-only within ~2s (+ a loop).
@@ -40,12 +70,13 @@ fn etcd_outage_fences_the_leader_and_never_promotes() {
     eprintln!("pg1 read-only {fenced_after:?} after etcd went away (ttl 3s)");
     assert!(fenced_after < Duration::from_secs(3), "fenced only after the lease could have expired: {fenced_after:?}");
     std::thread::sleep(Duration::from_secs(3));
-    for i in 0..3 {
+    for i in 0..2 {
         assert_eq!(code(&format!("{}/primary", api(i))), Some(503), "node {i} /primary");
         assert_eq!(code(&format!("{}/liveness", api(i))), Some(200), "node {i} API keeps answering");
         assert_eq!(writable(&t, t.lab.nodes[i].db_port), Some(false), "nobody writable without etcd");
     }
     t.lab.start_etcd().unwrap();
+    t.lab.start_sidecar(2).unwrap();
     t.wait_for("a writable leader after etcd returns", Duration::from_secs(30), |c| {
         c.leader.as_ref().is_some_and(|l| c.members.get(&l.node).is_some_and(|m| m.term.is_some()))
     });

@@ -37,6 +37,9 @@ pub struct Policy {
     pub on_primary_crash: OnPrimaryCrash,
     pub restart_budget: Duration,
     pub switchover_timeout: Duration,
+    /// Synchronous mode: only a member of the synchronous set that has
+    /// every acknowledged commit may be promoted automatically.
+    pub synchronous: bool,
 }
 
 /// Is the local database process up, and does it answer?
@@ -134,6 +137,9 @@ pub struct View {
     pub last_failover_age: Option<Duration>,
     /// The last position the primary published, for `max_lag_on_failover`.
     pub last_primary_position: Option<Position>,
+    /// Synchronous mode: the replicas one of which flushed every
+    /// acknowledged commit (the `sync` key), if recorded.
+    pub sync_standbys: Option<Vec<String>>,
 }
 
 /// What the loop knows about its own hold on the leader key.
@@ -154,6 +160,9 @@ pub struct PeerObs {
     pub db_writable: Option<bool>,
     /// What its sidecar reports, if the sidecar answers or its member key lives.
     pub candidate: Option<Candidate>,
+    /// The candidate came from the peer's sidecar just now (not from its
+    /// member key, which can be a loop old).
+    pub answered: bool,
 }
 
 /// A peer as a promotion candidate.
@@ -519,6 +528,16 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         }
     }
 
+    if p.synchronous && !me_primary && !allow_data_loss {
+        if let Some(why) = synchronous_refusal(i, view) {
+            d.state = "no leader; synchronous mode forbids this promotion".into();
+            if manual.is_some() {
+                d = d.act(Action::RefuseRequest { reason: why.clone() });
+            }
+            return d.refuse(why);
+        }
+    }
+
     let mine = i.local.position;
     for peer in &i.peers {
         let Some(c) = &peer.candidate else { continue };
@@ -565,6 +584,47 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     } else {
         d.act(Action::Promote)
     }
+}
+
+/// Synchronous mode: every acknowledged commit was flushed by at least one
+/// replica of the synchronous set, and WAL is linear, so the freshest
+/// member of the set has them all. This node may take over only if it is
+/// in the set and knows every other member's position to be no fresher.
+fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
+    let hint = "`vigil failover --to NODE --allow-data-loss` overrides";
+    let Some(set) = &view.sync_standbys else {
+        return Some(format!("synchronous mode: no synchronous set is recorded, so no replica is known to hold every acknowledged commit; {hint}"));
+    };
+    if !set.contains(&i.me) {
+        return Some(format!(
+            "synchronous mode: {} is not in the synchronous set [{}], so it may lack acknowledged commits; {hint}",
+            i.me,
+            set.join(", ")
+        ));
+    }
+    let mine = i.local.position?;
+    for n in set.iter().filter(|n| **n != i.me) {
+        // Only a position the peer's sidecar reported just now counts.
+        let peer = i.peers.iter().find(|p| &p.node == n).filter(|p| p.answered);
+        match peer.and_then(|p| p.candidate.as_ref()).and_then(|c| c.position) {
+            Some(theirs) if theirs <= mine => {}
+            // A fresher eligible member wins the race below; an ineligible
+            // one may hold commits nobody else has.
+            Some(_) if peer.and_then(|p| p.candidate.as_ref()).is_some_and(|c| c.eligible) => {}
+            Some(theirs) => {
+                return Some(format!(
+                    "synchronous mode: {n} is fresher ({} vs {}) but cannot be promoted; it may hold acknowledged commits; {hint}",
+                    theirs, mine
+                ))
+            }
+            None => {
+                return Some(format!(
+                    "synchronous mode: {n} (in the synchronous set) is unreachable and may hold acknowledged commits this node lacks; {hint}"
+                ))
+            }
+        }
+    }
+    None
 }
 
 fn fmt_pos(p: Option<Position>) -> String {

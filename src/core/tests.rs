@@ -15,6 +15,7 @@ fn policy() -> Policy {
         on_primary_crash: OnPrimaryCrash::Auto,
         restart_budget: Duration::from_secs(10),
         switchover_timeout: Duration::from_secs(30),
+        synchronous: false,
     }
 }
 
@@ -66,11 +67,12 @@ fn peer(node: &str, lsn: u64) -> PeerObs {
         node: node.into(),
         db_writable: Some(false),
         candidate: Some(Candidate { position: Some(Position::new(1, lsn)), priority: 100, eligible: true, is_primary: false }),
+        answered: true,
     }
 }
 
 fn dead_peer(node: &str) -> PeerObs {
-    PeerObs { node: node.into(), db_writable: None, candidate: None }
+    PeerObs { node: node.into(), db_writable: None, candidate: None, answered: false }
 }
 
 fn no_leader() -> View {
@@ -234,7 +236,7 @@ fn ineligible_fresher_peer_does_not_block() {
 #[test]
 fn no_promotion_while_the_old_primary_still_accepts_writes() {
     let mut i = inputs("pg2", replica(1000), no_leader());
-    i.peers = vec![PeerObs { node: "pg1".into(), db_writable: Some(true), candidate: None }];
+    i.peers = vec![PeerObs { node: "pg1".into(), db_writable: Some(true), candidate: None, answered: false }];
     let d = decide(&i);
     assert_eq!(d.actions, vec![]);
     assert!(d.refusal.unwrap().contains("pg1 still accepts writes"));
@@ -291,6 +293,7 @@ fn replica_on_an_old_timeline_is_not_eligible() {
         node: "pg3".into(),
         db_writable: Some(false),
         candidate: Some(Candidate { position: Some(Position::new(2, 10)), priority: 100, eligible: true, is_primary: false }),
+        answered: true,
     }];
     assert!(!decide(&i).eligibility.eligible);
     assert_eq!(actions(&i), vec![]);
@@ -435,6 +438,7 @@ fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
                 eligible,
                 is_primary,
             }),
+            answered: c.is_some(),
         })
 }
 
@@ -457,6 +461,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 request: None,
                 last_failover_age: failover_age.map(Duration::from_secs),
                 last_primary_position: Some(Position::new(1, 1500)),
+                sync_standbys: None,
             };
             let mut pol = policy();
             pol.priority = priority;
@@ -574,4 +579,69 @@ fn at_most_one_racer_for_one_view() {
         }
     }
     assert_eq!(racers, vec!["pg1"]);
+}
+
+// ---- synchronous mode
+
+fn sync_inputs(me: &str, set: &[&str]) -> Inputs {
+    let mut i = inputs(me, replica(1000), View { sync_standbys: Some(set.iter().map(|s| s.to_string()).collect()), ..no_leader() });
+    i.policy.synchronous = true;
+    i
+}
+
+#[test]
+fn synchronous_mode_promotes_the_set_member_that_knows_it_is_freshest() {
+    let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
+    i.peers = vec![dead_peer("pg1"), peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn synchronous_mode_refuses_while_a_set_member_is_unreachable() {
+    let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
+    i.peers = vec![dead_peer("pg1"), dead_peer("pg3")];
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert!(d.refusal.unwrap().contains("pg3 (in the synchronous set) is unreachable"));
+}
+
+#[test]
+fn synchronous_mode_refuses_a_node_outside_the_set_or_without_a_record() {
+    let mut i = sync_inputs("pg3", &["pg2"]);
+    i.peers = vec![dead_peer("pg1"), peer("pg2", 900)];
+    assert!(decide(&i).refusal.unwrap().contains("not in the synchronous set"));
+    let mut i = sync_inputs("pg3", &[]);
+    i.view.as_mut().unwrap().sync_standbys = None;
+    assert!(decide(&i).refusal.unwrap().contains("no synchronous set is recorded"));
+}
+
+#[test]
+fn synchronous_mode_refuses_when_a_fresher_member_cannot_be_promoted() {
+    let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
+    let mut p3 = peer("pg3", 2000);
+    p3.candidate.as_mut().unwrap().eligible = false;
+    i.peers = vec![dead_peer("pg1"), p3];
+    assert!(decide(&i).refusal.unwrap().contains("pg3 is fresher"));
+}
+
+#[test]
+fn synchronous_mode_does_not_trust_a_member_key_for_a_silent_set_member() {
+    // pg3's sidecar does not answer; its last published position (from its
+    // member key) is older than what it may have acknowledged since.
+    let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
+    let mut p3 = peer("pg3", 900);
+    p3.answered = false;
+    i.peers = vec![dead_peer("pg1"), p3];
+    assert!(decide(&i).refusal.unwrap().contains("pg3 (in the synchronous set) is unreachable"));
+}
+
+#[test]
+fn synchronous_mode_yields_to_data_loss_override() {
+    let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
+    i.peers = vec![dead_peer("pg1"), dead_peer("pg3")];
+    let req = Request { kind: RequestKind::Failover, from: None, to: "pg2".into(), allow_data_loss: false, age: Duration::ZERO };
+    i.view.as_mut().unwrap().request = Some(req.clone());
+    assert!(matches!(decide(&i).actions[..], [Action::RefuseRequest { .. }]));
+    i.view.as_mut().unwrap().request = Some(Request { allow_data_loss: true, ..req });
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
 }

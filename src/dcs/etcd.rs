@@ -194,6 +194,7 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 
 impl Dcs for EtcdDcs {
     async fn load(&self) -> Result<ClusterState> {
+        let sync = self.key("sync");
         let (leader, members, pause, request, history, incident) = (
             self.key("leader"),
             self.key("members/"),
@@ -209,6 +210,7 @@ impl Dcs for EtcdDcs {
             TxnOp::get(request.clone(), None),
             TxnOp::get(history.clone(), Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(1))),
             TxnOp::get(incident.clone(), None),
+            TxnOp::get(sync.clone(), None),
         ]);
         let resp = self
             .call("load", |mut c| {
@@ -250,6 +252,9 @@ impl Dcs for EtcdDcs {
         }
         if let Some(kv) = gets[5].kvs().first() {
             st.incident = parse(&incident, kv.value()).ok();
+        }
+        if let Some(kv) = gets[6].kvs().first() {
+            st.sync = parse(&sync, kv.value()).ok();
         }
         Ok(st)
     }
@@ -392,6 +397,10 @@ impl Dcs for EtcdDcs {
 
     async fn set_request(&self, req: Option<RequestRecord>) -> Result<()> {
         self.set_or_delete("switchover", req.map(|p| serde_json::to_vec(&p)).transpose()?).await
+    }
+
+    async fn set_sync(&self, rec: &SyncRecord) -> Result<()> {
+        self.set_or_delete("sync", Some(serde_json::to_vec(rec)?)).await
     }
 
     async fn set_incident(&self, rec: Option<IncidentRecord>) -> Result<()> {

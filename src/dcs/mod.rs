@@ -134,6 +134,18 @@ pub struct RequestRecord {
     pub refused: Option<String>,
 }
 
+/// Value of the `sync` key (synchronous mode): the replicas named in the
+/// primary's `synchronous_standby_names` (`ANY 1 (...)`). One of them
+/// flushed every acknowledged commit. The primary adds a replica here
+/// before it names it in PostgreSQL, and drops one only once another
+/// member of the set has all the WAL the dropped one could have.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SyncRecord {
+    pub leader: String,
+    pub standbys: Vec<String>,
+    pub updated_ms: u64,
+}
+
 /// Value of the `incident` key: what the old primary saw before it gave
 /// up the key, for the new primary's history record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,6 +183,7 @@ pub struct ClusterState {
     /// The newest history record.
     pub last_history: Option<HistoryRecord>,
     pub incident: Option<IncidentRecord>,
+    pub sync: Option<SyncRecord>,
 }
 
 /// The coordination store as the HA loop and the CLI see it. Every call
@@ -197,6 +210,7 @@ pub trait Dcs: Send + Sync + 'static {
     fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn set_sync(&self, rec: &SyncRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Takes (or confirms it holds) the lock `locks/<name>`, bound to this
     /// sidecar's member lease, so it lapses with the sidecar.
     fn try_lock(&self, name: &str) -> impl Future<Output = anyhow::Result<bool>> + Send;

@@ -70,6 +70,8 @@ pub struct Observation {
     pub error: Option<String>,
     /// MariaDB/MySQL replication details.
     pub gtid: Option<GtidStatus>,
+    /// Primary: connected replicas by name and the position each flushed.
+    pub standbys: Vec<(String, Lsn)>,
 }
 
 /// What `follow` did.
@@ -119,6 +121,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Marks a stopped database so that it can only start as a replica
     /// (after it gave up the leader key).
     fn mark_replica(&self) -> anyhow::Result<()>;
+    /// Synchronous mode: makes a commit wait until one of `standbys` has
+    /// flushed it (an empty list: asynchronous). Idempotent.
+    fn set_synchronous(&self, standbys: &[String]) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Does the database at host:port accept writes? None: unreachable.
     fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = Option<bool>> + Send;
 }

@@ -420,6 +420,7 @@ impl Engine for Postgres {
             timeline_history: vec![],
             error: None,
             gtid: None,
+            standbys: vec![],
         };
         let pid = self.read_pid();
         {
@@ -505,6 +506,18 @@ impl Engine for Postgres {
         }
         if let (Some(DbRole::Primary), Some(p)) = (obs.local.role, obs.local.position) {
             obs.timeline_history = self.timeline_history(p.timeline);
+        }
+        if !in_recovery {
+            let c = self.client().await;
+            if let Ok(c) = c {
+                let q = c.query("SELECT application_name, flush_lsn::text FROM pg_stat_replication WHERE flush_lsn IS NOT NULL", &[]);
+                if let Ok(Ok(rows)) = tokio::time::timeout(self.cfg.query_timeout, q).await {
+                    obs.standbys = rows
+                        .iter()
+                        .filter_map(|r| Some((r.get::<_, String>(0), Lsn::parse(&r.get::<_, String>(1)).ok()?)))
+                        .collect();
+                }
+            }
         }
         if in_recovery && has_heartbeat {
             if let Ok(row) = self.query_one(LAG_SQL).await {
@@ -625,6 +638,7 @@ impl Engine for Postgres {
                 }
             };
         }
+        crate::faults::point("during_rejoin");
         self.make_standby(Some(up))?;
         self.start_server().await?;
         Ok(format!("{what}; streaming from {}", up.node))
@@ -652,6 +666,24 @@ impl Engine for Postgres {
 
     async fn start(&self) -> Result<()> {
         self.start_server().await
+    }
+
+    async fn set_synchronous(&self, standbys: &[String]) -> Result<()> {
+        let want = if standbys.is_empty() {
+            String::new()
+        } else {
+            // Node names are letters, digits, '-', '_' and '.' (validated).
+            format!("ANY 1 ({})", standbys.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))
+        };
+        let have: String = self.query_one("SELECT current_setting('synchronous_standby_names')").await?.get(0);
+        if have == want {
+            return Ok(());
+        }
+        let literal = want.replace('\'', "''");
+        self.execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{literal}'"), self.cfg.query_timeout * 3).await?;
+        self.execute("SELECT pg_reload_conf()", self.cfg.query_timeout).await?;
+        tracing::info!(synchronous_standby_names = %want, "synchronous standbys set");
+        Ok(())
     }
 
     async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {

@@ -45,6 +45,8 @@ pub struct LabSpec {
     pub sync_max_age: String,
     /// PostgreSQL (default) or MariaDB.
     pub engine: EngineKind,
+    /// `failover.synchronous` (PostgreSQL).
+    pub synchronous: bool,
 }
 
 impl LabSpec {
@@ -61,6 +63,7 @@ impl LabSpec {
             with_sync: true,
             sync_max_age: "10s".into(),
             engine: EngineKind::Postgres,
+            synchronous: false,
         }
     }
 
@@ -373,6 +376,7 @@ hold_down = "0s"
 {database}
 [failover]
 on_primary_crash = "{crash}"
+synchronous = {synchronous}
 
 [api]
 listen = "127.0.0.1:{api_port}"
@@ -395,6 +399,7 @@ token_file = "{token}"
                 _ => self.mariadb_database_section(n),
             },
             crash = spec.on_primary_crash,
+            synchronous = spec.synchronous,
             api_port = n.api_port,
             token = token.display(),
             extra = spec.extra_config,
@@ -513,6 +518,12 @@ token_file = "{token}"
 
     /// Starts the sidecar of node `i` (again).
     pub fn start_sidecar(&mut self, i: usize) -> Result<()> {
+        self.start_sidecar_with(i, &[])
+    }
+
+    /// Starts the sidecar of node `i` with extra environment (the crash
+    /// tests' `VIGIL_FAULT`).
+    pub fn start_sidecar_with(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
         let n = &self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(n.dir.join("vigil.log"))?;
         let mut cmd = Command::new(&self.vigil_bin);
@@ -520,6 +531,7 @@ token_file = "{token}"
             .arg("--config")
             .arg(&n.config)
             .env("RUST_LOG", std::env::var("VIGIL_LAB_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -551,6 +563,16 @@ token_file = "{token}"
             }
         }
         self.reap(pid);
+    }
+
+    /// The exit status of node `i`'s sidecar, once it exited by itself.
+    pub fn sidecar_exited(&mut self, i: usize) -> Option<i32> {
+        let pid = self.nodes[i].sidecar_pid?;
+        let (_, child) = self.children.iter_mut().find(|(p, _)| *p == pid)?;
+        let status = child.try_wait().ok()??;
+        self.nodes[i].sidecar_pid = None;
+        self.reap(pid);
+        Some(status.code().unwrap_or(-1))
     }
 
     fn try_reap(&mut self, pid: i32) {

@@ -157,3 +157,37 @@ pub fn webhook_receiver(rt: &tokio::runtime::Runtime) -> (u16, Inbox) {
     rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
     (port, inbox)
 }
+
+/// An nftables table of this test's own that drops loopback traffic, for
+/// partitions; deleted (by its name) when dropped.
+pub struct Cut {
+    table: String,
+}
+
+impl Cut {
+    pub fn new(name: &str) -> Cut {
+        let table = format!("vigil_test_{name}_{}", std::process::id());
+        nft(&format!("add table inet {table}"));
+        nft(&format!("add chain inet {table} out {{ type filter hook output priority 0 ; }}"));
+        Cut { table }
+    }
+
+    /// Drops TCP to `port` (on any loopback address, or on `addr` only).
+    pub fn drop_port(&self, addr: Option<&str>, port: u16) {
+        match addr {
+            Some(a) => nft(&format!("add rule inet {} out ip daddr {a} tcp dport {port} drop", self.table)),
+            None => nft(&format!("add rule inet {} out tcp dport {port} drop", self.table)),
+        }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+fn nft(args: &str) {
+    let o = std::process::Command::new("nft").args(args.split_whitespace()).output().expect("nft (package nftables)");
+    assert!(o.status.success(), "nft {args}: {}", String::from_utf8_lossy(&o.stderr));
+}

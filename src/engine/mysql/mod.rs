@@ -621,6 +621,7 @@ impl Engine for MySql {
             timeline_history: vec![],
             error: None,
             gtid: None,
+            standbys: vec![],
         };
         let pid = self.read_pid();
         {
@@ -840,6 +841,15 @@ impl Engine for MySql {
 
     async fn start(&self) -> Result<()> {
         self.start_server().await
+    }
+
+    async fn set_synchronous(&self, standbys: &[String]) -> Result<()> {
+        // Refused at config time; semi-synchronous replication is not managed yet.
+        if standbys.is_empty() {
+            Ok(())
+        } else {
+            bail!("synchronous mode is not supported for MariaDB/MySQL")
+        }
     }
 
     async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {

@@ -1,0 +1,110 @@
+//! A sidecar dies at the worst moments of a failover (fault points built
+//! with the `fault-injection` feature, which scripts/test.sh enables): right
+//! after taking the leader key, right after promoting, in the middle of a
+//! rejoin. Its restart (as systemd would do it) and the other sidecars bring
+//! the cluster back to exactly one writable primary with every other node
+//! streaming, and no two databases accept writes at one poll meanwhile.
+
+mod common;
+
+use common::TestLab;
+use std::time::{Duration, Instant};
+use vigil::workload::SplitBrainChecker;
+
+fn lab(name: &str) -> TestLab {
+    TestLab::up(name, |s| {
+        *s = s.clone().fast();
+        s.with_sync = false;
+        s.on_primary_crash = "failover".into();
+    })
+}
+
+/// pg3 gets a lower priority, so that the armed pg2 wins the race.
+fn prefer_pg2(t: &mut TestLab) {
+    let cfg = t.lab.nodes[2].config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[failover]\n", "[failover]\npriority = 50\n");
+    std::fs::write(&cfg, text).unwrap();
+    t.lab.kill_sidecar(2);
+    t.lab.start_sidecar(2).unwrap();
+    t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
+}
+
+fn arm(t: &mut TestLab, i: usize, point: &str) {
+    t.lab.kill_sidecar(i);
+    t.lab.start_sidecar_with(i, &[("VIGIL_FAULT", point)]).unwrap();
+    t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
+}
+
+fn wait_exit(t: &mut TestLab, i: usize) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(code) = t.lab.sidecar_exited(i) {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "the armed sidecar never reached its fault point");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn converged(t: &TestLab) -> String {
+    let c = t.lab.wait_healthy(Duration::from_secs(60)).expect("one writable primary, every other node streaming");
+    c.leader.unwrap().node
+}
+
+fn checker(t: &TestLab) -> SplitBrainChecker {
+    let eps = t.eps();
+    t.rt.block_on(async { SplitBrainChecker::start(eps, "postgres", Duration::from_millis(50)) })
+}
+
+#[test]
+fn killed_after_taking_the_key_before_promoting() {
+    let mut t = lab("crash-acquire");
+    prefer_pg2(&mut t);
+    arm(&mut t, 1, "after_acquire");
+    let check = checker(&t);
+    t.lab.kill_db(0).expect("kill pg1");
+    assert_eq!(wait_exit(&mut t, 1), 86);
+    assert_eq!(t.leader().as_deref(), Some("pg2"), "pg2 holds the key it took");
+    t.lab.start_sidecar(1).unwrap();
+    let leader = converged(&t);
+    eprintln!("converged on {leader}");
+    let report = t.rt.block_on(check.stop());
+    assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
+
+#[test]
+fn killed_after_promoting_before_publishing() {
+    let mut t = lab("crash-promote");
+    prefer_pg2(&mut t);
+    arm(&mut t, 1, "after_promote");
+    let check = checker(&t);
+    t.lab.kill_db(0).expect("kill pg1");
+    assert_eq!(wait_exit(&mut t, 1), 86);
+    // pg2 is writable with no sidecar: its lease runs out, and pg3 must not
+    // promote while pg2 still accepts writes.
+    std::thread::sleep(Duration::from_secs(5));
+    let st = t.state();
+    assert!(st.leader.as_ref().is_none_or(|l| l.node != "pg3"), "pg3 took over while pg2 was writable");
+    t.lab.start_sidecar(1).unwrap();
+    let leader = converged(&t);
+    assert_eq!(leader, "pg2", "the promoted node keeps the role");
+    let report = t.rt.block_on(check.stop());
+    assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
+
+#[test]
+fn killed_in_the_middle_of_a_rejoin() {
+    let mut t = lab("crash-rejoin");
+    arm(&mut t, 0, "during_rejoin");
+    let check = checker(&t);
+    t.lab.kill_db(0).expect("kill pg1");
+    let new = t.wait_new_primary("pg1", Duration::from_secs(20));
+    assert_eq!(wait_exit(&mut t, 0), 86);
+    t.lab.start_sidecar(0).unwrap();
+    let leader = converged(&t);
+    assert_eq!(leader, new);
+    let st = t.state();
+    assert_eq!(st.members["pg1"].role, Some(vigil::core::DbRole::Replica));
+    let report = t.rt.block_on(check.stop());
+    assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
