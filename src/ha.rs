@@ -1124,7 +1124,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
 
     async fn publish(&mut self, obs: &Observation, cluster: Option<ClusterState>, dcs_error: Option<String>, d: &Decision) {
         let holds = self.dcs.holds_leader();
-        let leading = holds && cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node);
+        // During an etcd outage the leader keeps serving only on the
+        // members' word (failsafe).
+        let failsafe = cluster.is_none() && self.shared.get().failsafe_active;
+        let leading = holds && (failsafe || cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node));
         let lag_bytes = match (self.last_primary_position, obs.local.position, obs.local.role) {
             (Some(p), Some(m), Some(crate::core::DbRole::Replica)) if p.timeline == m.timeline => Some(p.lsn.0.saturating_sub(m.lsn.0)),
             _ => None,
