@@ -19,27 +19,20 @@ fn lab(name: &str) -> TestLab {
     })
 }
 
-/// pg3 gets a lower priority, so that the armed pg2 wins the race.
-fn prefer_pg2(t: &mut TestLab) {
-    let cfg = t.lab.nodes[2].config.clone();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[failover]\n", "[failover]\npriority = 50\n");
-    std::fs::write(&cfg, text).unwrap();
-    t.lab.kill_sidecar(2);
-    t.lab.start_sidecar(2).unwrap();
-    t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
-}
-
 fn arm(t: &mut TestLab, i: usize, point: &str) {
     t.lab.kill_sidecar(i);
     t.lab.start_sidecar_with(i, &[("VIGIL_FAULT", point)]).unwrap();
     t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
 }
 
-fn wait_exit(t: &mut TestLab, i: usize) -> i32 {
+/// Waits until one of the sidecars `of` exits; returns its index and status.
+fn wait_exit(t: &mut TestLab, of: &[usize]) -> (usize, i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(code) = t.lab.sidecar_exited(i) {
-            return code;
+        for &i in of {
+            if let Some(code) = t.lab.sidecar_exited(i) {
+                return (i, code);
+            }
         }
         assert!(Instant::now() < deadline, "the armed sidecar never reached its fault point");
         std::thread::sleep(Duration::from_millis(50));
@@ -56,16 +49,20 @@ fn checker(t: &TestLab) -> SplitBrainChecker {
     t.rt.block_on(async { SplitBrainChecker::start(eps, "postgres", Duration::from_millis(50)) })
 }
 
+/// Both replicas are armed, so whichever wins the race dies at the point.
 #[test]
 fn killed_after_taking_the_key_before_promoting() {
     let mut t = lab("crash-acquire");
-    prefer_pg2(&mut t);
     arm(&mut t, 1, "after_acquire");
+    arm(&mut t, 2, "after_acquire");
     let check = checker(&t);
     t.lab.kill_db(0).expect("kill pg1");
-    assert_eq!(wait_exit(&mut t, 1), 86);
-    assert_eq!(t.leader().as_deref(), Some("pg2"), "pg2 holds the key it took");
-    t.lab.start_sidecar(1).unwrap();
+    let (winner, code) = wait_exit(&mut t, &[1, 2]);
+    assert_eq!(code, 86);
+    let name = t.lab.nodes[winner].name.clone();
+    assert_eq!(t.leader().as_deref(), Some(name.as_str()), "{name} holds the key it took, unpromoted");
+    // Restarted as systemd would: it finishes the promotion it started.
+    t.lab.start_sidecar(winner).unwrap();
     let leader = converged(&t);
     eprintln!("converged on {leader}");
     let report = t.rt.block_on(check.stop());
@@ -75,19 +72,21 @@ fn killed_after_taking_the_key_before_promoting() {
 #[test]
 fn killed_after_promoting_before_publishing() {
     let mut t = lab("crash-promote");
-    prefer_pg2(&mut t);
     arm(&mut t, 1, "after_promote");
+    arm(&mut t, 2, "after_promote");
     let check = checker(&t);
     t.lab.kill_db(0).expect("kill pg1");
-    assert_eq!(wait_exit(&mut t, 1), 86);
-    // pg2 is writable with no sidecar: its lease runs out, and pg3 must not
-    // promote while pg2 still accepts writes.
-    std::thread::sleep(Duration::from_secs(5));
-    let st = t.state();
-    assert!(st.leader.as_ref().is_none_or(|l| l.node != "pg3"), "pg3 took over while pg2 was writable");
-    t.lab.start_sidecar(1).unwrap();
+    let (winner, code) = wait_exit(&mut t, &[1, 2]);
+    assert_eq!(code, 86);
+    let name = t.lab.nodes[winner].name.clone();
+    // The winner is writable with no sidecar: its lease runs out (ttl 3s),
+    // and the other replica must not promote while it accepts writes.
+    std::thread::sleep(Duration::from_secs(6));
+    let other = 3 - winner;
+    assert!(t.lab.sidecar_exited(other).is_none(), "the other replica did not even try: it saw a writable peer");
+    t.lab.start_sidecar(winner).unwrap();
     let leader = converged(&t);
-    assert_eq!(leader, "pg2", "the promoted node keeps the role");
+    assert_eq!(leader, name, "the promoted node keeps the role");
     let report = t.rt.block_on(check.stop());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
 }
@@ -99,7 +98,7 @@ fn killed_in_the_middle_of_a_rejoin() {
     let check = checker(&t);
     t.lab.kill_db(0).expect("kill pg1");
     let new = t.wait_new_primary("pg1", Duration::from_secs(20));
-    assert_eq!(wait_exit(&mut t, 0), 86);
+    assert_eq!(wait_exit(&mut t, &[0]), (0, 86));
     t.lab.start_sidecar(0).unwrap();
     let leader = converged(&t);
     assert_eq!(leader, new);

@@ -279,19 +279,29 @@ impl Postgres {
         Ok(if out.contains("no rewind required") { "no rewind required".into() } else { "rewound with pg_rewind".into() })
     }
 
+    /// Copies the upstream into `<data_dir>.vigil-new` and swaps it in only
+    /// once complete, so that a crash at any moment leaves either the old
+    /// data directory or a whole new one (already marked a standby by
+    /// `pg_basebackup -R`), never half a copy.
     async fn base_backup(&self, up: &Upstream) -> Result<String> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let data = &self.cfg.data_dir;
-        let meta = std::fs::metadata(data)?;
-        let mut aside = data.clone().into_os_string();
-        aside.push(format!(".vigil-old-{}", crate::dcs::now_ms() / 1000));
-        let aside = PathBuf::from(aside);
-        std::fs::rename(data, &aside).with_context(|| format!("move {} aside", data.display()))?;
-        std::fs::create_dir(data)?;
-        std::os::unix::fs::chown(data, Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+        let meta = std::fs::metadata(data.parent().unwrap_or(Path::new("/")))?;
+        let with_suffix = |suffix: &str| {
+            let mut p = data.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let new = with_suffix(".vigil-new");
+        if new.exists() {
+            std::fs::remove_dir_all(&new).with_context(|| format!("remove the unfinished copy {}", new.display()))?;
+        }
+        std::fs::create_dir(&new)?;
+        let owner = std::fs::metadata(data).map(|m| (m.uid(), m.gid())).unwrap_or((meta.uid(), meta.gid()));
+        std::os::unix::fs::chown(&new, Some(owner.0), Some(owner.1))?;
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o700))?;
         let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_basebackup"));
-        cmd.arg("-D").arg(data).args([
+        cmd.arg("-D").arg(&new).args([
             "-h",
             &up.host,
             "-p",
@@ -302,11 +312,18 @@ impl Postgres {
             "stream",
             "-c",
             "fast",
+            "-R",
         ]);
         if !self.cfg.replication_password.is_empty() {
             cmd.env("PGPASSWORD", self.cfg.replication_password.expose());
         }
         proc::run(cmd, "pg_basebackup", Duration::from_secs(3600)).await?;
+        crate::faults::point("during_base_backup_swap");
+        let aside = with_suffix(&format!(".vigil-old-{}", crate::dcs::now_ms() / 1000));
+        if data.exists() {
+            std::fs::rename(data, &aside).with_context(|| format!("move {} aside", data.display()))?;
+        }
+        std::fs::rename(&new, data).with_context(|| format!("move the new copy to {}", data.display()))?;
         Ok(format!("took a fresh base backup from {} (old data kept in {})", up.node, aside.display()))
     }
 }
