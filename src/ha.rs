@@ -37,6 +37,8 @@ pub struct Ha<E: Engine, D: Dcs> {
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     http: reqwest::Client,
+    /// Consecutive observations with the database running (for `rise`).
+    good_checks: u32,
     /// Every member ever seen, so that a vanished leader can still be probed.
     known: BTreeMap<String, MemberRecord>,
     last_leader: Option<String>,
@@ -87,6 +89,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             restart_budget: cfg.failover.restart_budget,
             switchover_timeout: cfg.failover.switchover_timeout,
             synchronous: cfg.failover.synchronous,
+            rise: cfg.timing.rise,
         };
         let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
@@ -99,6 +102,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             shared,
             wake,
             http,
+            good_checks: 0,
             known: BTreeMap::new(),
             last_leader: None,
             last_primary_position: None,
@@ -206,7 +210,9 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
 
     async fn iterate(&mut self) -> Result<()> {
         self.heartbeat_ok = false;
-        let obs = self.engine.observe().await;
+        let mut obs = self.engine.observe().await;
+        self.good_checks = if obs.local.health == crate::core::DbHealth::Running { self.good_checks.saturating_add(1) } else { 0 };
+        obs.local.good_checks = self.good_checks;
         let loaded = self.dcs.load().await;
         let (cluster, dcs_error) = match loaded {
             Ok(c) => (Some(c), None),

@@ -40,6 +40,8 @@ pub struct Policy {
     /// Synchronous mode: only a member of the synchronous set that has
     /// every acknowledged commit may be promoted automatically.
     pub synchronous: bool,
+    /// Good checks in a row before a recovered database is a candidate.
+    pub rise: u32,
 }
 
 /// Is the local database process up, and does it answer?
@@ -69,6 +71,10 @@ pub struct LocalObs {
     pub health: DbHealth,
     /// Consecutive failed checks (0 when the last check succeeded).
     pub failed_checks: u32,
+    /// Consecutive good checks (0 while it fails); a database that just
+    /// came back is not a candidate until `rise` of them.
+    #[serde(default)]
+    pub good_checks: u32,
     pub role: Option<DbRole>,
     /// Primary: current WAL position. Replica: max(received, replayed),
     /// received counting only once the WAL receiver streamed since start.
@@ -395,11 +401,16 @@ fn crashed_primary(i: &Inputs, mut d: Decision) -> Decision {
         DbHealth::Down => "primary database process is gone".to_string(),
         _ => format!("primary database failed {} checks in a row", i.local.failed_checks),
     };
-    let fail_over_now = match p.on_primary_crash {
-        OnPrimaryCrash::Failover => true,
-        OnPrimaryCrash::Restart => false,
-        OnPrimaryCrash::Auto => i.local.replica_caught_up,
-    };
+    // Within hold_down of the last automatic failover nobody may take over
+    // automatically, so giving the key up would leave the cluster without
+    // a primary: restart in place instead (a flapping node stays put).
+    let held_down = i.view.as_ref().and_then(|v| v.last_failover_age).is_some_and(|a| a < p.hold_down);
+    let fail_over_now = !held_down
+        && match p.on_primary_crash {
+            OnPrimaryCrash::Failover => true,
+            OnPrimaryCrash::Restart => false,
+            OnPrimaryCrash::Auto => i.local.replica_caught_up,
+        };
     if fail_over_now {
         d.state = "primary database down: releasing leader key".into();
         let why = if p.on_primary_crash == OnPrimaryCrash::Failover {
@@ -411,8 +422,16 @@ fn crashed_primary(i: &Inputs, mut d: Decision) -> Decision {
     }
     match i.crash.restart_started_ago {
         None => {
-            d.state = "primary database down: restarting in place".into();
+            d.state = if held_down {
+                "primary database down: restarting in place (held down: no failover within hold_down)".into()
+            } else {
+                "primary database down: restarting in place".into()
+            };
             d.act(Action::RestartInPlace)
+        }
+        Some(_) if held_down => {
+            d.state = "primary database down: restart in progress (held down: no failover within hold_down)".into();
+            d
         }
         Some(ago) if ago < p.restart_budget => {
             d.state = format!("primary database down: restart in progress ({} of {})", secs(ago), secs(p.restart_budget));
@@ -654,6 +673,9 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     };
     if let Some(why) = &l.blocker {
         return Eligibility::no(why.clone());
+    }
+    if l.good_checks < p.rise {
+        return Eligibility::no(format!("database healthy for {} of the {} checks in a row a candidate needs (rise)", l.good_checks, p.rise));
     }
     if l.role == Some(DbRole::Primary) {
         return Eligibility::yes();

@@ -16,6 +16,7 @@ fn policy() -> Policy {
         restart_budget: Duration::from_secs(10),
         switchover_timeout: Duration::from_secs(30),
         synchronous: false,
+        rise: 2,
     }
 }
 
@@ -23,6 +24,7 @@ fn replica(lsn: u64) -> LocalObs {
     LocalObs {
         health: DbHealth::Running,
         failed_checks: 0,
+        good_checks: 10,
         role: Some(DbRole::Replica),
         position: Some(Position::new(1, lsn)),
         streaming: true,
@@ -287,6 +289,26 @@ fn primary_at_rest_is_eligible_without_streaming() {
 }
 
 #[test]
+fn a_database_that_just_came_back_is_not_a_candidate_until_rise_checks() {
+    let mut local = replica(1000);
+    local.good_checks = 1;
+    let i = inputs("pg2", local, no_leader());
+    assert!(decide(&i).refusal.unwrap().contains("rise"));
+}
+
+#[test]
+fn a_flapping_primary_restarts_in_place_while_held_down() {
+    // A failover happened 30 s ago; the new primary's database dies too.
+    // Releasing the key would leave the cluster leaderless (nobody may
+    // fail over again within hold_down): restart in place instead.
+    let mut i = inputs("pg2", LocalObs { replica_caught_up: true, ..down() }, View { leader: leader("pg2"), last_failover_age: Some(Duration::from_secs(30)), ..View::default() });
+    i.policy.on_primary_crash = OnPrimaryCrash::Failover;
+    i.lease = held();
+    assert_eq!(actions(&i), vec![Action::RestartInPlace]);
+    assert!(decide(&i).state.contains("held down"));
+}
+
+#[test]
 fn replica_on_an_old_timeline_is_not_eligible() {
     let mut i = inputs("pg2", replica(5000), no_leader());
     i.peers = vec![PeerObs {
@@ -414,6 +436,7 @@ fn arb_local() -> impl Strategy<Value = LocalObs> {
         .prop_map(|(health, failed_checks, role, pos, streaming, ago, caught)| LocalObs {
             health,
             failed_checks,
+            good_checks: if health == DbHealth::Running { 5 } else { 0 },
             role,
             position: pos.map(|(t, l)| Position::new(t, l)),
             streaming,

@@ -422,6 +422,7 @@ impl Engine for Postgres {
             local: LocalObs {
                 health: DbHealth::Down,
                 failed_checks: 0,
+                good_checks: 0,
                 role: None,
                 position: None,
                 streaming: false,

@@ -47,6 +47,8 @@ pub struct LabSpec {
     pub engine: EngineKind,
     /// `failover.synchronous` (PostgreSQL).
     pub synchronous: bool,
+    /// `timing.hold_down` (the lab runs drills back to back: 0s).
+    pub hold_down: String,
 }
 
 impl LabSpec {
@@ -64,6 +66,7 @@ impl LabSpec {
             sync_max_age: "10s".into(),
             engine: EngineKind::Postgres,
             synchronous: false,
+            hold_down: "0s".into(),
         }
     }
 
@@ -371,7 +374,7 @@ ttl = "{ttl}"
 retry = "{retry}"
 safety_margin = "{margin}"
 # The lab runs drills back to back; production keeps the 5m default.
-hold_down = "0s"
+hold_down = "{hold_down}"
 
 {database}
 [failover]
@@ -400,6 +403,7 @@ token_file = "{token}"
             },
             crash = spec.on_primary_crash,
             synchronous = spec.synchronous,
+            hold_down = spec.hold_down,
             api_port = n.api_port,
             token = token.display(),
             extra = spec.extra_config,

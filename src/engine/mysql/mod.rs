@@ -606,6 +606,7 @@ impl Engine for MySql {
             local: LocalObs {
                 health: DbHealth::Down,
                 failed_checks: 0,
+                good_checks: 0,
                 role: None,
                 position: None,
                 streaming: false,
