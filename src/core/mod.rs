@@ -674,11 +674,12 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     if let Some(why) = &l.blocker {
         return Eligibility::no(why.clone());
     }
+    if l.role == Some(DbRole::Primary) {
+        // A running primary retaking its own key is not a failover.
+        return Eligibility::yes();
+    }
     if l.good_checks < p.rise {
         return Eligibility::no(format!("database healthy for {} of the {} checks in a row a candidate needs (rise)", l.good_checks, p.rise));
-    }
-    if l.role == Some(DbRole::Primary) {
-        return Eligibility::yes();
     }
     let recent = p.ttl * 2;
     if !l.streaming && !l.primary_at_rest && l.last_streamed_ago.is_none_or(|a| a > recent) {

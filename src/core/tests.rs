@@ -294,6 +294,10 @@ fn a_database_that_just_came_back_is_not_a_candidate_until_rise_checks() {
     local.good_checks = 1;
     let i = inputs("pg2", local, no_leader());
     assert!(decide(&i).refusal.unwrap().contains("rise"));
+    // A primary that just started (cold start) takes its key at once.
+    let mut p = primary(1000);
+    p.good_checks = 1;
+    assert_eq!(actions(&inputs("pg1", p, no_leader())), vec![Action::AcquireLeader, Action::WriteHeartbeat]);
 }
 
 #[test]

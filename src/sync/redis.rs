@@ -48,7 +48,7 @@ pub async fn info(addr: &str, password: &str, timeout: Duration) -> Result<HashM
 
 /// Parses the reply to AUTH (+OK, skipped) and INFO (a bulk string).
 /// Ok(None): need more bytes.
-fn parse_bulk(buf: &[u8]) -> Result<Option<String>, String> {
+pub fn parse_bulk(buf: &[u8]) -> Result<Option<String>, String> {
     let mut rest = buf;
     loop {
         let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
