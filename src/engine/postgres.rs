@@ -356,6 +356,19 @@ impl ControlData {
     }
 }
 
+/// A replica's position: max(received, replayed), where the received LSN
+/// counts only once the WAL receiver streamed since this server started.
+/// At start PostgreSQL initialises it to the start of the newest segment
+/// in pg_wal, which can lie beyond anything the replica really has (the
+/// stale-replica trap that promoted stale nodes in other tools).
+pub fn replica_position(receive: Option<Lsn>, replay: Option<Lsn>, streamed_since_start: bool) -> Option<Lsn> {
+    let received = if streamed_since_start { receive } else { None };
+    match (received, replay) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Quotes a libpq connection-string value.
 pub fn conn_quote(v: &str) -> String {
     if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
@@ -506,12 +519,7 @@ impl Engine for Postgres {
                     m.last_timeline = Some(t as u32);
                 }
                 let tli = wr_tli.map(|t| t as u32).or(m.last_timeline).or(ckpt_tli.map(|t| t as u32)).unwrap_or(1);
-                let received = if m.streamed_since_start { receive } else { None };
-                let lsn = match (received, replay) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                obs.local.position = lsn.map(|lsn| Position { timeline: tli, lsn });
+                obs.local.position = replica_position(receive, replay, m.streamed_since_start).map(|lsn| Position { timeline: tli, lsn });
                 obs.local.streaming = streaming;
                 obs.upstream = conninfo_target(&conninfo);
             } else {
@@ -715,6 +723,14 @@ impl Engine for Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_replica_is_not_trusted_with_its_received_lsn_until_it_streams() {
+        let (segment_start, replayed) = (Some(Lsn(0x0700_0000)), Some(Lsn(0x0650_1234)));
+        assert_eq!(replica_position(segment_start, replayed, false), replayed, "the stale-replica trap");
+        assert_eq!(replica_position(segment_start, replayed, true), segment_start);
+        assert_eq!(replica_position(None, replayed, true), replayed);
+    }
 
     #[test]
     fn conninfo_values_are_quoted() {
