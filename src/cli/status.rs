@@ -16,6 +16,7 @@ pub fn cluster_json(cluster: &str, c: &ClusterState) -> Value {
         "members": c.members.values().collect::<Vec<&MemberRecord>>(),
         "last_change": c.last_history,
         "config_drift": drifted(c),
+        "synchronous": c.sync,
     })
 }
 
@@ -53,10 +54,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn render(cluster: &str, c: &ClusterState) -> String {
     let leader = c.leader.as_ref().map(|l| l.node.as_str());
     let mut out = format!(
-        "cluster {cluster} · leader {} · term {} · {}\n\n",
+        "cluster {cluster} · leader {} · term {} · {}{}\n\n",
         leader.unwrap_or("NONE"),
         c.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-        if c.pause.is_some() { "PAUSED" } else { "automatic failover on" }
+        if c.pause.is_some() { "PAUSED" } else { "automatic failover on" },
+        match &c.sync {
+            Some(s) if s.standbys.is_empty() => " · synchronous set: (none)".to_string(),
+            Some(s) => format!(" · synchronous set: {}", s.standbys.join(", ")),
+            None => String::new(),
+        }
     );
     // MariaDB/MySQL members show their GTID position, and lag in
     // transactions rather than bytes.

@@ -567,6 +567,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         if !c.eligible && !is_primary && manual.is_none() {
             continue;
         }
+        // Synchronous mode: a peer outside the synchronous set cannot be
+        // promoted automatically, so it must not make a member defer (both
+        // would wait for each other); what it has beyond the set was never
+        // acknowledged.
+        let outside_set = p.synchronous && view.sync_standbys.as_ref().is_some_and(|s| !s.contains(&peer.node));
+        if outside_set && !is_primary && manual.is_none() {
+            continue;
+        }
         let better = match (c.position, mine) {
             (Some(theirs), Some(ours)) => {
                 theirs > ours

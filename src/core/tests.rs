@@ -663,6 +663,15 @@ fn synchronous_mode_does_not_trust_a_member_key_for_a_silent_set_member() {
 }
 
 #[test]
+fn synchronous_mode_a_fresher_peer_outside_the_set_does_not_block_a_member() {
+    // pg2 rejoined after the last set was written: it is not in it, so it
+    // cannot be promoted, and pg3 (the set) must not wait for it.
+    let mut i = sync_inputs("pg3", &["pg3"]);
+    i.peers = vec![dead_peer("pg1"), peer("pg2", 2000)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
 fn synchronous_mode_yields_to_data_loss_override() {
     let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
     i.peers = vec![dead_peer("pg1"), dead_peer("pg3")];
