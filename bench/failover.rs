@@ -17,8 +17,8 @@
 //! scenario: `cargo bench --bench failover mariadb`.
 
 use std::time::{Duration, Instant};
-use vigil::lab::{free_base_port, Lab, LabSpec};
 use vigil::config::EngineKind;
+use vigil::lab::{free_base_port, Lab, LabSpec};
 use vigil::workload::{lost_writes_db, Db, Endpoint, Writer};
 
 struct Bench {

@@ -85,7 +85,8 @@ fn targets() -> Vec<Target> {
 
 fn corpus(name: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
-    let mut v: Vec<Vec<u8>> = std::fs::read_dir(&dir).map(|d| d.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect()).unwrap_or_default();
+    let mut v: Vec<Vec<u8>> =
+        std::fs::read_dir(&dir).map(|d| d.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect()).unwrap_or_default();
     if v.is_empty() {
         v.push(Vec::new());
     }

@@ -32,8 +32,7 @@ pub struct GtidSet {
 
 fn valid_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+    groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn valid_tag(s: &str) -> bool {
@@ -453,8 +452,8 @@ mod tests {
     }
 
     fn set_strategy() -> impl Strategy<Value = GtidSet> {
-        prop::collection::vec((uuid_strategy(), prop::option::of(prop::sample::select(vec!["", "t1"])), 1u64..60, 0u64..8), 0..8)
-            .prop_map(|items| {
+        prop::collection::vec((uuid_strategy(), prop::option::of(prop::sample::select(vec!["", "t1"])), 1u64..60, 0u64..8), 0..8).prop_map(
+            |items| {
                 let text: Vec<String> = items
                     .into_iter()
                     .map(|(u, tag, a, len)| match tag.filter(|t| !t.is_empty()) {
@@ -463,7 +462,8 @@ mod tests {
                     })
                     .collect();
                 GtidSet::parse(&text.join(",")).expect("generated sets parse")
-            })
+            },
+        )
     }
 
     fn list_strategy() -> impl Strategy<Value = GtidList> {

@@ -856,7 +856,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
         if refusals.is_empty() {
             if !self.shared.get().failsafe_active {
-                tracing::warn!(members = peers.len(), "etcd unreachable; every member confirmed it cannot reach etcd either: keeping the primary (failsafe)");
+                tracing::warn!(
+                    members = peers.len(),
+                    "etcd unreachable; every member confirmed it cannot reach etcd either: keeping the primary (failsafe)"
+                );
             }
             self.set_renewal(Some(Instant::now()));
             self.shared.update(|s| s.failsafe_active = true);
@@ -890,9 +893,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             if connected.contains_key(gone.as_str()) {
                 continue;
             }
-            let covered = flushed.is_some_and(|l| {
-                next.iter().filter(|m| *m != gone).any(|m| connected.get(m.as_str()).is_some_and(|f| *f >= l))
-            });
+            let covered =
+                flushed.is_some_and(|l| next.iter().filter(|m| *m != gone).any(|m| connected.get(m.as_str()).is_some_and(|f| *f >= l)));
             if covered {
                 tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all its WAL)");
                 next.remove(gone);
@@ -956,8 +958,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         steps.push(Step { name: "writes stopped".into(), at_ms: now_ms(), detail: Some(format!("shutdown checkpoint {checkpoint}")) });
         let deadline = Instant::now() + self.cfg.failover.switchover_timeout;
         loop {
-            let caught_up =
-                self.fetch_member(&target.api_url).await.and_then(|m| m.receive_lsn.max(m.replay_lsn)).is_some_and(|l: Lsn| l >= checkpoint);
+            let caught_up = self
+                .fetch_member(&target.api_url)
+                .await
+                .and_then(|m| m.receive_lsn.max(m.replay_lsn))
+                .is_some_and(|l: Lsn| l >= checkpoint);
             if caught_up {
                 break;
             }

@@ -21,10 +21,15 @@ pub struct Endpoint {
 /// Which database the traffic goes to, and as whom.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Postgres { user: String },
+    Postgres {
+        user: String,
+    },
     /// An application user without administrative rights, so that
     /// `read_only` stops its writes.
-    MySql { user: String, password: String },
+    MySql {
+        user: String,
+        password: String,
+    },
 }
 
 /// One open session of either kind.

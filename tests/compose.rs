@@ -41,15 +41,32 @@ fn bind_mounts(svc: &Value) -> Vec<(String, String)> {
 fn every_service_is_pinned_and_health_checked() {
     let c = compose();
     let s = services(&c);
-    for name in ["etcd1", "etcd2", "etcd3", "pg1", "pg2", "pg3", "mdb1", "mdb2", "mdb3", "redis-primary", "redis-replica", "bind", "haproxy", "alertmanager"]
-    {
+    for name in [
+        "etcd1",
+        "etcd2",
+        "etcd3",
+        "pg1",
+        "pg2",
+        "pg3",
+        "mdb1",
+        "mdb2",
+        "mdb3",
+        "redis-primary",
+        "redis-replica",
+        "bind",
+        "haproxy",
+        "alertmanager",
+    ] {
         assert!(s.contains_key(name), "service {name} is missing");
     }
     for (name, svc) in s {
         if let Some(image) = svc["image"].as_str() {
             let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
             let built_here = svc.get("build").is_some();
-            assert!(built_here || (tag.chars().any(|c| c.is_ascii_digit()) && tag != "latest"), "{name}: image {image} is not pinned to a version");
+            assert!(
+                built_here || (tag.chars().any(|c| c.is_ascii_digit()) && tag != "latest"),
+                "{name}: image {image} is not pinned to a version"
+            );
         }
         assert!(svc.get("image").is_some() || svc.get("build").is_some(), "{name} has neither image nor build");
         assert!(svc["healthcheck"]["test"].is_array(), "{name} has no health check");
@@ -158,6 +175,11 @@ fn docker_compose_config_accepts_the_file_when_docker_is_installed() {
         eprintln!("no `docker compose` client here; structure checked by the other tests");
         return;
     }
-    let o = std::process::Command::new("docker").args(["compose", "-f"]).arg(root().join("docker-compose.yml")).args(["config", "-q"]).output().unwrap();
+    let o = std::process::Command::new("docker")
+        .args(["compose", "-f"])
+        .arg(root().join("docker-compose.yml"))
+        .args(["config", "-q"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

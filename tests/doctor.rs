@@ -154,7 +154,10 @@ fn doctor_finds_a_clock_out_of_step_and_a_long_dns_ttl() {
     std::fs::write(&cfg, text).unwrap();
     let o = t.vigil(&["doctor", "--json", "-c", cfg.to_str().unwrap()]);
     let f: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
-    assert!(f.iter().any(|x| x["check"] == "dns" && x["level"] == "warning" && x["message"].as_str().unwrap().contains("TTL 300s")), "{f:?}");
+    assert!(
+        f.iter().any(|x| x["check"] == "dns" && x["level"] == "warning" && x["message"].as_str().unwrap().contains("TTL 300s")),
+        "{f:?}"
+    );
 }
 
 /// MariaDB: each GTID-replication setting a failover depends on.

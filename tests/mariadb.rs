@@ -72,12 +72,13 @@ fn a_primary_killed_freshest_replica_promoted_lagging_one_follows() {
     let api = format!("http://127.0.0.1:{}", t.lab.nodes[2].api_port);
     let deadline = Instant::now() + Duration::from_secs(5);
     let (lag, metric, alert) = loop {
-        let (cluster, metrics) = t.rt.block_on(async {
-            let c: serde_json::Value = reqwest::get(format!("{api}/cluster")).await?.json().await?;
-            let m = reqwest::get(format!("{api}/metrics")).await?.text().await?;
-            Ok::<_, reqwest::Error>((c, m))
-        })
-        .unwrap();
+        let (cluster, metrics) =
+            t.rt.block_on(async {
+                let c: serde_json::Value = reqwest::get(format!("{api}/cluster")).await?.json().await?;
+                let m = reqwest::get(format!("{api}/metrics")).await?.text().await?;
+                Ok::<_, reqwest::Error>((c, m))
+            })
+            .unwrap();
         let lag = cluster["members"].as_array().unwrap().iter().find(|m| m["node"] == "mdb3").unwrap()["lag_seconds"].as_f64().unwrap();
         let line = metrics.lines().find(|l| l.starts_with("vigil_replication_lag_seconds")).expect("lag metric").to_string();
         let metric = line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
@@ -99,7 +100,11 @@ fn a_primary_killed_freshest_replica_promoted_lagging_one_follows() {
     std::thread::sleep(Duration::from_secs(1));
     let (acks, report, lost) = stop_traffic(&t, writer, checker);
     let (gap, _) = longest_gap(&acks, killed_at);
-    eprintln!("new primary {new} after {switched:?}; acknowledged {}, lost {} ({lost:?}); longest write gap {gap:?}", acks.len(), lost.len());
+    eprintln!(
+        "new primary {new} after {switched:?}; acknowledged {}, lost {} ({lost:?}); longest write gap {gap:?}",
+        acks.len(),
+        lost.len()
+    );
     assert!(report.violations.is_empty(), "two writable servers: {:?}", report.violations);
     assert_loss_bounded(&acks, &lost, killed_at);
     let st = t.state();
@@ -116,9 +121,13 @@ fn a_primary_killed_freshest_replica_promoted_lagging_one_follows() {
 fn b_errant_transaction_is_detected_and_excludes_its_replica() {
     let t = mariadb_lab("mdb-errant", "failover");
     let (writer, checker) = start_traffic(&t);
-    t.lab.root_sql(&t.lab.nodes[2], "CREATE TABLE IF NOT EXISTS app.local_only (id INT PRIMARY KEY); INSERT INTO app.local_only VALUES (1)").unwrap();
+    t.lab
+        .root_sql(&t.lab.nodes[2], "CREATE TABLE IF NOT EXISTS app.local_only (id INT PRIMARY KEY); INSERT INTO app.local_only VALUES (1)")
+        .unwrap();
     let c = t.wait_for("mdb3 flagged errant", Duration::from_secs(20), |c| {
-        c.members.get("mdb3").is_some_and(|m| m.gtid.as_ref().and_then(|g| g.errant.as_ref()).is_some_and(|e| e.contains("-3-")) && !m.eligible)
+        c.members
+            .get("mdb3")
+            .is_some_and(|m| m.gtid.as_ref().and_then(|g| g.errant.as_ref()).is_some_and(|e| e.contains("-3-")) && !m.eligible)
     });
     let errant = c.members["mdb3"].gtid.as_ref().unwrap().errant.clone().unwrap();
     assert!(errant.contains("-3-"), "the GTID carries mdb3's server_id: {errant}");

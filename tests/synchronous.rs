@@ -72,7 +72,10 @@ fn b_losing_the_primary_and_a_set_member_together_needs_a_human() {
     let why = c.members["pg2"].refusal.clone().unwrap();
     assert!(why.contains("pg3 (in the synchronous set) is unreachable"), "{why}");
     let status = out(&t.vigil(&["status"]));
-    assert!(status.contains("synchronous set: pg2, pg3") && status.contains("is unreachable"), "vigil status shows the set and the refusal: {status}");
+    assert!(
+        status.contains("synchronous set: pg2, pg3") && status.contains("is unreachable"),
+        "vigil status shows the set and the refusal: {status}"
+    );
     let o = t.vigil(&["failover", "--to", "pg2", "--allow-data-loss", "--wait", "20s"]);
     assert!(o.status.success(), "{}", out(&o));
     t.wait_new_primary("pg1", Duration::from_secs(20));

@@ -116,7 +116,10 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
             if let Some(e) = &g.last_error {
                 out += &format!("\n{} replication error: {e}", m.node);
             }
-            if m.role == Some(DbRole::Replica) && g.io_running.is_some() && (g.io_running.as_deref() != Some("Yes") || g.sql_running.as_deref() != Some("Yes")) {
+            if m.role == Some(DbRole::Replica)
+                && g.io_running.is_some()
+                && (g.io_running.as_deref() != Some("Yes") || g.sql_running.as_deref() != Some("Yes"))
+            {
                 out += &format!(
                     "\n{} threads: IO {}, SQL {}",
                     m.node,

@@ -620,7 +620,9 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     let hint = "`vigil failover --to NODE --allow-data-loss` overrides";
     let Some(set) = &view.sync_standbys else {
-        return Some(format!("synchronous mode: no synchronous set is recorded, so no replica is known to hold every acknowledged commit; {hint}"));
+        return Some(format!(
+            "synchronous mode: no synchronous set is recorded, so no replica is known to hold every acknowledged commit; {hint}"
+        ));
     };
     if !set.contains(&i.me) {
         return Some(format!(
@@ -644,11 +646,9 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
                     theirs, mine
                 ))
             }
-            None => {
-                return Some(format!(
-                    "synchronous mode: {n} (in the synchronous set) is unreachable and may hold acknowledged commits this node lacks; {hint}"
-                ))
-            }
+            None => return Some(format!(
+                "synchronous mode: {n} (in the synchronous set) is unreachable and may hold acknowledged commits this node lacks; {hint}"
+            )),
         }
     }
     None
@@ -687,7 +687,10 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
         return Eligibility::yes();
     }
     if l.good_checks < p.rise {
-        return Eligibility::no(format!("database healthy for {} of the {} checks in a row a candidate needs (rise)", l.good_checks, p.rise));
+        return Eligibility::no(format!(
+            "database healthy for {} of the {} checks in a row a candidate needs (rise)",
+            l.good_checks, p.rise
+        ));
     }
     let recent = p.ttl * 2;
     if !l.streaming && !l.primary_at_rest && l.last_streamed_ago.is_none_or(|a| a > recent) {

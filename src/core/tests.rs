@@ -305,7 +305,11 @@ fn a_flapping_primary_restarts_in_place_while_held_down() {
     // A failover happened 30 s ago; the new primary's database dies too.
     // Releasing the key would leave the cluster leaderless (nobody may
     // fail over again within hold_down): restart in place instead.
-    let mut i = inputs("pg2", LocalObs { replica_caught_up: true, ..down() }, View { leader: leader("pg2"), last_failover_age: Some(Duration::from_secs(30)), ..View::default() });
+    let mut i = inputs(
+        "pg2",
+        LocalObs { replica_caught_up: true, ..down() },
+        View { leader: leader("pg2"), last_failover_age: Some(Duration::from_secs(30)), ..View::default() },
+    );
     i.policy.on_primary_crash = OnPrimaryCrash::Failover;
     i.lease = held();
     assert_eq!(actions(&i), vec![Action::RestartInPlace]);

@@ -538,10 +538,8 @@ impl Engine for Postgres {
             if let Ok(c) = c {
                 let q = c.query("SELECT application_name, flush_lsn::text FROM pg_stat_replication WHERE flush_lsn IS NOT NULL", &[]);
                 if let Ok(Ok(rows)) = tokio::time::timeout(self.cfg.query_timeout, q).await {
-                    obs.standbys = rows
-                        .iter()
-                        .filter_map(|r| Some((r.get::<_, String>(0), Lsn::parse(&r.get::<_, String>(1)).ok()?)))
-                        .collect();
+                    obs.standbys =
+                        rows.iter().filter_map(|r| Some((r.get::<_, String>(0), Lsn::parse(&r.get::<_, String>(1)).ok()?))).collect();
                 }
             }
         }

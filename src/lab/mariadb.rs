@@ -114,9 +114,13 @@ impl Lab {
     /// Runs SQL as root over the node's socket (bootstrap only).
     pub fn root_sql(&self, n: &LabNode, sql: &str) -> Result<String> {
         super::sh(
-            Command::new("mariadb")
-                .arg(format!("--socket={}", self.mariadb_socket(n).display()))
-                .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+            Command::new("mariadb").arg(format!("--socket={}", self.mariadb_socket(n).display())).args([
+                "-uroot",
+                "--batch",
+                "--skip-column-names",
+                "-e",
+                sql,
+            ]),
             "mariadb",
         )
     }
@@ -139,10 +143,11 @@ impl Lab {
             std::fs::set_permissions(&n.dir, std::fs::Permissions::from_mode(0o755))?;
             self.write_mariadb_cnf(n, i + 1)?;
             super::sh(
-                Command::new("mariadb-install-db")
-                    .arg("--no-defaults")
-                    .arg(format!("--datadir={}", n.data_dir.display()))
-                    .args(["--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"]),
+                Command::new("mariadb-install-db").arg("--no-defaults").arg(format!("--datadir={}", n.data_dir.display())).args([
+                    "--user=mysql",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ]),
                 "mariadb-install-db",
             )?;
             chown_mysql(&n.dir)?;

@@ -453,9 +453,8 @@ impl MySql {
             .context("the dump does not name its GTID position")?;
         GtidList::parse(&pos).map_err(|e| anyhow!(e))?;
         // Start from nothing but the system schemas, without writing our own binlog.
-        let dbs: Vec<String> = self
-            .with_conn(self.cfg.query_timeout * 5, |c, _| Box::pin(async move { Ok(c.query("SHOW DATABASES").await?) }))
-            .await?;
+        let dbs: Vec<String> =
+            self.with_conn(self.cfg.query_timeout * 5, |c, _| Box::pin(async move { Ok(c.query("SHOW DATABASES").await?) })).await?;
         let mut stmts = vec![f.stop_replica().to_string(), f.reset_replica_all().to_string(), "SET SESSION sql_log_bin = 0".into()];
         for db in dbs.iter().filter(|d| !["mysql", "information_schema", "performance_schema", "sys"].contains(&d.as_str())) {
             stmts.push(format!("DROP DATABASE {}", dialect::sql_ident(db)));
@@ -490,11 +489,7 @@ impl MySql {
             m.errant = None;
             m.was_primary = false;
         }
-        Ok(format!(
-            "{why}; re-cloned from {} by logical dump at {pos} (old binary logs kept in {})",
-            up.node,
-            aside.display()
-        ))
+        Ok(format!("{why}; re-cloned from {} by logical dump at {pos} (old binary logs kept in {})", up.node, aside.display()))
     }
 
     /// Folds one snapshot into the observation and the engine's memory.
