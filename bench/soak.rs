@@ -33,14 +33,23 @@ const FAULTS: [Fault; 7] = [
     Fault::CutPrimaryFromEtcd,
 ];
 
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+#[path = "rng.rs"]
+mod rng;
+use rng::Rng;
+
+/// Stops the lab's processes (by PID) however the run ends, keeping its
+/// directory for the logs unless the run passed.
+struct LabGuard {
+    lab: Lab,
+    keep: bool,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("lab kept in {}", self.lab.dir.display());
+        }
+        let _ = self.lab.down(self.keep);
     }
 }
 
@@ -56,7 +65,8 @@ fn main() {
     let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil")).fast();
     spec.synchronous = true;
     spec.with_sync = false;
-    let mut lab = Lab::up(&spec, &|m| eprintln!("lab: {m}")).expect("lab up");
+    let mut guard = LabGuard { lab: Lab::up(&spec, &|m| eprintln!("lab: {m}")).expect("lab up"), keep: true };
+    let lab = &mut guard.lab;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let eps: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect();
     let writer = rt.block_on(Writer::start(eps.clone(), "postgres", Duration::from_millis(10))).expect("writer");
@@ -155,11 +165,9 @@ fn main() {
     for f in &failures {
         println!("FAILED: {f}");
     }
-    if ok {
-        let _ = lab.down(false);
-    } else {
-        let _ = lab.down(true);
-        println!("lab kept in {}", dir.display());
+    guard.keep = !ok;
+    drop(guard);
+    if !ok {
         std::process::exit(1);
     }
 }

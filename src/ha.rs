@@ -39,6 +39,9 @@ pub struct Ha<E: Engine, D: Dcs> {
     http: reqwest::Client,
     /// Consecutive observations with the database running (for `rise`).
     good_checks: u32,
+    /// etcd is unreachable and every member vouched for this leader in the
+    /// last failsafe round.
+    failsafe_active: bool,
     /// Every member ever seen, so that a vanished leader can still be probed.
     known: BTreeMap<String, MemberRecord>,
     last_leader: Option<String>,
@@ -103,6 +106,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             wake,
             http,
             good_checks: 0,
+            failsafe_active: false,
             known: BTreeMap::new(),
             last_leader: None,
             last_primary_position: None,
@@ -235,7 +239,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         if let Some(c) = &cluster {
             self.paused.store(c.pause.is_some(), std::sync::atomic::Ordering::Relaxed);
             self.renew_lease(c).await;
-            self.shared.update(|s| s.failsafe_active = false);
+            self.failsafe_active = false;
         } else if self.cfg.failover.failsafe && self.renewal().is_some() && obs.local.writable() {
             self.failsafe_round().await;
         }
@@ -855,17 +859,17 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let answers = futures_util::future::join_all(asks).await;
         let refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
         if refusals.is_empty() {
-            if !self.shared.get().failsafe_active {
+            if !self.failsafe_active {
                 tracing::warn!(
                     members = peers.len(),
                     "etcd unreachable; every member confirmed it cannot reach etcd either: keeping the primary (failsafe)"
                 );
             }
             self.set_renewal(Some(Instant::now()));
-            self.shared.update(|s| s.failsafe_active = true);
+            self.failsafe_active = true;
         } else {
             tracing::warn!(refusals = %refusals.join("; "), "etcd unreachable and failsafe not confirmed by every member; the lease will lapse");
-            self.shared.update(|s| s.failsafe_active = false);
+            self.failsafe_active = false;
         }
     }
 
@@ -1137,7 +1141,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let holds = self.dcs.holds_leader();
         // During an etcd outage the leader keeps serving only on the
         // members' word (failsafe).
-        let failsafe = cluster.is_none() && self.shared.get().failsafe_active;
+        let failsafe = cluster.is_none() && self.failsafe_active;
         let leading = holds && (failsafe || cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node));
         let lag_bytes = match (self.last_primary_position, obs.local.position, obs.local.role) {
             (Some(p), Some(m), Some(crate::core::DbRole::Replica)) if p.timeline == m.timeline => Some(p.lsn.0.saturating_sub(m.lsn.0)),

@@ -31,11 +31,6 @@ pub struct Snapshot {
     pub dns_failures: u64,
     /// The latest sync report of the background collector.
     pub sync: Option<crate::sync::SyncReport>,
-    /// etcd failsafe: the leader this member last told it may keep
-    /// serving, and when (member side); whether this leader is serving on
-    /// the members' word now (leader side).
-    pub failsafe_granted: Option<(String, u64)>,
-    pub failsafe_active: bool,
 }
 
 #[derive(Default)]

@@ -646,9 +646,11 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
                     theirs, mine
                 ))
             }
-            None => return Some(format!(
+            None => {
+                return Some(format!(
                 "synchronous mode: {n} (in the synchronous set) is unreachable and may hold acknowledged commits this node lacks; {hint}"
-            )),
+            ))
+            }
         }
     }
     None

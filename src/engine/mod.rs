@@ -74,6 +74,34 @@ pub struct Observation {
     pub standbys: Vec<(String, Lsn)>,
 }
 
+impl Observation {
+    /// Nothing seen yet: no server process. Engines fill in what they find.
+    pub fn down() -> Self {
+        Observation {
+            local: LocalObs {
+                health: crate::core::DbHealth::Down,
+                failed_checks: 0,
+                good_checks: 0,
+                role: None,
+                position: None,
+                streaming: false,
+                last_streamed_ago: None,
+                replica_caught_up: false,
+                blocker: None,
+                primary_at_rest: false,
+            },
+            receive_lsn: None,
+            replay_lsn: None,
+            upstream: None,
+            lag_seconds: None,
+            timeline_history: vec![],
+            error: None,
+            gtid: None,
+            standbys: vec![],
+        }
+    }
+}
+
 /// What `follow` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowOutcome {

@@ -8,7 +8,7 @@
 
 use super::{Engine, FollowOutcome, Observation, Upstream};
 use crate::config::DatabaseConfig;
-use crate::core::{DbHealth, DbRole, LocalObs};
+use crate::core::{DbHealth, DbRole};
 use crate::position::{diverged, parse_timeline_history, Lsn, Position, TimelineSwitch};
 use crate::proc;
 use anyhow::{anyhow, bail, Context, Result};
@@ -425,34 +425,16 @@ const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(),
   current_setting('primary_conninfo'),
   CASE WHEN pg_is_in_recovery() THEN false
        ELSE coalesce((SELECT bool_or(flush_lsn >= pg_current_wal_flush_lsn()) FROM pg_stat_replication), false) END,
-  to_regclass('vigil.heartbeat') IS NOT NULL";
+  to_regclass('vigil.heartbeat') IS NOT NULL,
+  CASE WHEN pg_is_in_recovery() THEN NULL
+       ELSE (SELECT string_agg(application_name || '=' || flush_lsn::text, ' ')
+             FROM pg_stat_replication WHERE flush_lsn IS NOT NULL) END";
 
 const LAG_SQL: &str = "SELECT EXTRACT(EPOCH FROM (clock_timestamp() - ts))::float8 FROM vigil.heartbeat WHERE id = 1";
 
 impl Engine for Postgres {
     async fn observe(&self) -> Observation {
-        let mut obs = Observation {
-            local: LocalObs {
-                health: DbHealth::Down,
-                failed_checks: 0,
-                good_checks: 0,
-                role: None,
-                position: None,
-                streaming: false,
-                last_streamed_ago: None,
-                replica_caught_up: false,
-                blocker: None,
-                primary_at_rest: false,
-            },
-            receive_lsn: None,
-            replay_lsn: None,
-            upstream: None,
-            lag_seconds: None,
-            timeline_history: vec![],
-            error: None,
-            gtid: None,
-            standbys: vec![],
-        };
+        let mut obs = Observation::down();
         let pid = self.read_pid();
         {
             let mut m = self.mem();
@@ -499,6 +481,7 @@ impl Engine for Postgres {
         let conninfo: String = row.get(8);
         let caught_up: bool = row.get(9);
         let has_heartbeat: bool = row.get(10);
+        let standbys: Option<String> = row.get(11);
 
         obs.local.health = DbHealth::Running;
         obs.receive_lsn = receive;
@@ -533,16 +516,12 @@ impl Engine for Postgres {
         if let (Some(DbRole::Primary), Some(p)) = (obs.local.role, obs.local.position) {
             obs.timeline_history = self.timeline_history(p.timeline);
         }
-        if !in_recovery {
-            let c = self.client().await;
-            if let Ok(c) = c {
-                let q = c.query("SELECT application_name, flush_lsn::text FROM pg_stat_replication WHERE flush_lsn IS NOT NULL", &[]);
-                if let Ok(Ok(rows)) = tokio::time::timeout(self.cfg.query_timeout, q).await {
-                    obs.standbys =
-                        rows.iter().filter_map(|r| Some((r.get::<_, String>(0), Lsn::parse(&r.get::<_, String>(1)).ok()?))).collect();
-                }
-            }
-        }
+        // Node names (application_name) contain no spaces or '='.
+        obs.standbys = standbys
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.rsplit_once('=').and_then(|(n, l)| Some((n.to_string(), Lsn::parse(l).ok()?))))
+            .collect();
         if in_recovery && has_heartbeat {
             if let Ok(row) = self.query_one(LAG_SQL).await {
                 obs.lag_seconds = row.get::<_, Option<f64>>(0).map(|s| s.max(0.0));

@@ -17,7 +17,7 @@ pub mod dialect;
 
 use super::{Engine, FollowOutcome, GtidStatus, Observation, Upstream};
 use crate::config::{DatabaseConfig, EngineKind};
-use crate::core::{DbHealth, DbRole, LocalObs};
+use crate::core::{DbHealth, DbRole};
 use crate::gtid::{mariadb_errant, mysql_errant, BinlogState, GtidList, GtidSet};
 use crate::position::{Lsn, Position};
 use crate::proc;
@@ -597,28 +597,7 @@ fn redact_statement(s: &str) -> String {
 
 impl Engine for MySql {
     async fn observe(&self) -> Observation {
-        let mut obs = Observation {
-            local: LocalObs {
-                health: DbHealth::Down,
-                failed_checks: 0,
-                good_checks: 0,
-                role: None,
-                position: None,
-                streaming: false,
-                last_streamed_ago: None,
-                replica_caught_up: false,
-                blocker: None,
-                primary_at_rest: false,
-            },
-            receive_lsn: None,
-            replay_lsn: None,
-            upstream: None,
-            lag_seconds: None,
-            timeline_history: vec![],
-            error: None,
-            gtid: None,
-            standbys: vec![],
-        };
+        let mut obs = Observation::down();
         let pid = self.read_pid();
         {
             let mut m = self.mem();
