@@ -37,10 +37,7 @@ impl Bench {
         Bench { lab, rt }
     }
     fn db(&self) -> Db {
-        match self.lab.engine {
-            EngineKind::Postgres => Db::Postgres { user: "postgres".into() },
-            _ => Db::MySql { user: vigil::lab::mariadb::APP_USER.into(), password: vigil::lab::mariadb::APP_PASSWORD.into() },
-        }
+        self.lab.workload_db()
     }
     fn eps(&self) -> Vec<Endpoint> {
         self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect()

@@ -14,6 +14,7 @@ packages=(
   redis-server rsync       # session and file sync in the lab and tests
   nftables                 # the partition drill
   ca-certificates
+  openssl                  # the TLS lab's private CA and certificates (vigil lab up --tls)
 )
 
 missing=()

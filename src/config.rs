@@ -62,6 +62,11 @@ pub struct EtcdConfig {
     /// Deadline of one etcd request; a slower call is abandoned, never waited on.
     #[serde(default = "d_1s", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// CA that signed etcd's certificate; required with https:// endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for etcd started with `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +157,13 @@ pub struct DatabaseConfig {
     pub defaults_file: Option<PathBuf>,
     /// Server log file used when vigil starts the database.
     pub log_file: Option<PathBuf>,
+    /// TLS of every connection to a database: vigil's sessions, the
+    /// replicas' streams it configures, and the tools it runs
+    /// (off, require, verify-ca, verify-full: libpq's sslmode).
+    #[serde(default)]
+    pub tls: crate::tls::TlsMode,
+    /// CA that signed the database servers' certificates.
+    pub ca_file: Option<PathBuf>,
     /// Resolved secrets (not fields of the file).
     #[serde(skip)]
     pub password: Secret,
@@ -225,19 +237,59 @@ pub struct ApiConfig {
     pub advertise_url: Option<String>,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    /// Serve HTTPS with this certificate and key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA that signed the members' API certificates: peers and the CLI
+    /// verify HTTPS APIs against it.
+    pub ca_file: Option<PathBuf>,
     #[serde(skip)]
     pub token: Secret,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8008".into(), advertise_url: None, token_file: None, token_env: None, token: Secret::default() }
+        ApiConfig {
+            listen: "127.0.0.1:8008".into(),
+            advertise_url: None,
+            token_file: None,
+            token_env: None,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            token: Secret::default(),
+        }
     }
 }
 
 impl ApiConfig {
     pub fn url(&self) -> String {
-        self.advertise_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        let scheme = if self.cert_file.is_some() { "https" } else { "http" };
+        self.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.listen))
+    }
+
+    /// The client for the members' APIs (HTTPS verified against `ca_file`).
+    pub fn client(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        crate::tls::api_client(self.ca_file.as_deref(), timeout)
+    }
+}
+
+impl DatabaseConfig {
+    pub fn tls(&self) -> crate::tls::DbTls {
+        crate::tls::DbTls { mode: self.tls, ca_file: self.ca_file.clone() }
+    }
+}
+
+impl EtcdConfig {
+    /// etcd-client's TLS options (None with http:// endpoints).
+    pub fn tls(&self) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+        let Some(ca) = &self.ca_file else { return Ok(None) };
+        let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+        let mut t = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let (Some(c), Some(k)) = (&self.cert_file, &self.key_file) {
+            t = t.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+        }
+        Ok(Some(t))
     }
 }
 
@@ -565,6 +617,7 @@ impl Config {
         if let Some(r) = cfg.sync.redis.as_mut() {
             r.password = read_secret(&r.password_file, &r.password_env).map_err(|m| fail("sync.redis.password_file", m))?;
         }
+        cfg.check_tls_files().map_err(|(field, msg)| fail(&field, msg))?;
         if let Some(d) = cfg.dns.as_mut() {
             check_private(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?;
             d.key = Some(crate::publish::dns::TsigKey::load(&d.tsig_key_file).map_err(|m| fail("dns.tsig_key_file", m))?);
@@ -587,6 +640,16 @@ impl Config {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
                 return err("etcd.endpoints", format!("{ep:?} must start with http:// or https://"));
             }
+        }
+        let https = self.etcd.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        if https != 0 && https != self.etcd.endpoints.len() {
+            return err("etcd.endpoints", "mix of http:// and https:// endpoints; use one scheme".into());
+        }
+        if https != 0 && self.etcd.ca_file.is_none() {
+            return err("etcd.ca_file", "https:// endpoints need the CA that signed etcd's certificate".into());
+        }
+        if https == 0 && (self.etcd.ca_file.is_some() || self.etcd.cert_file.is_some()) {
+            return err("etcd.ca_file", "TLS files are set but the endpoints are http://; use https:// endpoints".into());
         }
         if !self.etcd.prefix.starts_with('/') {
             return err("etcd.prefix", "must start with '/'".into());
@@ -646,6 +709,22 @@ impl Config {
         }
         if !self.database.data_dir.is_absolute() {
             return err("database.data_dir", "must be an absolute path".into());
+        }
+        if self.database.tls != crate::tls::TlsMode::Off
+            && self.database.tls != crate::tls::TlsMode::Require
+            && self.database.ca_file.is_none()
+        {
+            return err("database.tls", format!("{} needs database.ca_file", self.database.tls.sslmode()));
+        }
+        for (f, cert, key) in
+            [("etcd.cert_file", &self.etcd.cert_file, &self.etcd.key_file), ("api.cert_file", &self.api.cert_file, &self.api.key_file)]
+        {
+            if cert.is_some() != key.is_some() {
+                return err(f, "set both cert_file and key_file, or neither".into());
+            }
+        }
+        if self.api.cert_file.is_some() && self.api.ca_file.is_none() {
+            return err("api.ca_file", "an HTTPS API needs api.ca_file: peers and the CLI verify the members' APIs against it".into());
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
             return err("api.listen", format!("{:?} is not an address like 127.0.0.1:8008", self.api.listen));
@@ -737,6 +816,34 @@ impl Config {
             if file.is_some() && env.is_some() {
                 return err(f, "set either the _file or the _env form, not both".into());
             }
+        }
+        Ok(())
+    }
+
+    /// Every TLS file named is read now, so a wrong path or a key that
+    /// others can read is a config error, not a failure at 3 a.m.
+    fn check_tls_files(&self) -> Result<(), (String, String)> {
+        use crate::tls::{load_certs, load_key};
+        let certs = [
+            ("etcd.ca_file", &self.etcd.ca_file),
+            ("etcd.cert_file", &self.etcd.cert_file),
+            ("database.ca_file", &self.database.ca_file),
+            ("api.cert_file", &self.api.cert_file),
+            ("api.ca_file", &self.api.ca_file),
+        ];
+        for (f, p) in certs {
+            if let Some(p) = p {
+                load_certs(p).map_err(|e| (f.to_string(), format!("{e:#}")))?;
+            }
+        }
+        for (f, p) in [("etcd.key_file", &self.etcd.key_file), ("api.key_file", &self.api.key_file)] {
+            if let Some(p) = p {
+                check_private(p).map_err(|m| (f.to_string(), m))?;
+                load_key(p).map_err(|e| (f.to_string(), format!("{e:#}")))?;
+            }
+        }
+        if let (Some(c), Some(k)) = (&self.api.cert_file, &self.api.key_file) {
+            crate::tls::server_config(c, k).map_err(|e| ("api.key_file".to_string(), format!("{e:#}")))?;
         }
         Ok(())
     }
@@ -843,6 +950,49 @@ data_dir = "/var/lib/postgresql/15/main"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/vigil/test.toml"), text)
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_their_field() {
+        let with = |extra: &str, section: &str| GOOD.replace(&format!("[{section}]\n"), &format!("[{section}]\n{extra}\n"));
+        let https = GOOD.replace("http://127.0.0.1:2379", "https://127.0.0.1:2379");
+        let e = parse(&https).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("etcd.ca_file"), "{e}");
+        let e = parse(&with("tls = \"verify-full\"", "database")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("database.tls"), "{e}");
+        assert!(e.to_string().contains("needs database.ca_file"), "{e}");
+        let e = parse(&with("tls = \"sometimes\"", "database")).unwrap_err();
+        assert!(e.to_string().contains("line 9") && e.to_string().contains("verify-full"), "{e}");
+        let api = |extra: &str| format!("{GOOD}\n[api]\n{extra}\n");
+        let e = parse(&api("cert_file = \"/etc/vigil/api.pem\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("api.cert_file"), "{e}");
+        let e = parse(&api("cert_file = \"/a.pem\"\nkey_file = \"/a.key\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("api.ca_file"), "{e}");
+        // Files are read at load time: a wrong path or a key others can read
+        // is a config error naming the field.
+        let dir = std::env::temp_dir().join(format!("vigil-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let e = parse(&with(&format!("tls = \"verify-ca\"\nca_file = \"{}\"", not_pem.display()), "database")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("database.ca_file"), "{e}");
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+        let key = dir.join("etcd.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let etcd = https.replace(
+            "[etcd]\n",
+            &format!(
+                "[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                not_pem.display(),
+                not_pem.display(),
+                key.display()
+            ),
+        );
+        let e = parse(&etcd).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("etcd.ca_file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub async fn run(cfg: &Config, dcs: &EtcdDcs) -> Vec<Finding> {
                 server_ids.extend(id.map(|id| (m.node.clone(), id)));
             }
         }
-        out.push(check_clock(&m.node, &m.api_url).await);
+        out.push(check_clock(cfg, &m.node, &m.api_url).await);
     }
     out.extend(duplicate_server_ids(&server_ids));
     for node in crate::cli::status::drifted(&cluster) {
@@ -131,7 +131,13 @@ async fn check_database(cfg: &Config, node: &str, host: &str, port: u16, members
     if !cfg.database.password.is_empty() {
         c.password(cfg.database.password.expose());
     }
-    let client = match tokio::time::timeout(Duration::from_secs(3), c.connect(tokio_postgres::NoTls)).await {
+    let tls = cfg.database.tls();
+    c.ssl_mode(tls.pg_ssl_mode(host));
+    let connector = match tls.pg_connector() {
+        Ok(c) => c,
+        Err(e) => return vec![f("database", Some(node), Level::Critical, format!("TLS settings: {e:#}"))],
+    };
+    let client = match tokio::time::timeout(Duration::from_secs(3), c.connect(connector)).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(conn);
             client
@@ -281,6 +287,7 @@ async fn check_mysql(cfg: &Config, node: &str, host: &str, port: u16, ttl: Durat
         .tcp_port(port)
         .user(Some(cfg.database.user.clone()))
         .pass((!cfg.database.password.is_empty()).then(|| cfg.database.password.expose().to_string()))
+        .ssl_opts(cfg.database.tls().mysql_ssl_opts())
         .prefer_socket(false);
     let mut c = match tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts)).await {
         Ok(Ok(c)) => c,
@@ -319,8 +326,11 @@ async fn check_mysql(cfg: &Config, node: &str, host: &str, port: u16, ttl: Durat
 }
 
 /// Clock offset of a member, from its sidecar's fresh member record.
-async fn check_clock(node: &str, api_url: &str) -> Finding {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+async fn check_clock(cfg: &Config, node: &str, api_url: &str) -> Finding {
+    let http = match cfg.api.client(Duration::from_secs(2)) {
+        Ok(h) => h,
+        Err(e) => return f("clock", Some(node), Level::Warning, format!("cannot build the API client: {e:#}")),
+    };
     let before = now_ms();
     let r = http.get(format!("{api_url}/member?fresh=1")).send().await;
     let after = now_ms();

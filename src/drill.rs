@@ -17,7 +17,7 @@
 use crate::core::{DbHealth, DbRole};
 use crate::dcs::ClusterState;
 use crate::lab::Lab;
-use crate::workload::{lost_writes, Endpoint, SplitBrainChecker, Writer};
+use crate::workload::{lost_writes_db, Endpoint, SplitBrainChecker, Writer};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     let socket: Vec<Endpoint> =
         lab.nodes.iter().map(|n| Endpoint { host: lab.socket_dir().display().to_string(), port: n.db_port }).collect();
     let (writer, checker) = rt.block_on(async {
-        let w = Writer::start(tcp.clone(), "postgres", Duration::from_millis(20)).await?;
+        let w = Writer::start_db(lab.workload_db(), tcp.clone(), Duration::from_millis(20)).await?;
         anyhow::Ok((w, SplitBrainChecker::start(socket.clone(), "postgres", Duration::from_millis(50))))
     })?;
     std::thread::sleep(Duration::from_millis(800));
@@ -299,7 +299,7 @@ pub fn run_once(lab: &mut Lab, scenario: Scenario, targets: Targets, say: &dyn F
     }
     let acks = rt.block_on(writer.stop());
     let report = rt.block_on(checker.stop());
-    let lost = rt.block_on(lost_writes(&tcp, "postgres", &acks)).map(|l| l.len()).unwrap_or(usize::MAX);
+    let lost = rt.block_on(lost_writes_db(&lab.workload_db(), &tcp, &acks)).map(|l| l.len()).unwrap_or(usize::MAX);
     let old_port = lab.nodes[i].db_port;
     let new_writable =
         report.became_writable.iter().filter(|(p, at)| *p != old_port && *at > t0).map(|(_, at)| at.duration_since(t0)).min();

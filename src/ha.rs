@@ -94,7 +94,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             synchronous: cfg.failover.synchronous,
             rise: cfg.timing.rise,
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().expect("http client");
+        let http = cfg.api.client(Duration::from_millis(700)).expect("the API client (its CA file was read at config load)");
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
         let dns_target = cfg.dns.as_ref().map(DnsTarget::from_config);
         Ha {

@@ -24,5 +24,6 @@ pub mod secret;
 pub mod service;
 pub mod status;
 pub mod sync;
+pub mod tls;
 pub mod units;
 pub mod workload;

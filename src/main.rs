@@ -11,6 +11,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    vigil::tls::install_default_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let result: anyhow::Result<i32> = match &args.command {
         Command::Lab { action } => cli::lab(action).map(|_| 0),

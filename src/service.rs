@@ -83,7 +83,7 @@ async fn check(c: &ServiceCheck, target: &str, timeout: Duration, http: &reqwest
 
 /// Runs the monitor of one service for the life of the sidecar.
 pub async fn run<D: Dcs>(svc: ServiceConfig, dns: DnsTarget, dcs: Arc<D>, notifier: Notifier, alerts: Arc<Evaluator>) {
-    let http = reqwest::Client::builder().build().expect("http client");
+    let http = crate::tls::http_client(None);
     let lock = format!("service-{}", svc.name);
     let mut health: Option<Vec<TargetHealth>> = None;
     let mut current: Option<String> = None;

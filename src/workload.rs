@@ -5,12 +5,13 @@
 //! every acknowledged row, and a checker that polls every node for
 //! writability and counts moments with two writable nodes.
 
+use crate::tls::DbTls;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::TargetSessionAttrs;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -23,13 +24,22 @@ pub struct Endpoint {
 pub enum Db {
     Postgres {
         user: String,
+        tls: DbTls,
     },
     /// An application user without administrative rights, so that
     /// `read_only` stops its writes.
     MySql {
         user: String,
         password: String,
+        tls: DbTls,
     },
+}
+
+impl Db {
+    /// PostgreSQL as `user`, without TLS.
+    pub fn postgres(user: &str) -> Db {
+        Db::Postgres { user: user.to_string(), tls: DbTls::default() }
+    }
 }
 
 /// One open session of either kind.
@@ -41,8 +51,8 @@ enum Session {
 impl Session {
     async fn open(db: &Db, eps: &[Endpoint], read_write: bool, timeout: Duration) -> Option<Session> {
         match db {
-            Db::Postgres { user } => connect(eps, user, read_write, timeout).await.map(Session::Pg),
-            Db::MySql { user, password } => {
+            Db::Postgres { user, tls } => connect(eps, user, tls, read_write, timeout).await.map(Session::Pg),
+            Db::MySql { user, password, tls } => {
                 for e in eps {
                     let opts = mysql_async::OptsBuilder::default()
                         .ip_or_hostname(e.host.clone())
@@ -50,6 +60,7 @@ impl Session {
                         .user(Some(user.clone()))
                         .pass(Some(password.clone()))
                         .prefer_socket(false)
+                        .ssl_opts(tls.mysql_ssl_opts())
                         .stmt_cache_size(0);
                     let Ok(Ok(mut c)) = tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await else { continue };
                     if !read_write {
@@ -133,16 +144,19 @@ const CREATE_MY: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS vigil_drill.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
 ];
 
-async fn connect(eps: &[Endpoint], user: &str, read_write: bool, timeout: Duration) -> Option<Client> {
+async fn connect(eps: &[Endpoint], user: &str, tls: &DbTls, read_write: bool, timeout: Duration) -> Option<Client> {
     let mut c = tokio_postgres::Config::new();
     for e in eps {
         c.host(&e.host).port(e.port);
     }
+    // A multi-host connection has one mode: TLS unless every host is a socket.
+    let socket_only = eps.iter().all(|e| e.host.starts_with('/'));
+    c.ssl_mode(tls.pg_ssl_mode(if socket_only { "/" } else { "tcp" }));
     c.user(user).dbname("postgres").connect_timeout(timeout).application_name("vigil-workload");
     if read_write {
         c.target_session_attrs(TargetSessionAttrs::ReadWrite);
     }
-    let (client, conn) = tokio::time::timeout(timeout * (eps.len() as u32 + 1), c.connect(NoTls)).await.ok()?.ok()?;
+    let (client, conn) = tokio::time::timeout(timeout * (eps.len() as u32 + 1), c.connect(tls.pg_connector().ok()?)).await.ok()?.ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -173,7 +187,7 @@ pub struct Writer {
 impl Writer {
     /// Starts inserting a row every `interval` into PostgreSQL.
     pub async fn start(eps: Vec<Endpoint>, user: &str, interval: Duration) -> anyhow::Result<Writer> {
-        Self::start_db(Db::Postgres { user: user.to_string() }, eps, interval).await
+        Self::start_db(Db::postgres(user), eps, interval).await
     }
 
     /// Starts inserting a row every `interval`.
@@ -231,7 +245,7 @@ impl Writer {
 
 /// Acknowledged ids missing from the table on the current primary.
 pub async fn lost_writes(eps: &[Endpoint], user: &str, acks: &[Ack]) -> anyhow::Result<Vec<i64>> {
-    lost_writes_db(&Db::Postgres { user: user.to_string() }, eps, acks).await
+    lost_writes_db(&Db::postgres(user), eps, acks).await
 }
 
 /// Acknowledged ids missing from the table on the current primary.
@@ -276,7 +290,7 @@ pub struct CheckerReport {
 
 impl SplitBrainChecker {
     pub fn start(eps: Vec<Endpoint>, user: &str, every: Duration) -> Self {
-        Self::start_db(Db::Postgres { user: user.to_string() }, eps, every)
+        Self::start_db(Db::postgres(user), eps, every)
     }
 
     pub fn start_db(db: Db, eps: Vec<Endpoint>, every: Duration) -> Self {

@@ -45,16 +45,7 @@ fn doctor_finds_each_planted_misconfiguration() {
     let mut t = TestLab::up("doctor", |s| s.with_sync = false);
     let put_drill = |t: &TestLab, at_ms: u64| {
         t.rt.block_on(async {
-            let dcs = EtcdDcs::new(
-                &[t.lab.etcd_url()],
-                "/vigil",
-                &t.lab.cluster,
-                "test",
-                std::time::Duration::from_secs(10),
-                std::time::Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
+            let dcs = EtcdDcs::new(&t.lab.etcd_config(), &t.lab.cluster, "test", std::time::Duration::from_secs(10)).await.unwrap();
             dcs.put_json(DRILL_KEY, &DrillRecord { at_ms, scenarios: vec!["kill-db".into()], missed: 0 }).await.unwrap();
         })
     };
@@ -124,16 +115,7 @@ fn doctor_finds_a_clock_out_of_step_and_a_long_dns_ttl() {
         axum::serve(listener, app).await.unwrap();
     });
     t.rt.block_on(async {
-        let dcs = EtcdDcs::new(
-            &[t.lab.etcd_url()],
-            "/vigil",
-            &t.lab.cluster,
-            "pg9",
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
+        let dcs = EtcdDcs::new(&t.lab.etcd_config(), &t.lab.cluster, "pg9", std::time::Duration::from_secs(10)).await.unwrap();
         dcs.put_member(&rec).await.unwrap();
         let (_, f) = doctor(&t);
         assert!(has(&f, "clock", Some("pg9"), "warning"), "{f:?}");

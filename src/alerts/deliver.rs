@@ -97,7 +97,7 @@ impl Notifier {
         if let Some(c) = &cfg.command {
             dests.push(Dest::Command { command: c.clone(), timeout: cfg.command_timeout });
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
+        let http = crate::tls::http_client(Some(Duration::from_secs(5)));
         let mut queues = vec![];
         for d in dests {
             let (tx, rx) = mpsc::channel(cfg.queue);

@@ -175,6 +175,10 @@ pub enum LabAction {
         /// mariadb (MariaDB GTID replication).
         #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
         engine: String,
+        /// TLS everywhere: a private CA made with openssl, etcd with client
+        /// certificates, databases refusing TCP without TLS, HTTPS APIs.
+        #[arg(long)]
+        tls: bool,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -211,7 +215,7 @@ async fn connect(cfg: &Config) -> Result<EtcdDcs> {
 }
 
 async fn connect_as(cfg: &Config, node: &str) -> Result<EtcdDcs> {
-    EtcdDcs::new(&cfg.etcd.endpoints, &cfg.etcd.prefix, &cfg.cluster, node, cfg.timing.ttl, cfg.etcd.request_timeout).await
+    EtcdDcs::new(&cfg.etcd, &cfg.cluster, node, cfg.timing.ttl).await
 }
 
 pub async fn status(arg: &ConfigArg, json: bool, watch: bool) -> Result<()> {
@@ -320,16 +324,21 @@ pub async fn history(arg: &ConfigArg, json: bool) -> Result<()> {
 /// Exit code 0 when the check passes, 1 when it does not (also when the
 /// sidecar cannot be reached).
 pub async fn check(what: CheckKind, arg: &ConfigArg, url: Option<&str>) -> Result<i32> {
-    let base = match url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => resolve_config(arg)?.api.url(),
+    let cfg = resolve_config(arg);
+    let base = match (url, &cfg) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Ok(c)) => c.api.url(),
+        (None, Err(e)) => anyhow::bail!("{e:#}"),
     };
     let path = match what {
         CheckKind::Primary => "/primary",
         CheckKind::Replica => "/replica",
         CheckKind::Health => "/health",
     };
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = match &cfg {
+        Ok(c) => c.api.client(Duration::from_secs(2))?,
+        Err(_) => crate::tls::http_client(Some(Duration::from_secs(2))),
+    };
     match client.get(format!("{base}{path}")).send().await {
         Ok(r) if r.status().is_success() => Ok(0),
         Ok(r) => {
@@ -363,7 +372,7 @@ pub async fn dsn(arg: &ConfigArg, json: bool) -> Result<()> {
 
 pub fn lab(action: &LabAction) -> Result<()> {
     match action {
-        LabAction::Up { dir, nodes, base_port, on_primary_crash, engine } => {
+        LabAction::Up { dir, nodes, base_port, on_primary_crash, engine, tls } => {
             let bin = std::env::current_exe()?;
             let mut spec = LabSpec::new(dir.clone(), *base_port, bin);
             spec.nodes = *nodes;
@@ -371,6 +380,7 @@ pub fn lab(action: &LabAction) -> Result<()> {
                 spec.engine = crate::config::EngineKind::Mariadb;
             }
             spec.on_primary_crash = on_primary_crash.clone();
+            spec.tls = *tls;
             let t0 = Instant::now();
             let lab = Lab::up(&spec, &|msg| eprintln!("[{:5.1}s] {msg}", t0.elapsed().as_secs_f64())).inspect_err(|_| {
                 eprintln!("lab up failed; logs are in {} (stop what started with `vigil lab down`)", dir.display());
@@ -406,11 +416,12 @@ fn lab_endpoints(lab: &Lab) -> String {
     let rows: Vec<Vec<String>> = lab
         .nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             vec![
                 n.name.clone(),
                 format!("127.0.0.1:{}", n.db_port),
-                format!("http://127.0.0.1:{}", n.api_port),
+                lab.api_url(i),
                 n.sidecar_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 n.config.display().to_string(),
             ]
@@ -534,11 +545,24 @@ async fn run_with<E: crate::engine::Engine>(cfg: Config, engine: Arc<E>) -> Resu
         engine: Arc::clone(&engine),
         dcs: Arc::clone(&dcs),
     }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api).await {
-            tracing::error!(error = %e, "API server stopped");
+    match (&cfg.api.cert_file, &cfg.api.key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::TlsListener::new(listener, crate::tls::server_config(cert, key)?)?;
+            tracing::info!(url = %cfg.api.url(), "API serving HTTPS");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(tls, api).await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            });
         }
-    });
+        _ => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, api).await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            });
+        }
+    }
 
     let notifier = crate::alerts::Notifier::start(&cfg.alerts, format!("{}/cluster", cfg.api.url()));
     if let Some(d) = &cfg.dns {

@@ -7,6 +7,7 @@
 //!   configured request deadline.
 
 use super::*;
+use crate::config::EtcdConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
@@ -39,11 +40,16 @@ pub struct EtcdDcs {
 impl EtcdDcs {
     /// Builds clients for every endpoint. Connecting is lazy: a dead
     /// endpoint shows up on the first call, not here.
-    pub async fn new(endpoints: &[String], prefix: &str, cluster: &str, node: &str, ttl: Duration, timeout: Duration) -> Result<Self> {
+    pub async fn new(etcd: &EtcdConfig, cluster: &str, node: &str, ttl: Duration) -> Result<Self> {
+        let (endpoints, prefix, timeout) = (&etcd.endpoints, &etcd.prefix, etcd.request_timeout);
+        let tls = etcd.tls()?;
         let mut clients = Vec::new();
         for ep in endpoints {
-            let opts =
+            let mut opts =
                 ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout).with_keep_alive(Duration::from_secs(2), timeout);
+            if let Some(t) = &tls {
+                opts = opts.with_tls(t.clone());
+            }
             let c = Client::connect([ep.as_str()], Some(opts)).await.with_context(|| format!("etcd endpoint {ep}"))?;
             clients.push((ep.clone(), c));
         }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The heartbeat table's DDL, shipped in `sql/postgres/`.
 pub const HEARTBEAT_DDL: &str = include_str!("../../sql/postgres/heartbeat.sql");
@@ -80,8 +80,10 @@ impl Postgres {
     }
 
     async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Client> {
-        let cfg = self.pg_config(host, port, timeout);
-        let (client, conn) = tokio::time::timeout(timeout + Duration::from_millis(100), cfg.connect(NoTls))
+        let mut cfg = self.pg_config(host, port, timeout);
+        let tls = self.cfg.tls();
+        cfg.ssl_mode(tls.pg_ssl_mode(host));
+        let (client, conn) = tokio::time::timeout(timeout + Duration::from_millis(100), cfg.connect(tls.pg_connector()?))
             .await
             .map_err(|_| anyhow!("no answer from {host}:{port} within {timeout:?}"))?
             .map_err(describe_pg_error)?;
@@ -182,6 +184,11 @@ impl Postgres {
         h
     }
 
+    /// `sslmode=… sslrootcert=…` for the conninfo strings vigil writes.
+    fn tls_params(&self) -> Vec<String> {
+        self.cfg.tls().libpq_params().into_iter().map(|(k, v)| format!("{k}={}", conn_quote(&v))).collect()
+    }
+
     fn conninfo(&self, up: &Upstream) -> String {
         let mut parts = vec![
             format!("user={}", conn_quote(&self.cfg.replication_user)),
@@ -191,6 +198,7 @@ impl Postgres {
             "connect_timeout=2".to_string(),
             "keepalives=1 keepalives_idle=5 keepalives_interval=1 keepalives_count=3".to_string(),
         ];
+        parts.extend(self.tls_params());
         if !self.cfg.replication_password.is_empty() {
             parts.push(format!("password={}", conn_quote(self.cfg.replication_password.expose())));
         }
@@ -263,13 +271,17 @@ impl Postgres {
     }
 
     async fn rewind(&self, up: &Upstream) -> Result<String> {
-        let source = format!(
+        let mut source = format!(
             "host={} port={} user={} dbname={} connect_timeout=5",
             conn_quote(&up.host),
             up.port,
             conn_quote(&self.cfg.user),
             conn_quote(&self.cfg.dbname)
         );
+        for p in self.tls_params() {
+            source.push(' ');
+            source.push_str(&p);
+        }
         let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_rewind"));
         cmd.arg("--target-pgdata").arg(&self.cfg.data_dir).arg("--source-server").arg(source);
         if !self.cfg.password.is_empty() {
@@ -316,6 +328,9 @@ impl Postgres {
         ]);
         if !self.cfg.replication_password.is_empty() {
             cmd.env("PGPASSWORD", self.cfg.replication_password.expose());
+        }
+        for (k, v) in self.cfg.tls().libpq_params() {
+            cmd.env(format!("PG{}", k.to_uppercase()), v);
         }
         proc::run(cmd, "pg_basebackup", Duration::from_secs(3600)).await?;
         crate::faults::point("during_base_backup_swap");

@@ -76,7 +76,8 @@ impl Lab {
              sync-binlog = 0\n\
              performance-schema = OFF\n\
              max-connections = 80\n\
-             character-set-server = utf8mb4\n",
+             character-set-server = utf8mb4\n{tls}",
+            tls = self.mariadb_tls(),
             name = n.name,
             data = n.data_dir.display(),
             port = n.db_port,
@@ -179,8 +180,9 @@ impl Lab {
                 n,
                 &format!(
                     "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='{REPL_USER}', MASTER_PASSWORD='{REPL_PASSWORD}', \
-                     MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1; START SLAVE;",
-                    primary.db_port
+                     MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1{}; START SLAVE;",
+                    primary.db_port,
+                    self.db_tls().mysql_source_options(true)
                 ),
             )?;
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -206,7 +208,8 @@ impl Lab {
         format!(
             "[database]\nhost = \"127.0.0.1\"\nport = {port}\n# Its own server through the unix socket: works while the node is partitioned.\n\
              local_host = \"{socket}\"\nuser = \"{VIGIL_USER}\"\npassword_file = \"{pw}\"\nreplication_user = \"{REPL_USER}\"\n\
-             replication_password_file = \"{rpw}\"\ndata_dir = \"{data}\"\ndefaults_file = \"{cnf}\"\nlog_file = \"{log}\"\n",
+             replication_password_file = \"{rpw}\"\ndata_dir = \"{data}\"\ndefaults_file = \"{cnf}\"\nlog_file = \"{log}\"\n{tls}",
+            tls = self.sidecar_tls_lines("database"),
             port = n.db_port,
             socket = self.mariadb_socket(n).display(),
             pw = self.dir.join("db-password").display(),

@@ -10,6 +10,7 @@
 //! the PID in its data directory's pid file).
 
 pub mod mariadb;
+mod tls;
 
 use crate::config::EngineKind;
 use crate::dcs::{ClusterState, Dcs, EtcdDcs};
@@ -49,6 +50,9 @@ pub struct LabSpec {
     pub synchronous: bool,
     /// `timing.hold_down` (the lab runs drills back to back: 0s).
     pub hold_down: String,
+    /// TLS everywhere: etcd (with client certificates), the databases
+    /// (TCP without TLS refused) and the sidecars' APIs.
+    pub tls: bool,
 }
 
 impl LabSpec {
@@ -67,6 +71,7 @@ impl LabSpec {
             engine: EngineKind::Postgres,
             synchronous: false,
             hold_down: "0s".into(),
+            tls: false,
         }
     }
 
@@ -98,6 +103,8 @@ pub struct Lab {
     pub engine: EngineKind,
     pub etcd_port: u16,
     pub etcd_pid: Option<i32>,
+    #[serde(default)]
+    pub tls: bool,
     pub vigil_bin: PathBuf,
     pub nodes: Vec<LabNode>,
     /// The session store: primary and replica ports, and their PIDs.
@@ -166,7 +173,7 @@ impl Lab {
     }
 
     pub fn etcd_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.etcd_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.etcd_port)
     }
 
     /// The etcd address node `i` uses: its own loopback alias.
@@ -175,7 +182,15 @@ impl Lab {
     }
 
     pub fn node_etcd_url(&self, i: usize) -> String {
-        format!("http://{}:{}", self.node_etcd_addr(i), self.etcd_port)
+        format!("{}://{}:{}", self.scheme(), self.node_etcd_addr(i), self.etcd_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The unix socket directory of every lab server.
@@ -187,6 +202,7 @@ impl Lab {
     /// On failure, whatever was started is stopped again (the directory is
     /// kept for its logs).
     pub fn up(spec: &LabSpec, say: &dyn Fn(&str)) -> Result<Lab> {
+        crate::tls::install_default_provider();
         if Self::state_file(&spec.dir).exists() {
             bail!("a lab is already recorded in {} (run `vigil lab down` first)", spec.dir.display());
         }
@@ -232,6 +248,7 @@ impl Lab {
             engine: spec.engine,
             etcd_port: spec.base_port,
             etcd_pid: None,
+            tls: spec.tls,
             vigil_bin: spec.vigil_bin.clone(),
             nodes: vec![],
             redis: vec![],
@@ -252,8 +269,12 @@ impl Lab {
             });
         }
         lab.save()?;
+        if lab.tls {
+            say("making the lab's CA and server certificate (openssl)");
+            lab.make_certs()?;
+        }
 
-        say(&format!("starting etcd on 127.0.0.1:{}", lab.etcd_port));
+        say(&format!("starting etcd on {}", lab.etcd_url()));
         lab.start_etcd()?;
         lab.save()?;
 
@@ -319,8 +340,11 @@ impl Lab {
              shared_buffers = 32MB\nmax_connections = 40\nfsync = off\nlog_min_messages = warning\nlog_line_prefix = '%m [%p] '\n",
             run_dir.display()
         );
+        let (tls_conf, tls_hba) = self.postgres_tls();
         let mut f = std::fs::OpenOptions::new().append(true).open(primary.data_dir.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut f, conf.as_bytes())?;
+        std::io::Write::write_all(&mut f, format!("{conf}{tls_conf}").as_bytes())?;
+        let hba = primary.data_dir.join("pg_hba.conf");
+        std::fs::write(&hba, format!("{tls_hba}{}", std::fs::read_to_string(&hba)?))?;
         say(&format!("starting {} to take base backups", primary.name));
         sh(
             as_postgres("pg_ctl").arg("-D").arg(&primary.data_dir).args(["-w", "-s", "-l"]).arg(primary.dir.join("data.log")).args([
@@ -334,8 +358,12 @@ impl Lab {
             say(&format!("pg_basebackup {} from {}", n.name, primary.name));
             std::fs::create_dir_all(&n.dir)?;
             chown_postgres(&n.dir)?;
+            let mut cmd = as_postgres("pg_basebackup");
+            if self.tls {
+                cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", self.ca_file());
+            }
             sh(
-                as_postgres("pg_basebackup").arg("-D").arg(&n.data_dir).args([
+                cmd.arg("-D").arg(&n.data_dir).args([
                     "-h",
                     "127.0.0.1",
                     "-p",
@@ -367,7 +395,7 @@ node = "{name}"{engine}
 # Each node reaches etcd through its own loopback address, so that a drill
 # can cut one node off etcd alone.
 endpoints = ["{etcd}"]
-
+{etcd_tls}
 [timing]
 loop = "{tloop}"
 ttl = "{ttl}"
@@ -384,7 +412,7 @@ synchronous = {synchronous}
 [api]
 listen = "127.0.0.1:{api_port}"
 token_file = "{token}"
-{sync}{extra}
+{api_tls}{sync}{extra}
 "#,
             name = n.name,
             cluster = spec.cluster,
@@ -393,14 +421,17 @@ token_file = "{token}"
             database = match self.engine {
                 EngineKind::Postgres => format!(
                     "[database]\nhost = \"127.0.0.1\"\nport = {}\n# Its own database through the unix socket: works while the node is partitioned.\n\
-                     local_host = \"{}\"\nuser = \"postgres\"\nreplication_user = \"postgres\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n",
+                     local_host = \"{}\"\nuser = \"postgres\"\nreplication_user = \"postgres\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n{}",
                     n.db_port,
                     self.dir.join("run").display(),
                     n.data_dir.display(),
-                    n.dir.join("data.log").display()
+                    n.dir.join("data.log").display(),
+                    self.sidecar_tls_lines("database"),
                 ),
                 _ => self.mariadb_database_section(n),
             },
+            etcd_tls = self.sidecar_tls_lines("etcd"),
+            api_tls = self.sidecar_tls_lines("api"),
             crash = spec.on_primary_crash,
             synchronous = spec.synchronous,
             hold_down = spec.hold_down,
@@ -501,6 +532,7 @@ token_file = "{token}"
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("lab={peer}")])
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.etcd_port + 2)])
+            .args(self.etcd_tls_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -612,8 +644,7 @@ token_file = "{token}"
     pub fn cluster_state(&self) -> Result<ClusterState> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
-            let dcs =
-                EtcdDcs::new(&[self.etcd_url()], "/vigil", &self.cluster, "lab", Duration::from_secs(10), Duration::from_secs(1)).await?;
+            let dcs = EtcdDcs::new(&self.etcd_config(), &self.cluster, "lab", Duration::from_secs(10)).await?;
             dcs.load().await
         })
     }

@@ -31,17 +31,9 @@ impl TestLab {
         self.lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect()
     }
 
-    /// The test traffic's database and user: PostgreSQL's superuser, or
-    /// MariaDB's application user (no administrative rights, so that
-    /// `read_only` stops it as it stops applications).
+    /// The test traffic's database and user (see `Lab::workload_db`).
     pub fn db(&self) -> vigil::workload::Db {
-        match self.lab.engine {
-            vigil::config::EngineKind::Postgres => vigil::workload::Db::Postgres { user: "postgres".into() },
-            _ => vigil::workload::Db::MySql {
-                user: vigil::lab::mariadb::APP_USER.into(),
-                password: vigil::lab::mariadb::APP_PASSWORD.into(),
-            },
-        }
+        self.lab.workload_db()
     }
 
     pub fn index(&self, node: &str) -> usize {

@@ -196,7 +196,7 @@ impl MySql {
         if host.starts_with('/') {
             b.socket(Some(host.to_string())).prefer_socket(true)
         } else {
-            b.ip_or_hostname(host.to_string()).tcp_port(port).prefer_socket(false)
+            b.ip_or_hostname(host.to_string()).tcp_port(port).prefer_socket(false).ssl_opts(self.cfg.tls().mysql_ssl_opts())
         }
     }
 
@@ -398,7 +398,8 @@ impl MySql {
         // A former primary's own writes: fold them into the replication
         // position, or it would ask the new primary for them again.
         let demote = f.is_mariadb() && snap.current_pos != snap.slave_pos && !snap.current_pos.is_empty();
-        let change = f.change_source(&up.host, up.port, &self.cfg.replication_user, self.cfg.replication_password.expose(), demote);
+        let change = f.change_source(&up.host, up.port, &self.cfg.replication_user, self.cfg.replication_password.expose(), demote)
+            + &self.cfg.tls().mysql_source_options(f.is_mariadb());
         self.run(vec![f.stop_replica().into(), change, f.start_replica().into()], self.cfg.query_timeout * 10).await
     }
 
@@ -441,6 +442,7 @@ impl MySql {
         let mut cmd = tokio::process::Command::new("mariadb-dump");
         cmd.args(["--host", &up.host, "--port", &up.port.to_string(), "--user", &self.cfg.user, "--protocol=TCP"])
             .args(["--all-databases", "--single-transaction", "--gtid", "--master-data=2", "--routines", "--events", "--triggers"])
+            .args(self.cfg.tls().mysql_client_args())
             .arg(format!("--result-file={}", dump.display()))
             .env("MYSQL_PWD", self.cfg.password.expose())
             .kill_on_drop(true);
@@ -467,7 +469,7 @@ impl MySql {
         if host.starts_with('/') {
             load.arg(format!("--socket={host}"));
         } else {
-            load.args(["--host", &host, "--port", &self.cfg.port.to_string(), "--protocol=TCP"]);
+            load.args(["--host", &host, "--port", &self.cfg.port.to_string(), "--protocol=TCP"]).args(self.cfg.tls().mysql_client_args());
         }
         load.args(["--user", &self.cfg.user, "--init-command=SET SESSION sql_log_bin = 0", "--batch"])
             .env("MYSQL_PWD", self.cfg.password.expose())
