@@ -695,8 +695,11 @@ impl Config {
                 format!("{} must not exceed timing.retry ({})", hd(self.etcd.request_timeout), hd(t.retry)),
             );
         }
-        if self.engine != EngineKind::Postgres && self.failover.synchronous {
-            return err("failover.synchronous", "synchronous mode is supported for PostgreSQL only (MariaDB semi-sync: not yet)".into());
+        if self.engine == EngineKind::Mysql && self.failover.synchronous {
+            return err(
+                "failover.synchronous",
+                "synchronous mode is supported for PostgreSQL and MariaDB (semi-sync); MySQL's semi-sync plugins are not managed".into(),
+            );
         }
         if self.engine != EngineKind::Postgres && self.database.defaults_file.is_none() {
             return err("database.defaults_file", "is required for MariaDB/MySQL: vigil starts the server with this option file".into());

@@ -274,6 +274,15 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref()).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not update the synchronous standbys");
             }
+        } else if self.cfg.failover.synchronous && obs.local.role == Some(crate::core::DbRole::Replica) {
+            // A replica acknowledges commits only while the current leader
+            // names it in the synchronous set.
+            let member = cluster.as_ref().is_some_and(|c| {
+                c.leader.as_ref().zip(c.sync.as_ref()).is_some_and(|(l, s)| s.leader == l.node && s.standbys.contains(&self.cfg.node))
+            });
+            if let Err(e) = self.engine.set_sync_member(member).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not change this replica's synchronous acknowledgements");
+            }
         }
         let silent = self.silent_peers(cluster.as_ref());
         self.publish(&obs, cluster, dcs_error, &decision).await;
@@ -890,7 +899,21 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let desired: BTreeSet<String> = c.members.values().filter(|m| m.node != me && m.priority > 0).map(|m| m.node.clone()).collect();
         let mine = c.sync.as_ref().filter(|s| s.leader == me);
         let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
-        let connected: BTreeMap<&str, Lsn> = obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
+        let mut connected: BTreeMap<&str, Lsn> =
+            obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
+        // MariaDB names its connected replicas by server_id only, and any
+        // of them that has semi-sync on may acknowledge: map them to
+        // members (also departed ones, whose last record is kept), with
+        // the received position of their latest record (never ahead of
+        // what they have now).
+        if let Some(ids) = obs.and_then(|o| o.gtid.as_ref()).map(|g| &g.connected_replicas) {
+            for m in self.known.values().filter(|m| m.node != me) {
+                if m.gtid.as_ref().is_some_and(|g| ids.contains(&g.server_id)) {
+                    let latest = c.members.get(&m.node).unwrap_or(m);
+                    connected.insert(m.node.as_str(), latest.receive_lsn.unwrap_or(Lsn(0)));
+                }
+            }
+        }
         let flushed = obs.and_then(|o| o.local.position).map(|p| p.lsn);
         let mut next: BTreeSet<String> = current.union(&desired).cloned().collect();
         for gone in current.difference(&desired) {

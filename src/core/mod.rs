@@ -619,11 +619,11 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 /// in the set and knows every other member's position to be no fresher.
 fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     let hint = "`vigil failover --to NODE --allow-data-loss` overrides";
-    let Some(set) = &view.sync_standbys else {
-        return Some(format!(
-            "synchronous mode: no synchronous set is recorded, so no replica is known to hold every acknowledged commit; {hint}"
-        ));
-    };
+    // The leader records the set before its database waits for any
+    // member's acknowledgement: with no set recorded, no commit was ever
+    // acknowledged synchronously (a new cluster), and the ordinary rules
+    // choose.
+    let Some(set) = &view.sync_standbys else { return None };
     if !set.contains(&i.me) {
         return Some(format!(
             "synchronous mode: {} is not in the synchronous set [{}], so it may lack acknowledged commits; {hint}",

@@ -51,6 +51,14 @@ pub struct GtidStatus {
     /// Transactions this replica has that the primary never had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errant: Option<String>,
+    /// MariaDB semi-synchronous replication: on a primary, whether commits
+    /// wait for a replica's acknowledgement; on a replica, whether it
+    /// acknowledges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub semi_sync: bool,
+    /// Primary: the server_ids of the replicas connected to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected_replicas: Vec<u32>,
 }
 
 /// Everything one look at the local database yields.
@@ -152,6 +160,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Synchronous mode: makes a commit wait until one of `standbys` has
     /// flushed it (an empty list: asynchronous). Idempotent.
     fn set_synchronous(&self, standbys: &[String]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Synchronous mode, on a replica: whether it is a member of the
+    /// leader's synchronous set. Engines where the replica itself decides
+    /// to acknowledge (MariaDB semi-sync) turn acknowledgements on only
+    /// while it is, so that every acknowledgement comes from a member of
+    /// the set; PostgreSQL's primary names its standbys and ignores this.
+    fn set_sync_member(&self, _member: bool) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Does the database at host:port accept writes? None: unreachable.
     fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = Option<bool>> + Send;
 }

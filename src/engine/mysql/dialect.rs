@@ -128,15 +128,41 @@ impl Flavor {
     }
 
     /// The variables one observation reads, in the order `Vars` expects.
+    /// MariaDB's built-in semi-synchronous replication, as synchronous
+    /// mode uses it on the primary: commits wait for a replica's
+    /// acknowledgement after the binary log is synced (AFTER_SYNC, so no
+    /// other session sees a commit before a replica has it), and never give
+    /// up waiting (the longest timeout the server takes, about 49 days: no
+    /// silent fallback to asynchronous commits). Off: asynchronous.
+    pub fn semi_sync_primary(self, on: bool) -> Vec<String> {
+        if on {
+            vec![
+                "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'".into(),
+                "SET GLOBAL rpl_semi_sync_master_timeout = 4294967295".into(),
+                "SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON".into(),
+                "SET GLOBAL rpl_semi_sync_master_enabled = ON".into(),
+            ]
+        } else {
+            vec!["SET GLOBAL rpl_semi_sync_master_enabled = OFF".into()]
+        }
+    }
+
+    /// A replica's receiver reads `rpl_semi_sync_slave_enabled` when it
+    /// connects: restart it after changing the setting.
+    pub fn semi_sync_replica_restart(self) -> Vec<String> {
+        vec!["STOP SLAVE IO_THREAD".into(), "START SLAVE IO_THREAD".into()]
+    }
+
     pub fn observe_vars(self) -> &'static str {
         match self {
             Flavor::MariaDb => {
                 "SELECT @@global.read_only, 0, @@server_id, @@version, @@global.gtid_binlog_pos, @@global.gtid_slave_pos, \
-                 @@global.gtid_current_pos, @@global.gtid_binlog_state, ''"
+                 @@global.gtid_current_pos, @@global.gtid_binlog_state, '', @@global.rpl_semi_sync_master_enabled, \
+                 @@global.rpl_semi_sync_slave_enabled"
             }
             _ => {
                 "SELECT @@global.read_only, @@global.super_read_only, @@server_id, @@version, @@global.gtid_executed, \
-                 @@global.gtid_executed, @@global.gtid_executed, @@global.gtid_executed, @@server_uuid"
+                 @@global.gtid_executed, @@global.gtid_executed, @@global.gtid_executed, @@server_uuid, 0, 0"
             }
         }
     }

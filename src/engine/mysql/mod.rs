@@ -27,6 +27,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -44,6 +45,9 @@ pub struct MySql {
     promote_timeout: Duration,
     conn: Mutex<Option<(Conn, Flavor, Instant)>>,
     mem: StdMutex<Memory>,
+    /// A semi-synchronous heartbeat write is still waiting for its
+    /// acknowledgement (see `write_heartbeat`).
+    heartbeat_waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the engine remembers between observations.
@@ -62,6 +66,8 @@ struct Memory {
     /// The server accepted writes when last seen (a former primary whose
     /// unreplicated tail, if any, must be discarded to rejoin).
     was_primary: bool,
+    /// Semi-synchronous commits are on (this server is the primary).
+    semi_sync_on: bool,
 }
 
 /// One reading of the server's replication variables.
@@ -80,6 +86,12 @@ struct Snapshot {
     /// MariaDB: gtid_binlog_state / MySQL: gtid_executed.
     binlog_state: String,
     replica: Option<ReplicaStatus>,
+    /// MariaDB semi-sync: commits wait for an acknowledgement (primary
+    /// side) / this server acknowledges (replica side).
+    semi_sync_primary: bool,
+    semi_sync_replica: bool,
+    /// Primary with semi-sync on: server_ids of the connected replicas.
+    connected: Vec<u32>,
 }
 
 /// A position reduced to the number that orders candidates: transactions
@@ -163,7 +175,14 @@ fn truthy(v: Option<String>) -> bool {
 
 impl MySql {
     pub fn new(cfg: DatabaseConfig, kind: EngineKind, promote_timeout: Duration) -> Self {
-        MySql { cfg, kind, promote_timeout, conn: Mutex::new(None), mem: StdMutex::new(Memory::default()) }
+        MySql {
+            cfg,
+            kind,
+            promote_timeout,
+            conn: Mutex::new(None),
+            mem: StdMutex::new(Memory::default()),
+            heartbeat_waiting: Default::default(),
+        }
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -276,15 +295,28 @@ impl MySql {
             Box::pin(async move {
                 let row: Row = c.query_first(flavor.observe_vars()).await?.ok_or_else(|| anyhow!("no row"))?;
                 let replica: Option<Row> = c.query_first(flavor.replica_status()).await?;
+                let read_only = truthy(row_text(&row, 0)) || truthy(row_text(&row, 1));
+                let semi_sync_primary = truthy(row_text(&row, 9));
+                // Synchronous mode needs to know which replicas could be
+                // acknowledging (see `Ha::manage_sync`).
+                let connected = if semi_sync_primary && !read_only {
+                    let hosts: Vec<Row> = c.query("SHOW SLAVE HOSTS").await?;
+                    hosts.iter().filter_map(|r| row_text(r, 0).and_then(|v| v.parse().ok())).collect()
+                } else {
+                    vec![]
+                };
                 Ok(Snapshot {
                     flavor,
-                    read_only: truthy(row_text(&row, 0)) || truthy(row_text(&row, 1)),
+                    read_only,
                     server_id: row_text(&row, 2).and_then(|s| s.parse().ok()).unwrap_or(0),
                     binlog_pos: row_text(&row, 4).unwrap_or_default(),
                     slave_pos: row_text(&row, 5).unwrap_or_default(),
                     current_pos: row_text(&row, 6).unwrap_or_default(),
                     binlog_state: row_text(&row, 7).unwrap_or_default(),
                     server_uuid: row_text(&row, 8).unwrap_or_default(),
+                    semi_sync_primary,
+                    semi_sync_replica: truthy(row_text(&row, 10)),
+                    connected,
                     // A row with an empty host is a replica config reset to nothing.
                     replica: replica.map(|r| ReplicaStatus::from_columns(&row_map(&r))).filter(|r| !r.source_host.is_empty()),
                 })
@@ -400,7 +432,13 @@ impl MySql {
         let demote = f.is_mariadb() && snap.current_pos != snap.slave_pos && !snap.current_pos.is_empty();
         let change = f.change_source(&up.host, up.port, &self.cfg.replication_user, self.cfg.replication_password.expose(), demote)
             + &self.cfg.tls().mysql_source_options(f.is_mariadb());
-        self.run(vec![f.stop_replica().into(), change, f.start_replica().into()], self.cfg.query_timeout * 10).await
+        let mut stmts = vec![f.stop_replica().into(), change, f.start_replica().into()];
+        if snap.semi_sync_primary {
+            // A replica waits for nobody's acknowledgement (its applier
+            // would otherwise wait on replicas it does not have).
+            stmts.splice(0..0, f.semi_sync_primary(false));
+        }
+        self.run(stmts, self.cfg.query_timeout * 10).await
     }
 
     /// Reads another server's binlog state (its GTID history).
@@ -504,6 +542,8 @@ impl MySql {
             server_id: snap.server_id,
             server_uuid: (!snap.server_uuid.is_empty()).then(|| snap.server_uuid.clone()),
             binlog_state: snap.binlog_state.clone(),
+            semi_sync: if snap.read_only { snap.semi_sync_replica } else { snap.semi_sync_primary },
+            connected_replicas: snap.connected.clone(),
             ..Default::default()
         };
         match pos {
@@ -561,6 +601,7 @@ impl MySql {
             obs.local.blocker = Some(format!("errant transactions {e} (not on the primary); promote only with --allow-data-loss"));
         }
         m.last = Some(snap.clone());
+        m.semi_sync_on = snap.semi_sync_primary && !snap.read_only;
         status
     }
 }
@@ -659,6 +700,32 @@ impl Engine for MySql {
              ON DUPLICATE KEY UPDATE node = VALUES(node), term = VALUES(term), ts = VALUES(ts)",
             dialect::sql_string(node)
         );
+        if self.mem().semi_sync_on {
+            // Semi-sync has no per-session way out (PostgreSQL's heartbeat
+            // commits with synchronous_commit = local): the write waits
+            // for a replica's acknowledgement like any other. Let it wait
+            // on a session of its own, so the loop never stalls on it;
+            // while one waits, no second is sent.
+            use std::sync::atomic::Ordering;
+            if self.heartbeat_waiting.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+            let host = self.cfg.local_host.clone().unwrap_or_else(|| self.cfg.host.clone());
+            let conn = self.connect(&host, self.cfg.port, self.cfg.connect_timeout).await;
+            let waiting = Arc::clone(&self.heartbeat_waiting);
+            let Ok((mut c, _)) = conn else {
+                waiting.store(false, Ordering::SeqCst);
+                return conn.map(|_| ()).context("write heartbeat");
+            };
+            tokio::spawn(async move {
+                if tokio::time::timeout(Duration::from_secs(60), c.query_drop(sql)).await.is_err() {
+                    tracing::warn!("the heartbeat has waited 60s for a semi-synchronous acknowledgement");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+                waiting.store(false, Ordering::SeqCst);
+            });
+            return Ok(());
+        }
         self.run(vec![sql], self.cfg.query_timeout).await.context("write heartbeat")
     }
 
@@ -821,12 +888,44 @@ impl Engine for MySql {
     }
 
     async fn set_synchronous(&self, standbys: &[String]) -> Result<()> {
-        // Refused at config time; semi-synchronous replication is not managed yet.
-        if standbys.is_empty() {
-            Ok(())
-        } else {
-            bail!("synchronous mode is not supported for MariaDB/MySQL")
+        // This loop's observation is fresh enough (it is called every loop).
+        let last = self.mem().last.clone();
+        let snap = match last {
+            Some(s) => s,
+            None => self.snapshot().await?,
+        };
+        let on = !standbys.is_empty();
+        if !snap.flavor.is_mariadb() {
+            // Refused at config time: MySQL's semi-sync plugins are not managed.
+            return if on { bail!("synchronous mode is supported for MariaDB and PostgreSQL only") } else { Ok(()) };
         }
+        self.mem().semi_sync_on = on;
+        if snap.semi_sync_primary == on {
+            return Ok(());
+        }
+        self.run(snap.flavor.semi_sync_primary(on), self.cfg.query_timeout * 3).await?;
+        tracing::info!(semi_sync = on, standbys = ?standbys, "semi-synchronous commits {}", if on { "on" } else { "off" });
+        Ok(())
+    }
+
+    async fn set_sync_member(&self, member: bool) -> Result<()> {
+        let Some(snap) = self.mem().last.clone() else { return Ok(()) };
+        if !snap.flavor.is_mariadb() || !snap.read_only || snap.semi_sync_replica == member {
+            return Ok(());
+        }
+        // The setting first, so that any receiver started from now on
+        // (a re-point) reads it; then restart the receiver running now, if
+        // one is configured (a fresh look: this loop may have re-pointed).
+        self.run(vec![format!("SET GLOBAL rpl_semi_sync_slave_enabled = {}", if member { "ON" } else { "OFF" })], self.cfg.query_timeout)
+            .await?;
+        if self.snapshot().await?.replica.is_some() {
+            self.run(snap.flavor.semi_sync_replica_restart(), self.cfg.query_timeout * 5).await?;
+        }
+        if let Some(last) = self.mem().last.as_mut() {
+            last.semi_sync_replica = member;
+        }
+        tracing::info!(member, "semi-synchronous acknowledgements {}", if member { "on" } else { "off" });
+        Ok(())
     }
 
     async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {
@@ -853,6 +952,9 @@ mod tests {
             current_pos: String::new(),
             binlog_state: String::new(),
             replica: None,
+            semi_sync_primary: false,
+            semi_sync_replica: false,
+            connected: vec![],
         }
     }
 
