@@ -1018,6 +1018,11 @@ data_dir = "/var/lib/postgresql/15/main"
         assert_eq!(c.database.bin_dir, PathBuf::from("/usr/sbin"));
         let pg = parse(GOOD).unwrap();
         assert_eq!((pg.database.user.as_str(), pg.database.bin_dir.to_str().unwrap()), ("postgres", "/usr/lib/postgresql/15/bin"));
+        // Synchronous mode: MariaDB semi-sync is managed, MySQL's plugins are not.
+        let sync = format!("{text}defaults_file = \"/etc/mysql/my.cnf\"\n\n[failover]\nsynchronous = true\n");
+        assert!(parse(&sync).unwrap().failover.synchronous);
+        let e = parse(&sync.replace("\"mariadb\"", "\"mysql\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("failover.synchronous"), "{e}");
     }
 
     #[test]
