@@ -2,7 +2,9 @@
 //! with a writer and a split-brain checker running the whole time. Not part
 //! of the test suite (it takes about 10 minutes); run it with
 //! `cargo bench --bench soak`. `VIGIL_SOAK_FAULTS` (default 30) and
-//! `VIGIL_SOAK_SEED` choose how many faults and which.
+//! `VIGIL_SOAK_SEED` choose how many faults and which;
+//! `VIGIL_SOAK_ENGINE=mariadb` soaks a MariaDB (semi-sync) lab instead of
+//! PostgreSQL.
 //!
 //! It reports every fault with its recovery time, then the acknowledged
 //! writes lost (synchronous mode: must be 0) and the polls at which two
@@ -10,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 use vigil::lab::{free_base_port, Lab, LabSpec};
-use vigil::workload::{lost_writes, Endpoint, SplitBrainChecker, Writer};
+use vigil::workload::{lost_writes_db, Endpoint, SplitBrainChecker, Writer};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -65,12 +67,16 @@ fn main() {
     let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil")).fast();
     spec.synchronous = true;
     spec.with_sync = false;
+    if std::env::var("VIGIL_SOAK_ENGINE").as_deref() == Ok("mariadb") {
+        spec.engine = vigil::config::EngineKind::Mariadb;
+    }
     let mut guard = LabGuard { lab: Lab::up(&spec, &|m| eprintln!("lab: {m}")).expect("lab up"), keep: true };
     let lab = &mut guard.lab;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let eps: Vec<Endpoint> = lab.nodes.iter().map(|n| Endpoint { host: "127.0.0.1".into(), port: n.db_port }).collect();
-    let writer = rt.block_on(Writer::start(eps.clone(), "postgres", Duration::from_millis(10))).expect("writer");
-    let checker = rt.block_on(async { SplitBrainChecker::start(eps.clone(), "postgres", Duration::from_millis(50)) });
+    let db = lab.workload_db();
+    let writer = rt.block_on(Writer::start_db(db.clone(), eps.clone(), Duration::from_millis(10))).expect("writer");
+    let checker = rt.block_on(async { SplitBrainChecker::start_db(db.clone(), eps.clone(), Duration::from_millis(50)) });
     let mut rng = Rng(seed);
     let table = format!("vigil_soak_{}", std::process::id());
     let started = Instant::now();
@@ -145,7 +151,7 @@ fn main() {
     let report = rt.block_on(async { tokio::time::timeout(limit, checker.stop()).await }).expect("the checker stops");
     let acks = rt.block_on(async { tokio::time::timeout(limit, writer.stop()).await }).expect("the writer stops");
     let lost = rt
-        .block_on(async { tokio::time::timeout(limit, lost_writes(&eps, "postgres", &acks)).await })
+        .block_on(async { tokio::time::timeout(limit, lost_writes_db(&db, &eps, &acks)).await })
         .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))
         .and_then(|r| r)
         .unwrap_or_else(|e| {

@@ -364,6 +364,14 @@ pub fn render(findings: &[Finding]) -> String {
     crate::cli::status::table(&["LEVEL", "CHECK", "NODE", "FINDING"], &rows)
 }
 
+pub fn exit_code(findings: &[Finding]) -> i32 {
+    match findings.iter().map(|x| x.level).max() {
+        Some(Level::Critical) => 2,
+        Some(Level::Warning) => 1,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,13 +429,5 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].node.as_deref(), d[0].level), (Some("c"), Level::Critical));
         assert!(duplicate_server_ids(&[("a".into(), 1), ("b".into(), 2)]).is_empty());
-    }
-}
-
-pub fn exit_code(findings: &[Finding]) -> i32 {
-    match findings.iter().map(|x| x.level).max() {
-        Some(Level::Critical) => 2,
-        Some(Level::Warning) => 1,
-        _ => 0,
     }
 }

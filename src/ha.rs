@@ -29,6 +29,10 @@ use tokio::sync::Notify;
 /// A finished DNS publication: term, outcome, when (ms).
 type DnsResult = (i64, Result<Published, String>, u64);
 
+/// Per silent peer: its database's last answer to "do you accept writes?"
+/// (None: not yet known; inner None: unreachable) and when that probe began.
+type SilentProbes = std::collections::HashMap<String, (Option<Option<bool>>, Instant)>;
+
 pub struct Ha<E: Engine, D: Dcs> {
     cfg: Config,
     policy: Policy,
@@ -61,7 +65,7 @@ pub struct Ha<E: Engine, D: Dcs> {
     rejoin_attempts: u32,
     /// Silent peers' databases as last probed in the background: answer
     /// (None: not yet known) and when the probe started.
-    silent_probes: Arc<std::sync::Mutex<std::collections::HashMap<String, (Option<Option<bool>>, Instant)>>>,
+    silent_probes: Arc<std::sync::Mutex<SilentProbes>>,
     notifier: Notifier,
     evaluator: Evaluator,
     dcs_down_since: Option<u64>,
