@@ -398,7 +398,7 @@ mod tests {
             (&format!("{U1}:5-1"), "start ≤ end"),
             (&format!("{U1}:0"), "start ≤ end"),
             (&format!("{U1}:1-x"), "bad interval"),
-            (&U1.to_string(), "no transaction interval"),
+            (U1, "no transaction interval"),
             (&format!("{U1}:1-2:bad-tag"), "neither an interval nor a tag"),
         ] {
             let e = GtidSet::parse(bad).unwrap_err();
