@@ -10,6 +10,8 @@
 //!   the fast profile ttl 3s) -> writes accepted on the new primary;
 //! - `switchover`: gap between the last acknowledged write on the old
 //!   primary and the first on the new one, and writes lost;
+//! - `kill9-failover-tls` / `-synchronous`: the same crash with TLS on
+//!   every connection, and in synchronous mode;
 //! - idle sidecar resident memory and CPU;
 //! - the same fault scenarios on the MariaDB GTID lab (`mariadb-…`).
 //!
@@ -178,6 +180,22 @@ fn suite(engine: EngineKind, runs: usize, want_name: &dyn Fn(&str) -> bool) {
         });
         let (mut xs, lost) = repeat(&mut b, runs, kill_db, true);
         row(&label(name), &mut xs, lost, if pg { "<= 1.5s (issue: <= 3s)" } else { "<= 3s" });
+    }
+    // The same crash with TLS on every connection, and in synchronous mode
+    // (PostgreSQL synchronous_standby_names / MariaDB semi-sync).
+    for (name, tag) in [("kill9-failover, TLS", "tls"), ("kill9-failover, synchronous", "synchronous")] {
+        if !want(&format!("kill9-failover-{tag}")) {
+            continue;
+        }
+        let mut b = Bench::up(tag, |s| {
+            with_engine(s);
+            s.on_primary_crash = "failover".into();
+            s.with_sync = false;
+            s.tls = tag == "tls";
+            s.synchronous = tag == "synchronous";
+        });
+        let (mut xs, lost) = repeat(&mut b, runs, kill_db, true);
+        row(&label(name), &mut xs, lost, if tag == "synchronous" { "<= 3s, 0 lost" } else { "<= 3s" });
     }
     for (name, fast) in [("node-loss ttl=10s", false), ("node-loss fast ttl=3s", true)] {
         if !want(name.split(' ').next().unwrap()) && !want(name) {

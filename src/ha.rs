@@ -507,6 +507,16 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     self.last_primary_position = m.position;
                 }
             }
+        } else if self.last_leader.is_none() {
+            // This sidecar started after the leader key went away: the old
+            // leader is the node that recorded the incident, or else the
+            // primary the newest history record names.
+            self.last_leader = c
+                .incident
+                .as_ref()
+                .map(|i| i.node.clone())
+                .filter(|n| !n.is_empty())
+                .or_else(|| c.last_history.as_ref().map(|h| h.new_primary.clone()));
         }
     }
 
