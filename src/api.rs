@@ -179,12 +179,26 @@ async fn readiness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(
     check(&method, ok, &snap, (!ok).then(|| "not a streaming replica within lag".into()))
 }
 
+/// Did this sidecar read etcd within the last `2 * loop + retry`?
+fn reaches_etcd(cfg: &Config, snap: &Snapshot) -> bool {
+    let fresh = cfg.timing.loop_wait * 2 + cfg.timing.retry;
+    snap.dcs_ok && crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms) < fresh.as_millis() as u64
+}
+
 /// This node's member record. `?fresh=1` first looks at the database again,
 /// which is what a racing peer needs after the leader vanished.
 async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(mut me) = s.shared.get().me else {
+    let snap = s.shared.get();
+    let Some(mut me) = snap.me.clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "not observed yet"}))).into_response();
     };
+    if !reaches_etcd(&s.cfg, &snap) && me.eligible {
+        // A node that cannot reach etcd cannot take the leader key: peers
+        // must not wait for it (a fenced MariaDB primary at rest, cut off
+        // from etcd, would otherwise be deferred to for ever).
+        me.eligible = false;
+        me.ineligible_reason = Some("cannot reach etcd, so it cannot take the leader key".into());
+    }
     if q.contains_key("fresh") {
         let obs = s.engine.observe().await;
         me.health = obs.local.health;
@@ -312,9 +326,7 @@ pub struct FailsafeAsk {
 /// 409 and the primary fences itself on time.
 async fn failsafe<E: Engine, D: Dcs>(State(s): St<E, D>, Json(ask): Json<FailsafeAsk>) -> Response {
     let snap = s.shared.get();
-    let fresh = s.cfg.timing.loop_wait * 2 + s.cfg.timing.retry;
-    let reaches_etcd = snap.dcs_ok && crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms) < fresh.as_millis() as u64;
-    if reaches_etcd {
+    if reaches_etcd(&s.cfg, &snap) {
         return (StatusCode::CONFLICT, Json(json!({"error": format!("{} reaches etcd: the leader key there decides", s.cfg.node)})))
             .into_response();
     }

@@ -880,7 +880,13 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             }
         });
         let answers = futures_util::future::join_all(asks).await;
-        let refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
+        let mut refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
+        if peers.is_empty() {
+            // Nobody to vouch: this sidecar has not seen another member
+            // since it started (or the cluster has one node), so it cannot
+            // tell who might reach etcd and take over. No vacuous yes.
+            refusals.push("no other member known to vouch for this primary".into());
+        }
         if refusals.is_empty() {
             if !self.failsafe_active {
                 tracing::warn!(
@@ -1068,6 +1074,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let kind = match req.as_ref().map(|r| r.kind) {
             Some(crate::core::RequestKind::Switchover) => "switchover",
             Some(crate::core::RequestKind::Failover) => "manual_failover",
+            // The cluster's first primary (MariaDB servers all start
+            // read-only, so even a cold start promotes): not a failover,
+            // and it starts no hold_down.
+            None if cluster.is_some_and(|c| c.last_history.is_none()) => "bootstrap",
             None => "failover",
         };
         let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
@@ -1117,6 +1127,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let reason = match kind {
             "switchover" => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
             "manual_failover" => format!("manual failover to {}", self.cfg.node),
+            "bootstrap" => "first leader of the cluster".into(),
             _ => match incident.as_ref().filter(|i| !i.node.is_empty()) {
                 Some(i) => format!("{}: {}", i.node, i.reason),
                 None => format!("leader key of {} expired: node or sidecar lost", self.last_leader.clone().unwrap_or_else(|| "?".into())),

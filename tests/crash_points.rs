@@ -9,20 +9,31 @@ mod common;
 
 use common::TestLab;
 use std::time::{Duration, Instant};
+use vigil::config::EngineKind;
 use vigil::workload::SplitBrainChecker;
 
 fn lab(name: &str) -> TestLab {
+    lab_of(name, EngineKind::Postgres)
+}
+
+fn lab_of(name: &str, engine: EngineKind) -> TestLab {
     TestLab::up(name, |s| {
         *s = s.clone().fast();
+        s.engine = engine;
         s.with_sync = false;
         s.on_primary_crash = "failover".into();
     })
 }
 
+/// Restarts sidecar `i` with the fault point armed, and waits until it is a
+/// candidate again (a restarted sidecar must see `rise` good checks and
+/// streaming first; killing the primary before that tests something else).
 fn arm(t: &mut TestLab, i: usize, point: &str) {
     t.lab.kill_sidecar(i);
     t.lab.start_sidecar_with(i, &[("VIGIL_FAULT", point)]).unwrap();
     t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
+    let name = t.lab.nodes[i].name.clone();
+    t.wait_for(&format!("{name} eligible"), Duration::from_secs(30), |c| c.members.get(&name).is_some_and(|m| m.eligible));
 }
 
 /// Waits until one of the sidecars `of` exits; returns its index and status.
@@ -45,18 +56,18 @@ fn converged(t: &TestLab) -> String {
 }
 
 fn checker(t: &TestLab) -> SplitBrainChecker {
-    let eps = t.eps();
-    t.rt.block_on(async { SplitBrainChecker::start(eps, "postgres", Duration::from_millis(50)) })
+    let (db, eps) = (t.db(), t.eps());
+    t.rt.block_on(async { SplitBrainChecker::start_db(db, eps, Duration::from_millis(50)) })
 }
 
 /// Both replicas are armed, so whichever wins the race dies at the point.
-#[test]
-fn killed_after_taking_the_key_before_promoting() {
-    let mut t = lab("crash-acquire");
+fn after_taking_the_key_before_promoting(name: &str, engine: EngineKind) {
+    let mut t = lab_of(name, engine);
+    assert_eq!(t.leader().as_deref(), Some(t.lab.nodes[0].name.as_str()));
     arm(&mut t, 1, "after_acquire");
     arm(&mut t, 2, "after_acquire");
     let check = checker(&t);
-    t.lab.kill_db(0).expect("kill pg1");
+    t.lab.kill_db(0).expect("kill the primary");
     let (winner, code) = wait_exit(&mut t, &[1, 2]);
     assert_eq!(code, 86);
     let name = t.lab.nodes[winner].name.clone();
@@ -70,12 +81,22 @@ fn killed_after_taking_the_key_before_promoting() {
 }
 
 #[test]
-fn killed_after_promoting_before_publishing() {
-    let mut t = lab("crash-promote");
+fn killed_after_taking_the_key_before_promoting() {
+    after_taking_the_key_before_promoting("crash-acquire", EngineKind::Postgres);
+}
+
+#[test]
+fn mariadb_killed_after_taking_the_key_before_promoting() {
+    after_taking_the_key_before_promoting("crash-acquire-mdb", EngineKind::Mariadb);
+}
+
+fn after_promoting_before_publishing(name: &str, engine: EngineKind) {
+    let mut t = lab_of(name, engine);
+    assert_eq!(t.leader().as_deref(), Some(t.lab.nodes[0].name.as_str()));
     arm(&mut t, 1, "after_promote");
     arm(&mut t, 2, "after_promote");
     let check = checker(&t);
-    t.lab.kill_db(0).expect("kill pg1");
+    t.lab.kill_db(0).expect("kill the primary");
     let (winner, code) = wait_exit(&mut t, &[1, 2]);
     assert_eq!(code, 86);
     let name = t.lab.nodes[winner].name.clone();
@@ -89,6 +110,16 @@ fn killed_after_promoting_before_publishing() {
     assert_eq!(leader, name, "the promoted node keeps the role");
     let report = t.rt.block_on(check.stop());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
+
+#[test]
+fn killed_after_promoting_before_publishing() {
+    after_promoting_before_publishing("crash-promote", EngineKind::Postgres);
+}
+
+#[test]
+fn mariadb_killed_after_promoting_before_publishing() {
+    after_promoting_before_publishing("crash-promote-mdb", EngineKind::Mariadb);
 }
 
 #[test]

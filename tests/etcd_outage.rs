@@ -7,79 +7,121 @@ mod common;
 
 use common::TestLab;
 use std::time::{Duration, Instant};
+use vigil::config::EngineKind;
 
 fn code(url: &str) -> Option<u16> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async { reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await.ok().map(|r| r.status().as_u16()) })
 }
 
-fn writable(t: &TestLab, port: u16) -> Option<bool> {
-    t.rt.block_on(async {
-        let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=1");
-        let (c, conn) = tokio_postgres::connect(&conf, tokio_postgres::NoTls).await.ok()?;
-        tokio::spawn(conn);
-        let r = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok()?;
-        Some(r.get(0))
+/// Waits until the leader's own view (its `/cluster`) lists every member:
+/// the failsafe asks the members the leader has read from etcd.
+fn leader_sees_everyone(api: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = rt.block_on(async {
+            let v: serde_json::Value = reqwest::get(format!("{api}/cluster")).await.ok()?.json().await.ok()?;
+            v["members"].as_array().map(|m| m.len())
+        });
+        if n == Some(3) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the leader's view lists {n:?} members, not 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn outage_lab(name: &str, engine: EngineKind) -> TestLab {
+    TestLab::up(name, |s| {
+        *s = s.clone().fast();
+        s.engine = engine;
+        s.with_sync = false;
     })
 }
 
 /// The whole etcd cluster is down and every sidecar still answers: nobody
 /// can elect a leader, so the primary keeps serving (failsafe) instead of
 /// turning a coordination outage into a database outage.
-#[test]
-fn etcd_outage_with_every_member_confirming_keeps_the_primary() {
-    let mut t = TestLab::up("etcd-failsafe", |s| *s = s.clone().fast());
-    let api = format!("http://127.0.0.1:{}", t.lab.nodes[0].api_port);
+fn every_member_confirming_keeps_the_primary(name: &str, engine: EngineKind) {
+    let mut t = outage_lab(name, engine);
+    let leader = t.leader().expect("a leader");
+    let l = t.index(&leader);
+    let api = format!("http://127.0.0.1:{}", t.lab.nodes[l].api_port);
     assert_eq!(code(&format!("{api}/primary")), Some(200));
+    leader_sees_everyone(&api);
     let cut = Instant::now();
     t.lab.kill_etcd();
-    // Three times the lease (ttl 3s): pg1 must accept writes at every poll.
+    // Three times the lease (ttl 3s): the primary must accept writes at every poll.
     while cut.elapsed() < Duration::from_secs(9) {
-        assert_eq!(writable(&t, t.port("pg1")), Some(true), "pg1 stopped accepting writes {:?} into the outage", cut.elapsed());
+        assert_eq!(t.writable(t.port(&leader)), Some(true), "{leader} stopped accepting writes {:?} into the outage", cut.elapsed());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(code(&format!("{api}/primary")), Some(200), "HAProxy keeps sending writes to pg1");
-    for i in 1..3 {
-        assert_eq!(writable(&t, t.lab.nodes[i].db_port), Some(false), "replicas stay replicas");
+    assert_eq!(code(&format!("{api}/primary")), Some(200), "HAProxy keeps sending writes to {leader}");
+    for n in t.lab.nodes.iter().filter(|n| n.name != leader) {
+        assert_eq!(t.writable(n.db_port), Some(false), "replicas stay replicas");
     }
     t.lab.start_etcd().unwrap();
     let c = t.wait_for("a writable leader after etcd returns", Duration::from_secs(30), |c| {
         c.leader.as_ref().is_some_and(|l| c.members.get(&l.node).is_some_and(|m| m.term.is_some()))
     });
-    assert_eq!(c.leader.unwrap().node, "pg1", "the same primary, no failover");
+    assert_eq!(c.leader.unwrap().node, leader, "the same primary, no failover");
+}
+
+#[test]
+fn etcd_outage_with_every_member_confirming_keeps_the_primary() {
+    every_member_confirming_keeps_the_primary("etcd-failsafe", EngineKind::Postgres);
+}
+
+#[test]
+fn etcd_outage_with_every_member_confirming_keeps_the_mariadb_primary() {
+    every_member_confirming_keeps_the_primary("etcd-failsafe-mdb", EngineKind::Mariadb);
 }
 
 /// etcd down and one sidecar silent: the primary cannot prove that nobody
 /// elects another leader, so it fences before its lease could expire.
-#[test]
-fn etcd_outage_without_every_member_fences_the_leader_and_never_promotes() {
-    let mut t = TestLab::up("etcd", |s| *s = s.clone().fast());
+fn without_every_member_fences_the_leader(name: &str, engine: EngineKind) {
+    let mut t = outage_lab(name, engine);
+    let leader = t.leader().expect("a leader");
+    let l = t.index(&leader);
+    let silent = (l + 2) % 3;
     let ports: Vec<u16> = t.lab.nodes.iter().map(|n| n.api_port).collect();
     let api = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    assert_eq!(code(&format!("{}/primary", api(0))), Some(200));
-    t.lab.kill_sidecar(2);
+    assert_eq!(code(&format!("{}/primary", api(l))), Some(200));
+    leader_sees_everyone(&api(l));
+    t.lab.kill_sidecar(silent);
     let cut = Instant::now();
     t.lab.kill_etcd();
-    // ttl 3s, safety margin 1s: pg1 must be read-only within ~2s (+ a loop).
+    // ttl 3s, safety margin 1s: the primary must be read-only within ~2s (+ a loop).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while writable(&t, t.port("pg1")) == Some(true) {
-        assert!(Instant::now() < deadline, "pg1 still writable 10s into the etcd outage");
+    while t.writable(t.port(&leader)) == Some(true) {
+        assert!(Instant::now() < deadline, "{leader} still writable 10s into the etcd outage");
         std::thread::sleep(Duration::from_millis(50));
     }
     let fenced_after = cut.elapsed();
-    eprintln!("pg1 read-only {fenced_after:?} after etcd went away (ttl 3s)");
+    eprintln!("{leader} read-only {fenced_after:?} after etcd went away (ttl 3s)");
     assert!(fenced_after < Duration::from_secs(3), "fenced only after the lease could have expired: {fenced_after:?}");
     std::thread::sleep(Duration::from_secs(3));
-    for i in 0..2 {
+    for i in (0..3).filter(|i| *i != silent) {
         assert_eq!(code(&format!("{}/primary", api(i))), Some(503), "node {i} /primary");
         assert_eq!(code(&format!("{}/liveness", api(i))), Some(200), "node {i} API keeps answering");
-        assert_eq!(writable(&t, t.lab.nodes[i].db_port), Some(false), "nobody writable without etcd");
+        assert_eq!(t.writable(t.lab.nodes[i].db_port), Some(false), "nobody writable without etcd");
     }
     t.lab.start_etcd().unwrap();
-    t.lab.start_sidecar(2).unwrap();
+    t.lab.start_sidecar(silent).unwrap();
     t.wait_for("a writable leader after etcd returns", Duration::from_secs(30), |c| {
         c.leader.as_ref().is_some_and(|l| c.members.get(&l.node).is_some_and(|m| m.term.is_some()))
     });
+}
+
+#[test]
+fn etcd_outage_without_every_member_fences_the_leader_and_never_promotes() {
+    without_every_member_fences_the_leader("etcd", EngineKind::Postgres);
+}
+
+#[test]
+fn etcd_outage_without_every_member_fences_the_mariadb_leader_and_never_promotes() {
+    without_every_member_fences_the_leader("etcd-mdb", EngineKind::Mariadb);
 }
 
 #[test]

@@ -7,23 +7,25 @@ mod common;
 
 use common::{out, TestLab};
 use std::time::Duration;
-use vigil::workload::{lost_writes, SplitBrainChecker, Writer};
+use vigil::config::EngineKind;
+use vigil::workload::{lost_writes_db, SplitBrainChecker, Writer};
 
-#[test]
-fn a_flapping_primary_does_not_ping_pong() {
-    let t = TestLab::up("flap", |s| {
+fn flapping_primary(name: &str, engine: EngineKind) {
+    let t = TestLab::up(name, |s| {
         *s = s.clone().fast();
+        s.engine = engine;
         s.with_sync = false;
         s.on_primary_crash = "failover".into();
         s.hold_down = "60s".into();
     });
-    let eps = t.eps();
+    let (db, eps) = (t.db(), t.eps());
     let (writer, checker) = t.rt.block_on(async {
-        let w = Writer::start(eps.clone(), "postgres", Duration::from_millis(20)).await.expect("writer");
-        (w, SplitBrainChecker::start(eps, "postgres", Duration::from_millis(50)))
+        let w = Writer::start_db(db.clone(), eps.clone(), Duration::from_millis(20)).await.expect("writer");
+        (w, SplitBrainChecker::start_db(db, eps, Duration::from_millis(50)))
     });
-    t.lab.kill_db(0).expect("kill pg1");
-    let first = t.wait_new_primary("pg1", Duration::from_secs(20));
+    let old = t.leader().expect("a leader");
+    t.lab.kill_db(t.index(&old)).expect("kill the primary");
+    let first = t.wait_new_primary(&old, Duration::from_secs(20));
     t.lab.wait_healthy(Duration::from_secs(60)).unwrap();
     let i = t.index(&first);
     for round in 1..=3 {
@@ -36,7 +38,7 @@ fn a_flapping_primary_does_not_ping_pong() {
     }
     let acks = t.rt.block_on(writer.stop());
     let report = t.rt.block_on(checker.stop());
-    let lost = t.rt.block_on(lost_writes(&t.eps(), "postgres", &acks)).unwrap();
+    let lost = t.rt.block_on(lost_writes_db(&t.db(), &t.eps(), &acks)).unwrap();
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
     let h: serde_json::Value = serde_json::from_str(&out(&t.vigil(&["history", "--json"]))).unwrap_or_default();
     let failovers = h.as_array().map(|a| a.iter().filter(|r| r["kind"] == "failover").count()).unwrap_or(0);
@@ -45,4 +47,14 @@ fn a_flapping_primary_does_not_ping_pong() {
     // Restarts in place recover everything the crashed server had committed.
     let after_first: Vec<i64> = lost.clone();
     assert!(after_first.len() <= 5, "restarts in place lose nothing beyond the first failover's async window: {after_first:?}");
+}
+
+#[test]
+fn a_flapping_primary_does_not_ping_pong() {
+    flapping_primary("flap", EngineKind::Postgres);
+}
+
+#[test]
+fn a_flapping_mariadb_primary_does_not_ping_pong() {
+    flapping_primary("flap-mdb", EngineKind::Mariadb);
 }

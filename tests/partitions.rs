@@ -8,31 +8,31 @@ mod common;
 
 use common::{Cut, TestLab};
 use std::time::{Duration, Instant};
+use vigil::config::EngineKind;
 use vigil::workload::SplitBrainChecker;
 
 fn lab(name: &str) -> TestLab {
+    lab_of(name, EngineKind::Postgres)
+}
+
+fn lab_of(name: &str, engine: EngineKind) -> TestLab {
     TestLab::up(name, |s| {
         *s = s.clone().fast();
+        s.engine = engine;
         s.with_sync = false;
     })
 }
 
 fn checker(t: &TestLab) -> SplitBrainChecker {
-    let eps = t.eps();
-    t.rt.block_on(async { SplitBrainChecker::start(eps, "postgres", Duration::from_millis(50)) })
+    let (db, eps) = (t.db(), t.eps());
+    t.rt.block_on(async { SplitBrainChecker::start_db(db, eps, Duration::from_millis(50)) })
 }
 
 /// Becomes read-only: seconds after `since`, polled every 50 ms.
 fn read_only_after(t: &TestLab, node: &str, since: Instant, limit: Duration) -> Duration {
     let port = t.port(node);
     loop {
-        let w = t.rt.block_on(async {
-            let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=1");
-            let (c, conn) = tokio_postgres::connect(&conf, tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(conn);
-            c.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok().map(|r| r.get::<_, bool>(0))
-        });
-        if w != Some(true) {
+        if t.writable(port) != Some(true) {
             return since.elapsed();
         }
         assert!(since.elapsed() < limit, "{node} still writable after {limit:?}");
@@ -43,22 +43,32 @@ fn read_only_after(t: &TestLab, node: &str, since: Instant, limit: Duration) -> 
 /// The primary loses etcd only; its peers still reach etcd, so they refuse
 /// its failsafe question: it fences itself before its lease can expire (ttl
 /// 3 s, safety margin 1 s), and a replica takes over after the lease.
-#[test]
-fn primary_cut_off_from_etcd_only_fences_and_a_replica_takes_over() {
-    let t = lab("part-etcd");
+fn cut_off_from_etcd_only(name: &str, engine: EngineKind) {
+    let t = lab_of(name, engine);
+    let old = t.leader().expect("a leader");
     let check = checker(&t);
-    let cut = Cut::new("etcd");
+    let cut = Cut::new(name.replace('-', "_").as_str());
     let at = Instant::now();
-    cut.drop_port(Some(&t.lab.node_etcd_addr(0)), t.lab.etcd_port);
-    let fenced = read_only_after(&t, "pg1", at, Duration::from_secs(10));
-    let new = t.wait_new_primary("pg1", Duration::from_secs(20));
+    cut.drop_port(Some(&t.lab.node_etcd_addr(t.index(&old))), t.lab.etcd_port);
+    let fenced = read_only_after(&t, &old, at, Duration::from_secs(10));
+    let new = t.wait_new_primary(&old, Duration::from_secs(20));
     let switched = at.elapsed();
-    eprintln!("pg1 read-only after {fenced:?}; {new} writable leader after {switched:?}");
+    eprintln!("{old} read-only after {fenced:?}; {new} writable leader after {switched:?}");
     assert!(fenced < Duration::from_secs(3), "fenced at {fenced:?}, after the lease could have expired");
     drop(cut);
-    t.wait_streaming("pg1", Duration::from_secs(40));
+    t.wait_streaming(&old, Duration::from_secs(40));
     let report = t.rt.block_on(check.stop());
     assert!(report.violations.is_empty(), "two writable nodes: {:?}", report.violations);
+}
+
+#[test]
+fn primary_cut_off_from_etcd_only_fences_and_a_replica_takes_over() {
+    cut_off_from_etcd_only("part-etcd", EngineKind::Postgres);
+}
+
+#[test]
+fn mariadb_primary_cut_off_from_etcd_only_fences_and_a_replica_takes_over() {
+    cut_off_from_etcd_only("part-etcd-mdb", EngineKind::Mariadb);
 }
 
 /// The primary loses its peers only (its database and API ports dropped)

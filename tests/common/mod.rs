@@ -36,6 +36,35 @@ impl TestLab {
         self.lab.workload_db()
     }
 
+    /// Does the database on `port` accept writes? None: unreachable.
+    /// Asks as the lab's administrator over TCP, as an application would.
+    pub fn writable(&self, port: u16) -> Option<bool> {
+        self.rt.block_on(async {
+            match self.lab.engine {
+                vigil::config::EngineKind::Postgres => {
+                    let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=1");
+                    let (c, conn) = tokio_postgres::connect(&conf, tokio_postgres::NoTls).await.ok()?;
+                    tokio::spawn(conn);
+                    let r = c.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.ok()?;
+                    Some(r.get(0))
+                }
+                _ => {
+                    use mysql_async::prelude::Queryable;
+                    let opts = mysql_async::OptsBuilder::default()
+                        .ip_or_hostname("127.0.0.1")
+                        .tcp_port(port)
+                        .user(Some(vigil::lab::mariadb::VIGIL_USER))
+                        .pass(Some(vigil::lab::mariadb::VIGIL_PASSWORD))
+                        .prefer_socket(false);
+                    let mut c = tokio::time::timeout(Duration::from_secs(1), mysql_async::Conn::new(opts)).await.ok()?.ok()?;
+                    let ro: i64 = c.query_first("SELECT @@global.read_only").await.ok()??;
+                    let _ = c.disconnect().await;
+                    Some(ro == 0)
+                }
+            }
+        })
+    }
+
     pub fn index(&self, node: &str) -> usize {
         self.lab.nodes.iter().position(|n| n.name == node).expect("node")
     }
