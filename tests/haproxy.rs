@@ -23,12 +23,14 @@ fn render(t: &TestLab, write_port: u16, read_port: u16) -> String {
     cfg
 }
 
-/// Which server a new connection through `port` reaches, and whether it is a replica.
+/// Which server a new connection through `port` reaches, and whether it is
+/// a replica (over TLS in a TLS lab: HAProxy passes it through).
 fn through(t: &TestLab, port: u16) -> Option<(u16, bool)> {
+    let tls = t.lab.db_tls();
     t.rt.block_on(async {
-        let conf = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2");
-        let (c, conn) =
-            tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await.ok()?.ok()?;
+        let mut conf = tokio_postgres::Config::new();
+        conf.host("127.0.0.1").port(port).user("postgres").connect_timeout(Duration::from_secs(2)).ssl_mode(tls.pg_ssl_mode("127.0.0.1"));
+        let (c, conn) = tokio::time::timeout(Duration::from_secs(3), conf.connect(tls.pg_connector().ok()?)).await.ok()?.ok()?;
         tokio::spawn(conn);
         let row = c.query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[]).await.ok()?;
         Some((row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)))
@@ -55,6 +57,52 @@ fn wait_route(t: &TestLab, port: u16, want: u16, limit: Duration) -> Duration {
         assert!(start.elapsed() < limit, "HAProxy did not route port {port} to {want} within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts HAProxy on `cfg`; stopped (by its handle) when the guard drops.
+fn start_haproxy(t: &TestLab, cfg: &str) -> common::Stop {
+    let cfg_path = t.lab.dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&cfg_path).output().expect("haproxy installed");
+    assert!(check.status.success(), "config check: {}", out(&check));
+    let log = std::fs::File::create(t.lab.dir.join("haproxy.log")).unwrap();
+    common::Stop(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The sidecars serve HTTPS (`vigil lab up --tls`): HAProxy checks them with
+/// `check-ssl` against the lab's CA and still follows the primary.
+#[test]
+fn haproxy_follows_the_primary_with_https_checks() {
+    let t = TestLab::up("haproxy-tls", |s| {
+        s.tls = true;
+        s.with_sync = false;
+        s.on_primary_crash = "failover".into();
+    });
+    let base = vigil::lab::free_base_port(3);
+    let (wp, rp) = (base, base + 1);
+    let ca = t.lab.ca_file();
+    let cfg = render(&t, wp, rp).replace(
+        "default-server inter 500ms fall 2 rise 1",
+        &format!("default-server inter 500ms fall 2 rise 1 check-ssl verify required ca-file {}", ca.display()),
+    );
+    let _haproxy = start_haproxy(&t, &cfg);
+    let pg1 = t.port("pg1");
+    wait_route(&t, wp, pg1, Duration::from_secs(10));
+    wait_replica(&t, rp, pg1);
+    t.lab.kill_db(0).unwrap();
+    let new = t.wait_new_primary("pg1", Duration::from_secs(20));
+    let took = wait_route(&t, wp, t.port(&new), Duration::from_secs(10));
+    eprintln!("write port reached {new} {took:?} after it was elected (HTTPS checks)");
 }
 
 #[test]
