@@ -284,7 +284,7 @@ impl EtcdConfig {
     /// etcd-client's TLS options (None with http:// endpoints).
     pub fn tls(&self) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
         let Some(ca) = &self.ca_file else { return Ok(None) };
-        let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+        let read = crate::tls::read_pem;
         let mut t = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
         if let (Some(c), Some(k)) = (&self.cert_file, &self.key_file) {
             t = t.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));

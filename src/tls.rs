@@ -59,9 +59,23 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Reads a PEM file: a regular file of reasonable size (a path to a
+/// device or a fifo is an error, not a hang).
+pub fn read_pem(path: &Path) -> Result<Vec<u8>> {
+    const LIMIT: u64 = 1 << 20;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    if meta.len() > LIMIT {
+        bail!("{} is {} bytes, too large for a PEM file", path.display(), meta.len());
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read certificates from {}", path.display()))?
+    let pem = read_pem(path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
     if certs.is_empty() {
@@ -71,7 +85,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).with_context(|| format!("{} holds no PEM private key", path.display()))
+    PrivateKeyDer::from_pem_slice(&read_pem(path)?).with_context(|| format!("{} holds no PEM private key", path.display()))
 }
 
 fn roots(ca_file: &Path) -> Result<RootCertStore> {
@@ -393,5 +407,8 @@ mod tests {
         assert!(client_config(TlsMode::Require, None, None).is_ok());
         let e = client_config(TlsMode::VerifyCa, Some(Path::new("/nonexistent/ca.pem")), None).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/ca.pem"), "{e:#}");
+        // A device is refused at once, not read for ever.
+        let e = load_certs(Path::new("/dev/zero")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
     }
 }

@@ -24,6 +24,8 @@ fn flapping_primary(name: &str, engine: EngineKind) {
         (w, SplitBrainChecker::start_db(db, eps, Duration::from_millis(50)))
     });
     let old = t.leader().expect("a leader");
+    // The replicas must be candidates (rise, streaming) before the first crash.
+    t.wait_for("every replica eligible", Duration::from_secs(30), |c| c.members.values().all(|m| m.eligible));
     t.lab.kill_db(t.index(&old)).expect("kill the primary");
     let first = t.wait_new_primary(&old, Duration::from_secs(20));
     t.lab.wait_healthy(Duration::from_secs(60)).unwrap();

@@ -196,3 +196,34 @@ fn d_node_loss_then_old_primary_rejoins() {
     assert!(report.violations.is_empty(), "two writable servers: {:?}", report.violations);
     assert_loss_bounded(&acks, &lost, killed_at);
 }
+
+/// The primary wrote transactions no replica received (their receivers
+/// were stopped) and crashed; a replica is promoted without them. The old
+/// primary's history has diverged: on rejoin it is re-cloned from the new
+/// primary by a logical dump, its old binary logs kept aside once, and it
+/// streams again without the lost rows.
+#[test]
+fn e_former_primary_with_an_unreplicated_tail_is_recloned() {
+    let t = mariadb_lab("mdb-reclone", "failover");
+    t.wait_for("every replica eligible", Duration::from_secs(30), |c| c.members.values().all(|m| m.eligible));
+    let old = t.leader().expect("a leader");
+    let (o, n) = (t.index(&old), t.lab.nodes.len());
+    for i in (0..n).filter(|i| *i != o) {
+        t.lab.root_sql(&t.lab.nodes[i], "STOP SLAVE IO_THREAD").unwrap();
+    }
+    let primary = &t.lab.nodes[o];
+    t.lab.root_sql(primary, "CREATE TABLE IF NOT EXISTS app.tail (id INT PRIMARY KEY); INSERT INTO app.tail VALUES (1), (2), (3)").unwrap();
+    t.lab.kill_db(o).expect("kill the primary");
+    let new = t.wait_new_primary(&old, Duration::from_secs(30));
+    t.wait_streaming(&old, Duration::from_secs(90));
+    let rows = t
+        .lab
+        .root_sql(primary, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'app' AND table_name = 'tail'")
+        .unwrap();
+    assert_eq!(rows.trim(), "0", "{old} still has the table the cluster never saw (new primary {new})");
+    let kept: Vec<_> =
+        std::fs::read_dir(&primary.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("vigil-errant-")).collect();
+    assert_eq!(kept.len(), 1, "the old binary logs are kept aside exactly once");
+    let log = std::fs::read_to_string(primary.dir.join("vigil.log")).unwrap();
+    assert!(log.contains("re-cloned from"), "{old} says it was re-cloned");
+}

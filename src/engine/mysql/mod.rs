@@ -458,6 +458,21 @@ impl MySql {
         if !f.is_mariadb() {
             bail!("{why}: re-clone this MySQL replica by hand (CLONE INSTANCE or a backup); vigil re-clones MariaDB only");
         }
+        let dump = PathBuf::from(format!("{}.vigil-reclone.sql", self.cfg.data_dir.display()));
+        let mut cmd = tokio::process::Command::new("mariadb-dump");
+        cmd.args(["--host", &up.host, "--port", &up.port.to_string(), "--user", &self.cfg.user, "--protocol=TCP"])
+            .args(["--all-databases", "--single-transaction", "--gtid", "--master-data=2", "--routines", "--events", "--triggers"])
+            .args(self.cfg.tls().mysql_client_args())
+            .arg(format!("--result-file={}", dump.display()))
+            .env("MYSQL_PWD", self.cfg.password.expose())
+            .kill_on_drop(true);
+        proc::run(cmd, "mariadb-dump", Duration::from_secs(3600)).await?;
+        let file = std::fs::File::open(&dump).context("read the dump")?;
+        let pos = dump_gtid_position(std::io::BufReader::new(file))
+            .with_context(|| format!("the dump {} does not name its GTID position", dump.display()))?;
+        GtidList::parse(&pos).map_err(|e| anyhow!(e))?;
+        // Only now, with a usable copy in hand, keep the local binary logs
+        // (a failed attempt must not pile up copies).
         let stamp = crate::dcs::now_ms() / 1000;
         let aside = PathBuf::from(format!("{}.vigil-errant-{stamp}", self.cfg.data_dir.display()));
         let basename: Option<String> = self
@@ -476,22 +491,6 @@ impl MySql {
                 }
             }
         }
-        let dump = PathBuf::from(format!("{}.vigil-reclone.sql", self.cfg.data_dir.display()));
-        let mut cmd = tokio::process::Command::new("mariadb-dump");
-        cmd.args(["--host", &up.host, "--port", &up.port.to_string(), "--user", &self.cfg.user, "--protocol=TCP"])
-            .args(["--all-databases", "--single-transaction", "--gtid", "--master-data=2", "--routines", "--events", "--triggers"])
-            .args(self.cfg.tls().mysql_client_args())
-            .arg(format!("--result-file={}", dump.display()))
-            .env("MYSQL_PWD", self.cfg.password.expose())
-            .kill_on_drop(true);
-        proc::run(cmd, "mariadb-dump", Duration::from_secs(3600)).await?;
-        let head = std::fs::read_to_string(&dump).context("read the dump")?;
-        let pos = head
-            .lines()
-            .take(200)
-            .find_map(|l| l.split("gtid_slave_pos='").nth(1).and_then(|r| r.split('\'').next()).map(str::to_string))
-            .context("the dump does not name its GTID position")?;
-        GtidList::parse(&pos).map_err(|e| anyhow!(e))?;
         // Start from nothing but the system schemas, without writing our own binlog.
         let dbs: Vec<String> =
             self.with_conn(self.cfg.query_timeout * 5, |c, _| Box::pin(async move { Ok(c.query("SHOW DATABASES").await?) })).await?;
@@ -937,9 +936,42 @@ impl Engine for MySql {
     }
 }
 
+/// The GTID position a `mariadb-dump --gtid --master-data` file was taken
+/// at: its `SET GLOBAL gtid_slave_pos='…'` line (commented out with
+/// `--master-data=2`), which MariaDB prints at the end of the file. Only
+/// whole lines of that form count, never table data that mentions it.
+fn dump_gtid_position(mut r: impl std::io::BufRead) -> Option<String> {
+    let mut found = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let l = String::from_utf8_lossy(&line);
+        let l = l.trim_end();
+        let rest = l.strip_prefix("-- ").unwrap_or(l);
+        if let Some(v) = rest.strip_prefix("SET GLOBAL gtid_slave_pos='").and_then(|v| v.strip_suffix("';")) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dump_position_is_read_from_its_own_line_wherever_it_is() {
+        let dump = "-- MariaDB dump\n-- CHANGE MASTER TO MASTER_USE_GTID=slave_pos;\n\
+                    INSERT INTO help VALUES ('set global gtid_slave_pos=\\'\\'');\n\
+                    CREATE TABLE t (a int);\n-- SET GLOBAL gtid_slave_pos='0-3-2795';\n";
+        assert_eq!(dump_gtid_position(dump.as_bytes()).as_deref(), Some("0-3-2795"));
+        assert_eq!(dump_gtid_position("SET GLOBAL gtid_slave_pos='0-1-5,1-2-3';\n".as_bytes()).as_deref(), Some("0-1-5,1-2-3"));
+        assert_eq!(dump_gtid_position("-- no position\n".as_bytes()), None);
+    }
 
     fn snap(flavor: Flavor, read_only: bool) -> Snapshot {
         Snapshot {
