@@ -110,28 +110,7 @@ fn haproxy_follows_the_primary() {
     let t = TestLab::up("haproxy", |s| s.on_primary_crash = "failover".into());
     let base = vigil::lab::free_base_port(3);
     let (wp, rp) = (base, base + 1);
-    let cfg_path = t.lab.dir.join("haproxy.cfg");
-    std::fs::write(&cfg_path, render(&t, wp, rp)).unwrap();
-    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&cfg_path).output().expect("haproxy installed");
-    assert!(check.status.success(), "config check: {}", out(&check));
-    let log = std::fs::File::create(t.lab.dir.join("haproxy.log")).unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Stop<'a>(&'a mut std::process::Child);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Stop(&mut haproxy);
+    let _haproxy = start_haproxy(&t, &render(&t, wp, rp));
 
     let (pg1, pg2) = (t.port("pg1"), t.port("pg2"));
     wait_route(&t, wp, pg1, Duration::from_secs(10));

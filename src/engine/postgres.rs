@@ -31,6 +31,10 @@ pub struct Postgres {
     promote_timeout: Duration,
     /// The monitoring connection and when it was opened.
     client: Mutex<Option<(Arc<Client>, Instant)>>,
+    /// TLS settings and their connector, built once (every connection,
+    /// including the peer probes of each loop, reuses them).
+    tls: crate::tls::DbTls,
+    connector: std::result::Result<tokio_postgres_rustls::MakeRustlsConnect, String>,
     mem: StdMutex<Memory>,
 }
 
@@ -51,7 +55,17 @@ struct Memory {
 
 impl Postgres {
     pub fn new(cfg: DatabaseConfig, node: &str, promote_timeout: Duration) -> Self {
-        Postgres { cfg, node: node.to_string(), promote_timeout, client: Mutex::new(None), mem: StdMutex::new(Memory::default()) }
+        let tls = cfg.tls();
+        let connector = tls.pg_connector().map_err(|e| format!("{e:#}"));
+        Postgres {
+            cfg,
+            node: node.to_string(),
+            promote_timeout,
+            client: Mutex::new(None),
+            mem: StdMutex::new(Memory::default()),
+            tls,
+            connector,
+        }
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -81,9 +95,9 @@ impl Postgres {
 
     async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Client> {
         let mut cfg = self.pg_config(host, port, timeout);
-        let tls = self.cfg.tls();
-        cfg.ssl_mode(tls.pg_ssl_mode(host));
-        let (client, conn) = tokio::time::timeout(timeout + Duration::from_millis(100), cfg.connect(tls.pg_connector()?))
+        cfg.ssl_mode(self.tls.pg_ssl_mode(host));
+        let connector = self.connector.clone().map_err(|e| anyhow!("TLS settings: {e}"))?;
+        let (client, conn) = tokio::time::timeout(timeout + Duration::from_millis(100), cfg.connect(connector))
             .await
             .map_err(|_| anyhow!("no answer from {host}:{port} within {timeout:?}"))?
             .map_err(describe_pg_error)?;
@@ -186,7 +200,7 @@ impl Postgres {
 
     /// `sslmode=… sslrootcert=…` for the conninfo strings vigil writes.
     fn tls_params(&self) -> Vec<String> {
-        self.cfg.tls().libpq_params().into_iter().map(|(k, v)| format!("{k}={}", conn_quote(&v))).collect()
+        self.tls.libpq_params().into_iter().map(|(k, v)| format!("{k}={}", conn_quote(&v))).collect()
     }
 
     fn conninfo(&self, up: &Upstream) -> String {
@@ -329,7 +343,7 @@ impl Postgres {
         if !self.cfg.replication_password.is_empty() {
             cmd.env("PGPASSWORD", self.cfg.replication_password.expose());
         }
-        for (k, v) in self.cfg.tls().libpq_params() {
+        for (k, v) in self.tls.libpq_params() {
             cmd.env(format!("PG{}", k.to_uppercase()), v);
         }
         proc::run(cmd, "pg_basebackup", Duration::from_secs(3600)).await?;
