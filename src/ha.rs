@@ -55,6 +55,16 @@ pub struct Ha<E: Engine, D: Dcs> {
     paused: Arc<std::sync::atomic::AtomicBool>,
     term: Option<i64>,
     leader_lost_ms: Option<u64>,
+    /// When this node first saw the leader key vacant (monotonic clock).
+    leader_lost_at: Option<Instant>,
+    /// The leader's member record as last seen changing: (node, its
+    /// `updated_ms`, when this node saw that value first).
+    leader_record_seen: Option<(String, u64, Instant)>,
+    /// Rejoins that failed in a row, and when the last one ended (backoff).
+    rejoin_failures: u32,
+    last_rejoin_failure: Option<Instant>,
+    /// Bad etcd values already logged, so each is logged once.
+    bad_values_logged: Vec<crate::dcs::BadValue>,
     restart_started: Option<Instant>,
     not_streaming_since: Option<Instant>,
     last_state: String,
@@ -80,6 +90,9 @@ pub struct Ha<E: Engine, D: Dcs> {
     dns: Option<DnsTarget>,
     dns_results: (tokio::sync::mpsc::UnboundedSender<DnsResult>, tokio::sync::mpsc::UnboundedReceiver<DnsResult>),
     vetoed_at: Option<Instant>,
+    /// Synchronous mode: departed members and the primary's position when
+    /// each was first seen disconnected (see `core::sync_set`).
+    sync_marks: BTreeMap<String, Lsn>,
 }
 
 impl<E: Engine, D: Dcs> Ha<E, D> {
@@ -87,6 +100,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let evaluator = Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts));
         let policy = Policy {
             ttl: cfg.timing.ttl,
+            loop_wait: cfg.timing.loop_wait,
             safety_margin: cfg.timing.safety_margin,
             hold_down: cfg.timing.hold_down,
             fall: cfg.timing.fall,
@@ -118,6 +132,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             paused: Arc::default(),
             term: None,
             leader_lost_ms: None,
+            leader_lost_at: None,
+            leader_record_seen: None,
+            rejoin_failures: 0,
+            last_rejoin_failure: None,
+            bad_values_logged: vec![],
             restart_started: None,
             not_streaming_since: None,
             last_state: String::new(),
@@ -136,6 +155,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             dns: dns_target,
             dns_results: tokio::sync::mpsc::unbounded_channel(),
             vetoed_at: None,
+            sync_marks: BTreeMap::new(),
         }
     }
 
@@ -251,9 +271,11 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let vacant = cluster.as_ref().is_some_and(|c| c.leader.is_none());
         if vacant && self.leader_lost_ms.is_none() {
             self.leader_lost_ms = Some(now_ms());
+            self.leader_lost_at = Some(Instant::now());
         }
-        if !vacant {
+        if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
             self.leader_lost_ms = None;
+            self.leader_lost_at = None;
         }
         let peers = if vacant { self.probe_peers().await } else { vec![] };
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
@@ -500,6 +522,24 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         for (name, m) in &c.members {
             self.known.insert(name.clone(), m.clone());
         }
+        // A record's `updated_ms` is another node's clock: only whether it
+        // changes is used, timed on this node's own clock.
+        let leader_rec = c
+            .leader
+            .as_ref()
+            .and_then(|l| c.members.get(&l.node))
+            .filter(|m| m.health == crate::core::DbHealth::Running && m.role == Some(crate::core::DbRole::Primary));
+        self.leader_record_seen = match (leader_rec, self.leader_record_seen.take()) {
+            (Some(m), Some(seen)) if seen.0 == m.node && seen.1 == m.updated_ms => Some(seen),
+            (Some(m), _) => Some((m.node.clone(), m.updated_ms, Instant::now())),
+            (None, _) => None,
+        };
+        for b in &c.bad_values {
+            if !self.bad_values_logged.contains(b) {
+                tracing::error!(key = %b.key, problem = %b.problem, "ignoring a bad value in etcd (only this key; everything else goes on)");
+            }
+        }
+        self.bad_values_logged = c.bad_values.clone();
         if let Some(l) = &c.leader {
             self.last_leader = Some(l.node.clone());
             if let Some(m) = c.members.get(&l.node) {
@@ -593,6 +633,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
             last_primary_position: self.last_primary_position,
             sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
+            sync_unreadable: c.sync_unreadable,
+            leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
         });
         Inputs {
             me: self.cfg.node.clone(),
@@ -934,19 +976,18 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 }
             }
         }
-        let flushed = obs.and_then(|o| o.local.position).map(|p| p.lsn);
-        let mut next: BTreeSet<String> = current.union(&desired).cloned().collect();
-        for gone in current.difference(&desired) {
-            if connected.contains_key(gone.as_str()) {
-                continue;
-            }
-            let covered =
-                flushed.is_some_and(|l| next.iter().filter(|m| *m != gone).any(|m| connected.get(m.as_str()).is_some_and(|f| *f >= l)));
-            if covered {
-                tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all its WAL)");
-                next.remove(gone);
-            }
+        let step = core::sync_set::next_sync_set(&core::sync_set::SyncSetInputs {
+            current: current.clone(),
+            desired,
+            connected: connected.into_iter().map(|(n, l)| (n.to_string(), l)).collect(),
+            primary_position: obs.and_then(|o| o.local.position).map(|p| p.lsn),
+            marks: std::mem::take(&mut self.sync_marks),
+        });
+        for gone in &step.dropped {
+            tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all it could have acknowledged)");
         }
+        self.sync_marks = step.marks;
+        let next = step.next;
         if mine.is_none() || next != current {
             let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms() };
             self.dcs.set_sync(&rec).await.context("write the sync key")?;
@@ -954,24 +995,47 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         self.engine.set_synchronous(&next.into_iter().collect::<Vec<_>>()).await
     }
 
+    /// Rejoins through the engine, no sooner than `core::rejoin::rejoin_backoff`
+    /// allows after failed attempts.
     async fn rejoin(&mut self, up: &Upstream) -> Result<String> {
+        let wait = core::rejoin::rejoin_backoff(self.rejoin_failures);
+        if let Some(left) = self.last_rejoin_failure.map(|t| wait.saturating_sub(t.elapsed())).filter(|l| !l.is_zero()) {
+            bail!("rejoin failed {} times in a row; next attempt in {:.0?}", self.rejoin_failures, left);
+        }
         self.rejoin_attempts += 1;
-        self.engine.rejoin(up, self.rejoin_attempts).await
+        match self.engine.rejoin(up, self.rejoin_attempts).await {
+            Ok(what) => {
+                self.rejoin_failures = 0;
+                self.last_rejoin_failure = None;
+                Ok(what)
+            }
+            Err(e) => {
+                self.rejoin_failures += 1;
+                self.last_rejoin_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 
-    /// A replica pointed at a healthy leader that has not streamed for a
-    /// whole `ttl` has most likely diverged in a way the position check
-    /// could not see: rewind it.
+    /// The stuck-replica rule (`core::rejoin::stuck_replica`): the shell
+    /// only measures how long the replica has not streamed and how long ago
+    /// the leader's record last changed.
     async fn check_stuck_replica(&mut self, up: &Upstream, obs: &Observation) -> Result<()> {
         let pointed = obs.upstream.as_deref() == Some(&format!("{}:{}", up.host, up.port));
-        let leader_ok = self.known.get(&up.node).is_some_and(|m| m.health == crate::core::DbHealth::Running);
-        if obs.local.streaming || !pointed || !leader_ok {
+        if obs.local.streaming || !pointed {
             self.not_streaming_since = None;
-            return Ok(());
+        } else {
+            self.not_streaming_since.get_or_insert_with(Instant::now);
         }
-        let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
-        if since.elapsed() > self.cfg.timing.ttl {
-            tracing::warn!(leader = %up.node, "not streaming from a healthy primary for {:?}; rewinding", since.elapsed());
+        let leader_refreshed_ago = self.leader_record_seen.as_ref().filter(|(n, _, _)| *n == up.node).map(|(_, _, at)| at.elapsed());
+        let s = core::rejoin::StuckInputs {
+            streaming: obs.local.streaming,
+            pointed_at_leader: pointed,
+            leader_refreshed_ago,
+            not_streaming_for: self.not_streaming_since.map(|t| t.elapsed()),
+        };
+        if core::rejoin::stuck_replica(&self.policy, &s) {
+            tracing::warn!(leader = %up.node, "not streaming from a live primary for {:?}; rewinding", s.not_streaming_for.unwrap_or_default());
             self.not_streaming_since = None;
             let what = self.rejoin(up).await?;
             tracing::info!(leader = %up.node, "{what}");

@@ -22,6 +22,8 @@ use crate::position::Position;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod rejoin;
+pub mod sync_set;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,8 @@ mod tests;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub ttl: Duration,
+    /// The loop's period (`timing.loop`).
+    pub loop_wait: Duration,
     pub safety_margin: Duration,
     pub hold_down: Duration,
     pub fall: u32,
@@ -146,6 +150,13 @@ pub struct View {
     /// Synchronous mode: the replicas one of which flushed every
     /// acknowledged commit (the `sync` key), if recorded.
     pub sync_standbys: Option<Vec<String>>,
+    /// Synchronous mode: the `sync` key exists but could not be read, so
+    /// the set is unknown (not absent: that would mean "none recorded").
+    pub sync_unreadable: bool,
+    /// How long ago this node first saw the leader key vacant (None while a
+    /// leader holds it). Windows about the leader's loss are measured from
+    /// this event, not from now.
+    pub leader_lost_ago: Option<Duration>,
 }
 
 /// What the loop knows about its own hold on the leader key.
@@ -619,6 +630,11 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 /// in the set and knows every other member's position to be no fresher.
 fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     let hint = "`vigil failover --to NODE --allow-data-loss` overrides";
+    if view.sync_unreadable {
+        return Some(format!(
+            "synchronous mode: the sync key cannot be read, so it is unknown which members may hold acknowledged commits; {hint}"
+        ));
+    }
     // The leader records the set before its database waits for any
     // member's acknowledgement: with no set recorded, no commit was ever
     // acknowledged synchronously (a new cluster), and the ordinary rules
@@ -694,9 +710,8 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
             l.good_checks, p.rise
         ));
     }
-    let recent = p.ttl * 2;
-    if !l.streaming && !l.primary_at_rest && l.last_streamed_ago.is_none_or(|a| a > recent) {
-        return Eligibility::no(format!("has not streamed from a primary in the last {}", secs(recent)));
+    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago)) {
+        return Eligibility::no(why);
     }
     if let Some(view) = &i.view {
         if let Some(last) = view.last_primary_position {
@@ -722,4 +737,29 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
         }
     }
     Eligibility::yes()
+}
+
+/// The stale-replica trap: a replica that stopped streaming long before the
+/// leader was lost may lack much of what the leader had. It is a candidate
+/// only if it streamed within `2 * ttl` of the leader's loss; the window is
+/// measured from that event (the moment this node first saw the leader key
+/// vacant), not from now, so waiting for an election never makes a
+/// replica ineligible. While a leader holds the key, it is measured from now.
+pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>) -> Option<String> {
+    if l.streaming || l.primary_at_rest {
+        return None;
+    }
+    let window = p.ttl * 2;
+    let Some(stopped_ago) = l.last_streamed_ago else {
+        return Some("has not streamed from a primary since its sidecar started, so its position cannot be trusted".into());
+    };
+    match leader_lost_ago {
+        Some(lost) => {
+            let before_loss = stopped_ago.saturating_sub(lost);
+            (before_loss > window).then(|| {
+                format!("stopped streaming {} before the leader was lost (more than 2 × ttl = {})", secs(before_loss), secs(window))
+            })
+        }
+        None => (stopped_ago > window).then(|| format!("has not streamed from a primary in the last {}", secs(window))),
+    }
 }

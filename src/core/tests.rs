@@ -4,9 +4,10 @@
 use super::*;
 use proptest::prelude::*;
 
-fn policy() -> Policy {
+pub(super) fn policy() -> Policy {
     Policy {
         ttl: Duration::from_secs(10),
+        loop_wait: Duration::from_secs(1),
         safety_margin: Duration::from_secs(2),
         hold_down: Duration::from_secs(300),
         fall: 3,
@@ -262,6 +263,39 @@ fn replica_that_has_not_streamed_recently_is_not_eligible() {
     assert!(decide(&i).refusal.unwrap().contains("has not streamed"));
 }
 
+/// Defect 1(c) of the trust issue: the window was measured from now, so a
+/// replica that streamed until the primary died became ineligible while it
+/// waited for the leader key to expire (fast profile: for ever). Measured
+/// from the leader's loss, waiting changes nothing.
+#[test]
+fn the_streamed_recently_window_is_measured_from_the_leaders_loss() {
+    let mut local = replica(1000);
+    local.streaming = false;
+    // Stopped streaming 40 s ago, the key was seen vacant 35 s ago: it
+    // streamed until 5 s before the loss (within 2 × ttl = 20 s).
+    local.last_streamed_ago = Some(Duration::from_secs(40));
+    let mut view = no_leader();
+    view.leader_lost_ago = Some(Duration::from_secs(35));
+    let i = inputs("pg2", local.clone(), view.clone());
+    assert!(decide(&i).eligibility.eligible, "{:?}", decide(&i).eligibility);
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+    // Stopped streaming 25 s before the loss: stale.
+    view.leader_lost_ago = Some(Duration::from_secs(15));
+    let d = decide(&inputs("pg2", local, view));
+    assert!(d.refusal.unwrap().contains("before the leader was lost"));
+}
+
+#[test]
+fn a_replica_that_never_streamed_since_its_sidecar_started_is_not_eligible() {
+    let mut local = replica(1000);
+    local.streaming = false;
+    local.last_streamed_ago = None;
+    let mut view = no_leader();
+    view.leader_lost_ago = Some(Duration::from_secs(1));
+    let d = decide(&inputs("pg2", local, view));
+    assert!(d.refusal.unwrap().contains("since its sidecar started"));
+}
+
 #[test]
 fn replica_the_engine_blocks_is_not_eligible_unless_forced_with_data_loss() {
     let mut local = replica(1000);
@@ -493,6 +527,8 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 last_failover_age: failover_age.map(Duration::from_secs),
                 last_primary_position: Some(Position::new(1, 1500)),
                 sync_standbys: None,
+                sync_unreadable: false,
+                leader_lost_ago: None,
             };
             let mut pol = policy();
             pol.priority = priority;
@@ -694,4 +730,17 @@ fn synchronous_mode_yields_to_data_loss_override() {
     assert!(matches!(decide(&i).actions[..], [Action::RefuseRequest { .. }]));
     i.view.as_mut().unwrap().request = Some(Request { allow_data_loss: true, ..req });
     assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+/// A `sync` key that cannot be read is unknown, not absent: no automatic
+/// promotion in synchronous mode (a garbage value must not turn the
+/// election into the ordinary, possibly lossy, one).
+#[test]
+fn synchronous_mode_with_an_unreadable_sync_key_refuses() {
+    let mut i = inputs("pg2", replica(1000), View { sync_unreadable: true, ..no_leader() });
+    i.policy.synchronous = true;
+    i.peers = vec![peer("pg3", 900)];
+    let d = decide(&i);
+    assert!(!d.actions.contains(&Action::AcquireLeader));
+    assert!(d.refusal.unwrap().contains("sync key cannot be read"));
 }

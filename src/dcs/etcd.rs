@@ -224,7 +224,6 @@ impl Dcs for EtcdDcs {
                 async move { c.txn(txn).await }
             })
             .await?;
-        let mut st = ClusterState::default();
         let gets: Vec<_> = resp
             .op_responses()
             .into_iter()
@@ -233,35 +232,23 @@ impl Dcs for EtcdDcs {
                 _ => unreachable!("only gets in the load transaction"),
             })
             .collect();
-        if let Some(kv) = gets[0].kvs().first() {
-            st.leader = Some(parse(&leader, kv.value())?);
-            st.term = Some(kv.create_revision());
-            st.leader_lease = Some(kv.lease());
-        }
-        for kv in gets[1].kvs() {
-            let key = kv.key_str().unwrap_or_default().to_string();
-            match parse::<MemberRecord>(&key, kv.value()) {
-                Ok(m) => {
-                    st.members.insert(m.node.clone(), m);
-                }
-                Err(e) => tracing::warn!("{e:#}"),
-            }
-        }
-        if let Some(kv) = gets[2].kvs().first() {
-            st.pause = Some(parse(&pause, kv.value())?);
-        }
-        if let Some(kv) = gets[3].kvs().first() {
-            st.request = Some(parse(&request, kv.value())?);
-        }
-        if let Some(kv) = gets[4].kvs().first() {
-            st.last_history = parse(&history, kv.value()).ok();
-        }
-        if let Some(kv) = gets[5].kvs().first() {
-            st.incident = parse(&incident, kv.value()).ok();
-        }
-        if let Some(kv) = gets[6].kvs().first() {
-            st.sync = parse(&sync, kv.value()).ok();
-        }
+        let raw_kv = |kv: &etcd_client::KeyValue| decode::RawKv {
+            key: kv.key_str().unwrap_or_default().strip_prefix(self.base.as_str()).unwrap_or_default().to_string(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            lease: kv.lease(),
+        };
+        let first = |i: usize| gets[i].kvs().first().map(raw_kv);
+        let raw = decode::RawCluster {
+            leader: first(0),
+            members: gets[1].kvs().iter().map(raw_kv).collect(),
+            pause: first(2),
+            request: first(3),
+            last_history: first(4),
+            incident: first(5),
+            sync: first(6),
+        };
+        let st = decode::decode(raw, self.leader_id.load(Ordering::Relaxed), &self.node);
         Ok(st)
     }
 

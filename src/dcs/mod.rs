@@ -7,6 +7,7 @@
 //! `pause`, `switchover` (a pending operator request), `incident` (what the
 //! old primary saw before it released the key).
 
+pub mod decode;
 pub mod etcd;
 
 use crate::core::{DbHealth, DbRole, RequestKind};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 
+pub use decode::BadValue;
 pub use etcd::EtcdDcs;
 
 /// Milliseconds since the Unix epoch, the time unit of every record.
@@ -184,6 +186,12 @@ pub struct ClusterState {
     pub last_history: Option<HistoryRecord>,
     pub incident: Option<IncidentRecord>,
     pub sync: Option<SyncRecord>,
+    /// The `sync` key exists but cannot be read: the synchronous set is
+    /// unknown (not absent), so nobody may be promoted automatically.
+    pub sync_unreadable: bool,
+    /// Values that were read and ignored, each with its key and why
+    /// (`decode.rs`); logged, shown by `vigil status` and alerted.
+    pub bad_values: Vec<BadValue>,
 }
 
 /// The coordination store as the HA loop and the CLI see it. Every call

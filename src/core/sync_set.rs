@@ -1,0 +1,173 @@
+//! Synchronous mode, on the leader: which replicas the synchronous set
+//! names next.
+//!
+//! Every commit the primary acknowledged was flushed (PostgreSQL) or
+//! received (MariaDB semi-sync) by at least one member of the set, so the
+//! freshest member of the set has them all. The set therefore grows at once
+//! (a new member is named before the database counts its acknowledgements)
+//! and shrinks only when that can lose nothing:
+//!
+//! - a departed member (no member key) whose server is still connected to
+//!   the primary may still acknowledge: it stays;
+//! - once it is disconnected it can acknowledge nothing more, so everything
+//!   it could have acknowledged is at or below the primary's position at the
+//!   moment the leader first saw it disconnected (its **mark**). It is
+//!   dropped as soon as another member of the set is connected with a
+//!   position at or past that mark.
+//!
+//! The mark is measured from the event it is about (the disconnect), not
+//! from "now": comparing with the primary's *current* position never holds
+//! under continuous writes, because the other member's position is always a
+//! moment old (found by `tests/semisync.rs`, kept as a table test below).
+
+use crate::position::Lsn;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the leader knows this iteration.
+#[derive(Debug, Clone, Default)]
+pub struct SyncSetInputs {
+    /// The set this leader recorded in the `sync` key (empty if none yet).
+    pub current: BTreeSet<String>,
+    /// The members that should be in it: every other member with priority > 0.
+    pub desired: BTreeSet<String>,
+    /// Replicas whose server is connected to the primary now, with the
+    /// position each has flushed (PostgreSQL) or received (MariaDB).
+    pub connected: BTreeMap<String, Lsn>,
+    /// The primary's own position now (None: unknown, e.g. just before promotion).
+    pub primary_position: Option<Lsn>,
+    /// Departed, disconnected members with their mark, from the last step.
+    pub marks: BTreeMap<String, Lsn>,
+}
+
+/// The set to record next, and the marks to remember until the next step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncSetStep {
+    pub next: BTreeSet<String>,
+    pub marks: BTreeMap<String, Lsn>,
+    /// Members dropped in this step (for the log).
+    pub dropped: Vec<String>,
+}
+
+/// One step of synchronous-set maintenance. Pure.
+pub fn next_sync_set(i: &SyncSetInputs) -> SyncSetStep {
+    let mut next: BTreeSet<String> = i.current.union(&i.desired).cloned().collect();
+    let mut marks = BTreeMap::new();
+    let mut dropped = vec![];
+    for gone in i.current.difference(&i.desired) {
+        if i.connected.contains_key(gone) {
+            // Its server may still acknowledge commits: it stays, and its
+            // mark starts again when it disconnects.
+            continue;
+        }
+        let Some(mark) = i.marks.get(gone).copied().or(i.primary_position) else { continue };
+        let covered = i.current.iter().chain(&i.desired).filter(|m| *m != gone).any(|m| i.connected.get(m).is_some_and(|p| *p >= mark));
+        if covered {
+            next.remove(gone);
+            dropped.push(gone.clone());
+        } else {
+            marks.insert(gone.clone(), mark);
+        }
+    }
+    SyncSetStep { next, marks, dropped }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn at(pairs: &[(&str, u64)]) -> BTreeMap<String, Lsn> {
+        pairs.iter().map(|(n, l)| (n.to_string(), Lsn(*l))).collect()
+    }
+
+    #[test]
+    fn a_new_member_is_named_at_once() {
+        let s = next_sync_set(&SyncSetInputs { current: set(&["b"]), desired: set(&["b", "c"]), ..Default::default() });
+        assert_eq!(s.next, set(&["b", "c"]));
+    }
+
+    #[test]
+    fn a_departed_member_still_connected_stays() {
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&["b"]),
+            connected: at(&[("b", 500), ("c", 500)]),
+            primary_position: Some(Lsn(500)),
+            ..Default::default()
+        });
+        assert_eq!(s.next, set(&["b", "c"]));
+        assert!(s.marks.is_empty());
+    }
+
+    #[test]
+    fn a_disconnected_member_is_marked_at_the_primary_position_when_first_seen_gone() {
+        // b's position is a moment old (400 < 500): c cannot be dropped yet.
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&["b"]),
+            connected: at(&[("b", 400)]),
+            primary_position: Some(Lsn(500)),
+            ..Default::default()
+        });
+        assert_eq!(s.next, set(&["b", "c"]));
+        assert_eq!(s.marks, at(&[("c", 500)]));
+    }
+
+    /// The defect: under continuous writes the primary is always ahead of
+    /// what b reported a moment ago. Measured against the mark (the
+    /// primary's position when c was first seen disconnected), c is
+    /// dropped as soon as b has that much.
+    #[test]
+    fn under_continuous_writes_the_departed_member_is_dropped_once_another_passes_its_mark() {
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&["b"]),
+            connected: at(&[("b", 600)]),
+            primary_position: Some(Lsn(700)),
+            marks: at(&[("c", 500)]),
+        });
+        assert_eq!(s.next, set(&["b"]));
+        assert_eq!(s.dropped, vec!["c".to_string()]);
+        assert!(s.marks.is_empty());
+    }
+
+    #[test]
+    fn a_departed_member_is_never_covered_by_another_departed_one() {
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&[]),
+            connected: at(&[]),
+            primary_position: Some(Lsn(700)),
+            marks: at(&[("b", 500), ("c", 500)]),
+        });
+        assert_eq!(s.next, set(&["b", "c"]));
+    }
+
+    #[test]
+    fn a_member_that_reconnects_loses_its_mark() {
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&["b"]),
+            connected: at(&[("b", 100), ("c", 100)]),
+            primary_position: Some(Lsn(700)),
+            marks: at(&[("c", 500)]),
+        });
+        assert_eq!(s.next, set(&["b", "c"]));
+        assert!(s.marks.is_empty());
+    }
+
+    #[test]
+    fn without_a_known_position_nothing_is_dropped() {
+        let s = next_sync_set(&SyncSetInputs {
+            current: set(&["b", "c"]),
+            desired: set(&["b"]),
+            connected: at(&[("b", 100)]),
+            primary_position: None,
+            ..Default::default()
+        });
+        assert_eq!(s.next, set(&["b", "c"]));
+    }
+}
