@@ -90,6 +90,9 @@ pub struct Ha<E: Engine, D: Dcs> {
     dns: Option<DnsTarget>,
     dns_results: (tokio::sync::mpsc::UnboundedSender<DnsResult>, tokio::sync::mpsc::UnboundedReceiver<DnsResult>),
     vetoed_at: Option<Instant>,
+    /// Held while anything drives the database (the loop's actions, the
+    /// lease watchdog's fence): one actor at a time.
+    db_owner: Arc<tokio::sync::Mutex<()>>,
     /// Synchronous mode: departed members and the primary's position when
     /// each was first seen disconnected (see `core::sync_set`).
     sync_marks: BTreeMap<String, Lsn>,
@@ -156,6 +159,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             dns_results: tokio::sync::mpsc::unbounded_channel(),
             vetoed_at: None,
             sync_marks: BTreeMap::new(),
+            db_owner: Arc::default(),
         }
     }
 
@@ -193,24 +197,37 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     /// fences the database once the lease was last renewed more than
     /// `ttl - safety_margin` ago. The decision core applies the same rule;
     /// this is what keeps it on time.
+    ///
+    /// It drives the database only through `db_owner`, the lock the loop
+    /// holds while it executes an action, so the two never act on the
+    /// database at once (a fence racing the loop's own fence, then a
+    /// rewind under the server the watchdog had just started, was seen).
+    /// Having waited for the lock it looks again: the loop may have
+    /// renewed or released the lease meanwhile.
     fn spawn_lease_watchdog(&self) {
         let (engine, dcs, shared) = (Arc::clone(&self.engine), Arc::clone(&self.dcs), Arc::clone(&self.shared));
-        let (renewal, paused) = (Arc::clone(&self.last_renewal), Arc::clone(&self.paused));
+        let (renewal, paused, owner) = (Arc::clone(&self.last_renewal), Arc::clone(&self.paused), Arc::clone(&self.db_owner));
         let limit = self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin);
+        let lapsed = move || {
+            let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
+            dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit)
+        };
+        let dcs = Arc::clone(&self.dcs);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if !dcs.holds_leader() || paused.load(std::sync::atomic::Ordering::Relaxed) {
+                if !lapsed() {
                     continue;
                 }
-                let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
-                if last.is_none_or(|t| t.elapsed() >= limit) {
-                    tracing::error!("leader lease not renewed for {limit:?} (ttl - safety_margin): fencing the database");
-                    shared.update(|s| s.writable_leader = false);
-                    dcs.forget_leader();
-                    if let Err(e) = engine.fence().await {
-                        tracing::error!(error = %format!("{e:#}"), "fencing failed");
-                    }
+                let _owner = owner.lock().await;
+                if !lapsed() {
+                    continue;
+                }
+                tracing::error!("leader lease not renewed for {limit:?} (ttl - safety_margin): fencing the database");
+                shared.update(|s| s.writable_leader = false);
+                dcs.forget_leader();
+                if let Err(e) = engine.fence().await {
+                    tracing::error!(error = %format!("{e:#}"), "fencing failed");
                 }
             }
         });
@@ -283,6 +300,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         self.log_decision(&decision);
 
         let mut outcome = Ok(());
+        let owner = Arc::clone(&self.db_owner);
+        let owner_guard = if decision.actions.is_empty() { None } else { Some(owner.lock().await) };
         for action in &decision.actions {
             if let Err(e) = self.execute(action, &obs, cluster.as_ref(), &peers, &decision).await {
                 tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
@@ -290,6 +309,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 break;
             }
         }
+        drop(owner_guard);
         if obs.local.health == crate::core::DbHealth::Running {
             self.restart_started = None;
         }
@@ -686,7 +706,8 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         match action {
             Action::AdoptLeader => {
                 let lease = cluster.and_then(|c| c.leader_lease).context("leader key has no lease")?;
-                if !self.dcs.adopt_leader(lease).await? {
+                let term = cluster.and_then(|c| c.term).context("leader key has no term")?;
+                if !self.dcs.adopt_leader(lease, term).await? {
                     bail!("the leader key's lease expired before it could be adopted");
                 }
                 self.term = cluster.and_then(|c| c.term);

@@ -177,3 +177,71 @@ pub async fn run(mut cmd: tokio::process::Command, what: &str, limit: Duration) 
 fn first_lines(text: &str, n: usize) -> String {
     text.lines().filter(|l| !l.trim().is_empty()).take(n).collect::<Vec<_>>().join(" | ")
 }
+
+/// The server processes whose working directory is `data_dir` and whose
+/// executable is one of `programs` (file names, e.g. `postgres`,
+/// `mariadbd`). A PostgreSQL postmaster and its backends, and mariadbd,
+/// change into their data directory, so this finds a live server however
+/// its PID file looks (missing, stale, rewritten), and never a shell or a
+/// tool that merely sits in the directory. Processes this user cannot
+/// inspect are not counted, so run as the database's user or root.
+pub fn server_processes(data_dir: &Path, programs: &[&str]) -> Vec<i32> {
+    let Ok(dir) = data_dir.canonicalize() else { return vec![] };
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|pid| is_server_in(*pid, &dir, programs)).collect()
+}
+
+/// Is `pid` a live process running one of `programs` in `dir` (canonical)?
+fn is_server_in(pid: i32, dir: &Path, programs: &[&str]) -> bool {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let (Ok(cwd), Ok(exe)) = (cwd, exe) else { return false };
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    cwd == dir && programs.contains(&name) && !is_zombie(pid)
+}
+
+/// Is `pid` the server of `data_dir` (checked by executable and working
+/// directory, not by trusting a PID file)? Only such a PID is signalled.
+pub fn is_server_of(pid: i32, data_dir: &Path, programs: &[&str]) -> bool {
+    data_dir.canonicalize().is_ok_and(|dir| is_server_in(pid, &dir, programs))
+}
+
+/// SIGKILLs every server process of `data_dir` (the postmaster first, then
+/// its backends) and waits up to `limit` for them to be gone. Returns the
+/// PIDs still alive (empty: none left).
+pub async fn kill_servers_in(data_dir: &Path, programs: &[&str], limit: Duration) -> Vec<i32> {
+    let pids = server_processes(data_dir, programs);
+    for pid in &pids {
+        let _ = signal(*pid, rustix::process::Signal::KILL);
+    }
+    for pid in &pids {
+        if !wait_gone(*pid, limit).await {
+            reap(*pid);
+        }
+    }
+    server_processes(data_dir, programs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process running `sleep` in a directory is found by the directory
+    /// and the program's name, and by nothing else.
+    #[test]
+    fn server_processes_are_found_by_working_directory_and_executable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut child = std::process::Command::new("sleep").arg("30").current_dir(&dir).spawn().unwrap();
+        let pid = child.id() as i32;
+        let found = server_processes(&dir, &["sleep"]);
+        let other_program = server_processes(&dir, &["postgres"]);
+        let other_dir = server_processes(Path::new("/"), &["sleep"]);
+        assert!(is_server_of(pid, &dir, &["sleep"]));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, vec![pid]);
+        assert!(other_program.is_empty());
+        assert!(!other_dir.contains(&pid));
+    }
+}

@@ -239,6 +239,20 @@ impl Evaluator {
         // Cluster-wide rules: one evaluator only.
         let evaluator = leader.clone().or_else(|| f.cluster.and_then(|c| c.members.keys().next().cloned()));
         if evaluator.as_deref() == Some(node.as_str()) {
+            for b in f.cluster.map(|c| c.bad_values.as_slice()).unwrap_or_default() {
+                let mut labels = BTreeMap::new();
+                labels.insert("key".to_string(), b.key.clone());
+                v.push(Cond {
+                    name: "BadEtcdValue",
+                    node: b.key.clone(),
+                    severity: Severity::Warning,
+                    for_: Duration::ZERO,
+                    summary: format!("etcd key {} holds a value vigil cannot use; it is ignored", b.key),
+                    description: b.problem.clone(),
+                    runbook: "bad-etcd-value.md",
+                    labels,
+                });
+            }
             for (peer, db) in &f.silent_peers {
                 let desc = match db {
                     Some(_) => "its member key vanished while its database still answers: the sidecar is down".to_string(),
@@ -420,6 +434,17 @@ mod tests {
         let mut f = facts(0, &me, &c);
         f.silent_peers = vec![("pg3".into(), Some(false))];
         assert!(eval().evaluate(&f).is_empty(), "a replica leaves it to the leader");
+    }
+
+    #[test]
+    fn a_bad_etcd_value_is_alerted_by_one_member_with_its_key() {
+        let mut c = cluster("pg2");
+        c.bad_values = vec![crate::dcs::BadValue { key: "pause".into(), problem: "not a valid value".into() }];
+        let me = member("pg2", DbRole::Primary, None, false);
+        let a = eval().evaluate(&facts(0, &me, &c));
+        assert_eq!((a[0].name.as_str(), a[0].node.as_str()), ("BadEtcdValue", "pause"));
+        let me = member("pg1", DbRole::Replica, Some(1.0), true);
+        assert!(eval().evaluate(&facts(0, &me, &c)).iter().all(|a| a.name != "BadEtcdValue"), "the leader alone reports it");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub fn cluster_json(cluster: &str, c: &ClusterState) -> Value {
         "last_change": c.last_history,
         "config_drift": drifted(c),
         "synchronous": c.sync,
+        "ignored_etcd_values": c.bad_values,
     })
 }
 
@@ -135,6 +136,12 @@ pub fn render(cluster: &str, c: &ClusterState) -> String {
         out += &table(&["MEMBER", "ROLE", "DATABASE", "TL", "POSITION", "LAG", "ELIGIBLE", "STATE"], &rows);
     }
     out += &render_sync(c);
+    for b in &c.bad_values {
+        out += &format!("\nIGNORED etcd key {}: {}", b.key, b.problem);
+    }
+    if !c.bad_values.is_empty() {
+        out += "\n";
+    }
     if let Some(r) = &c.request {
         let what = format!("{:?} {} -> {}", r.kind, r.from.clone().unwrap_or_else(|| "-".into()), r.to).to_lowercase();
         match &r.refused {

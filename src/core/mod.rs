@@ -470,6 +470,14 @@ fn follow(i: &Inputs, view: &View, leader: &str, elig: &Eligibility) -> Decision
     match i.local.health {
         DbHealth::Down => Decision::new(format!("rejoining {leader}"), elig).act(Action::Rejoin { leader: leader.into() }),
         DbHealth::Starting => Decision::new("database starting", elig),
+        // A server that stopped answering (a node frozen and resumed
+        // leaves dead-end backends behind) is stopped, escalating to
+        // SIGKILL, and rejoined: waiting for it to recover by itself took
+        // a minute.
+        DbHealth::Unresponsive if i.local.failed_checks >= i.policy.fall => {
+            Decision::new(format!("rejoining {leader}: database did not answer {} checks", i.local.failed_checks), elig)
+                .act(Action::Rejoin { leader: leader.into() })
+        }
         DbHealth::Unresponsive => Decision::new(format!("database check failed {}x", i.local.failed_checks), elig),
         DbHealth::Running => {
             let state =

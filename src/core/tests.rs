@@ -195,6 +195,20 @@ fn replica_follows_the_leader() {
     assert_eq!(actions(&i), vec![Action::Follow { leader: "pg1".into() }]);
 }
 
+/// Defect 4 of the trust issue: a resumed frozen old primary whose server
+/// no longer answered was left alone for a minute.
+#[test]
+fn a_replica_whose_database_stopped_answering_for_fall_checks_is_rejoined() {
+    let mut local = replica(100);
+    local.health = DbHealth::Unresponsive;
+    local.failed_checks = 2;
+    let i = inputs("pg2", local.clone(), View { leader: leader("pg1"), ..View::default() });
+    assert_eq!(actions(&i), vec![]);
+    local.failed_checks = 3;
+    let i = inputs("pg2", local, View { leader: leader("pg1"), ..View::default() });
+    assert_eq!(actions(&i), vec![Action::Rejoin { leader: "pg1".into() }]);
+}
+
 #[test]
 fn stopped_node_rejoins_the_leader() {
     let i = inputs("pg1", down(), View { leader: leader("pg2"), ..View::default() });

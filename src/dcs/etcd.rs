@@ -330,11 +330,47 @@ impl Dcs for EtcdDcs {
         }
     }
 
-    async fn adopt_leader(&self, lease: i64) -> Result<bool> {
-        let mut l = Lease { id: lease, stream: None };
+    async fn adopt_leader(&self, lease: i64, term: i64) -> Result<bool> {
+        let granted = self.call("lease time-to-live", |mut c| async move { c.lease_time_to_live(lease, None).await }).await?;
+        if granted.ttl() <= 0 {
+            return Ok(false);
+        }
+        let id = if granted.granted_ttl() == self.ttl_secs {
+            lease
+        } else {
+            // The earlier process ran with another ttl. Its lease would let
+            // the key outlive this node by the old ttl (longer: failover is
+            // late; shorter: the key can expire before the watchdog fences).
+            // Move the key to a lease of the configured ttl, in one
+            // transaction that keeps the value and the term.
+            let new = self.grant().await?;
+            let key = self.key("leader");
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, term), Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                .and_then([TxnOp::put(key.clone(), vec![], Some(PutOptions::new().with_lease(new).with_ignore_value()))]);
+            let moved = self
+                .call("move the leader key to a new lease", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await
+                .map(|r| r.succeeded());
+            if !matches!(moved, Ok(true)) {
+                let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(new).await }).await;
+                return moved.map(|_| false);
+            }
+            tracing::warn!(
+                old_ttl = granted.granted_ttl(),
+                ttl = self.ttl_secs,
+                "adopted the leader key on a new lease of the configured ttl"
+            );
+            let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await;
+            new
+        };
+        let mut l = Lease { id, stream: None };
         if self.keep_alive(&mut l).await? {
             *self.leader_lease.lock().await = Some(l);
-            self.leader_id.store(lease, Ordering::Relaxed);
+            self.leader_id.store(id, Ordering::Relaxed);
             return Ok(true);
         }
         Ok(false)
@@ -381,7 +417,14 @@ impl Dcs for EtcdDcs {
                 async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        r.kvs().iter().map(|kv| parse(kv.key_str().unwrap_or_default(), kv.value())).collect()
+        // A bad record is skipped (and named), not a reason to show none.
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().unwrap_or_default();
+                parse(key, kv.value()).map_err(|e| tracing::warn!("{e:#}")).ok()
+            })
+            .collect())
     }
 
     async fn set_pause(&self, pause: Option<PauseRecord>) -> Result<()> {

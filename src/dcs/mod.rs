@@ -206,8 +206,11 @@ pub trait Dcs: Send + Sync + 'static {
     fn renew_leader(&self) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Creates the leader key if absent. Returns the term when won.
     fn acquire_leader(&self, rec: &LeaderRecord) -> impl Future<Output = anyhow::Result<Option<i64>>> + Send;
-    /// Takes over the lease of a leader key written by an earlier process of this node.
-    fn adopt_leader(&self, lease: i64) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    /// Takes over the lease of a leader key written by an earlier process
+    /// of this node (term = the key's create revision). A lease granted
+    /// with another ttl than the configured one is replaced by one of the
+    /// configured ttl, keeping the key's value and term.
+    fn adopt_leader(&self, lease: i64, term: i64) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Deletes the leader key (revokes its lease).
     fn release_leader(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Forgets the leader lease locally without touching etcd.

@@ -21,6 +21,18 @@ use tokio_postgres::Client;
 /// The heartbeat table's DDL, shipped in `sql/postgres/`.
 pub const HEARTBEAT_DDL: &str = include_str!("../../sql/postgres/heartbeat.sql");
 
+/// How `stop_server` begins: a clean shutdown, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// Checkpoint and send all WAL to the connected standbys first.
+    Fast,
+    /// Stop at once (crash recovery at the next start).
+    Immediate,
+}
+
+/// The executables of a PostgreSQL server's processes.
+const SERVER_PROGRAMS: &[&str] = &["postgres"];
+
 /// How long after `pg_ctl start` a missing server process still counts as
 /// "starting" rather than "down".
 const START_GRACE: Duration = Duration::from_secs(3);
@@ -239,15 +251,53 @@ impl Postgres {
         Ok(())
     }
 
-    /// Stops the server: fast shutdown, then immediate if that hangs.
-    async fn stop_server(&self) -> Result<()> {
+    /// Stops the server: fast shutdown, then immediate, then SIGKILL of
+    /// every server process in the data directory. A server frozen and
+    /// resumed can hold dead-end backends that make even an immediate
+    /// shutdown wait out `authentication_timeout` (60 s); a stop must end.
+    ///
+    /// `Shutdown::Immediate` skips the clean shutdown: for a fence, where
+    /// the database must stop taking writes now and what it writes after
+    /// losing the key is not wanted.
+    async fn stop_server(&self, how: Shutdown) -> Result<()> {
         self.drop_client().await;
-        if self.read_pid().is_none() {
+        if self.read_pid().is_none() && self.live_servers().is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.pg_ctl(&["stop", "-s", "-m", "fast", "-w", "-t", "10"], Duration::from_secs(15)).await {
-            tracing::warn!("fast shutdown failed ({e:#}); using immediate shutdown");
-            self.pg_ctl(&["stop", "-s", "-m", "immediate", "-w", "-t", "10"], Duration::from_secs(15)).await?;
+        let clean = match how {
+            Shutdown::Fast => match self.pg_ctl(&["stop", "-s", "-m", "fast", "-w", "-t", "5"], Duration::from_secs(8)).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!("fast shutdown failed ({e:#}); using immediate shutdown");
+                    false
+                }
+            },
+            Shutdown::Immediate => false,
+        };
+        if !clean {
+            if let Err(e) = self.pg_ctl(&["stop", "-s", "-m", "immediate", "-w", "-t", "3"], Duration::from_secs(5)).await {
+                tracing::warn!("immediate shutdown failed ({e:#}); killing the server processes");
+            }
+        }
+        let left = proc::kill_servers_in(&self.cfg.data_dir, SERVER_PROGRAMS, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            bail!("server processes {left:?} in {} survived SIGKILL", self.cfg.data_dir.display());
+        }
+        Ok(())
+    }
+
+    /// Every PostgreSQL process whose working directory is this data
+    /// directory (postmaster, backends, a single-user server).
+    fn live_servers(&self) -> Vec<i32> {
+        proc::server_processes(&self.cfg.data_dir, SERVER_PROGRAMS)
+    }
+
+    /// Refuses a destructive step (pg_rewind, swapping in a base backup)
+    /// while any server process lives in the data directory.
+    fn ensure_no_server(&self, step: &str) -> Result<()> {
+        let live = self.live_servers();
+        if !live.is_empty() {
+            bail!("not running {step}: PostgreSQL processes {live:?} still run in {}", self.cfg.data_dir.display());
         }
         Ok(())
     }
@@ -301,6 +351,7 @@ impl Postgres {
         if !self.cfg.password.is_empty() {
             cmd.env("PGPASSWORD", self.cfg.password.expose());
         }
+        self.ensure_no_server("pg_rewind")?;
         let out = proc::run(cmd, "pg_rewind", Duration::from_secs(600)).await?;
         Ok(if out.contains("no rewind required") { "no rewind required".into() } else { "rewound with pg_rewind".into() })
     }
@@ -348,11 +399,24 @@ impl Postgres {
         }
         proc::run(cmd, "pg_basebackup", Duration::from_secs(3600)).await?;
         crate::faults::point("during_base_backup_swap");
+        self.ensure_no_server("the base-backup swap")?;
         let aside = with_suffix(&format!(".vigil-old-{}", crate::dcs::now_ms() / 1000));
         if data.exists() {
             std::fs::rename(data, &aside).with_context(|| format!("move {} aside", data.display()))?;
         }
         std::fs::rename(&new, data).with_context(|| format!("move the new copy to {}", data.display()))?;
+        // Keep one old copy, not one per attempt: a real database does not
+        // fit on its disk many times over.
+        let prefix = format!("{}.vigil-old-", data.file_name().and_then(|n| n.to_str()).unwrap_or_default());
+        if let Ok(rd) = std::fs::read_dir(data.parent().unwrap_or(Path::new("/"))) {
+            for e in rd.flatten() {
+                let older = e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) && e.path() != aside;
+                if older && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    tracing::info!(path = %e.path().display(), "removing an older copy kept aside by an earlier base backup");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Ok(format!("took a fresh base backup from {} (old data kept in {})", up.node, aside.display()))
     }
 }
@@ -597,7 +661,7 @@ impl Engine for Postgres {
     }
 
     async fn fence(&self) -> Result<()> {
-        self.stop_server().await.context("stop for fencing")?;
+        self.stop_server(Shutdown::Immediate).await.context("stop for fencing")?;
         self.make_standby(None)?;
         self.start_server().await.context("start fenced as a read-only replica")
     }
@@ -611,13 +675,17 @@ impl Engine for Postgres {
 
     async fn kill_server(&self) -> Result<()> {
         self.drop_client().await;
-        if let Some(pid) = self.read_pid() {
-            tracing::warn!(pid, "killing the unresponsive postmaster and its backends");
-            // A hung server's backends (which hold its shared memory) go with it.
-            proc::signal_tree(pid, rustix::process::Signal::KILL)?;
-            if !proc::wait_gone(pid, Duration::from_secs(5)).await {
-                proc::reap(pid);
-            }
+        // Only processes checked to be this data directory's server (by
+        // executable and working directory) are signalled, never a PID
+        // merely read from postmaster.pid. A hung server's backends (which
+        // hold its shared memory) go with it.
+        let live = self.live_servers();
+        if !live.is_empty() {
+            tracing::warn!(pids = ?live, "killing the unresponsive postmaster and its backends");
+        }
+        let left = proc::kill_servers_in(&self.cfg.data_dir, SERVER_PROGRAMS, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            bail!("server processes {left:?} survived SIGKILL");
         }
         Ok(())
     }
@@ -648,7 +716,7 @@ impl Engine for Postgres {
     }
 
     async fn rejoin(&self, up: &Upstream, attempt: u32) -> Result<String> {
-        self.stop_server().await?;
+        self.stop_server(Shutdown::Fast).await?;
         if attempt >= 3 {
             // Rewinding did not bring it back: start over from a copy.
             tracing::warn!(attempt, "rejoin keeps failing; taking a fresh base backup");
@@ -677,7 +745,7 @@ impl Engine for Postgres {
     }
 
     async fn stop_for_switchover(&self) -> Result<Lsn> {
-        self.stop_server().await?;
+        self.stop_server(Shutdown::Fast).await?;
         self.make_standby(None)?;
         // The target must have received the shutdown checkpoint record
         // itself, which starts at this location.

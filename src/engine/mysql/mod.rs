@@ -32,6 +32,9 @@ use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
+/// The executables a MariaDB or MySQL server runs as.
+const SERVER_PROGRAMS: &[&str] = &["mariadbd", "mysqld"];
+
 /// The heartbeat table's DDL, shipped in `sql/mysql/`.
 pub const HEARTBEAT_DDL: &str = include_str!("../../../sql/mysql/heartbeat.sql");
 
@@ -792,6 +795,12 @@ impl Engine for MySql {
     async fn kill_server(&self) -> Result<()> {
         *self.conn.lock().await = None;
         if let Some(pid) = self.read_pid() {
+            // Signal only a PID checked to be this data directory's server
+            // (executable and working directory), not any PID the pid
+            // file names.
+            if !proc::is_server_of(pid, &self.cfg.data_dir, SERVER_PROGRAMS) {
+                bail!("the pid file names process {pid}, which is not the server of {}; not signalling it", self.cfg.data_dir.display());
+            }
             tracing::warn!(pid, "killing the database server");
             proc::signal(pid, rustix::process::Signal::KILL)?;
             if !proc::wait_gone(pid, Duration::from_secs(5)).await {
