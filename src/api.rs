@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct ApiState<E: Engine, D: Dcs> {
     pub cfg: Config,
@@ -181,26 +182,22 @@ async fn readiness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(
 
 /// Did this sidecar read etcd within the last `2 * loop + retry`?
 fn reaches_etcd(cfg: &Config, snap: &Snapshot) -> bool {
-    let fresh = cfg.timing.loop_wait * 2 + cfg.timing.retry;
-    snap.dcs_ok && crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms) < fresh.as_millis() as u64
+    let age = Duration::from_millis(crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms));
+    crate::core::failsafe::reaches_etcd(snap.dcs_ok, age, cfg.timing.loop_wait, cfg.timing.retry)
 }
 
-/// This node's member record. `?fresh=1` first looks at the database again,
-/// which is what a racing peer needs after the leader vanished.
-async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let snap = s.shared.get();
-    let Some(mut me) = snap.me.clone() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "not observed yet"}))).into_response();
-    };
-    if !reaches_etcd(&s.cfg, &snap) && me.eligible {
-        // A node that cannot reach etcd cannot take the leader key: peers
-        // must not wait for it (a fenced MariaDB primary at rest, cut off
-        // from etcd, would otherwise be deferred to for ever).
+/// This node's member record as a racing peer needs it (`GET /member`),
+/// shared by the HTTP handler and the simulation. `fresh` first looks at
+/// the database again, which is what a peer needs after the leader vanished.
+pub async fn member_answer<E: Engine>(cfg: &Config, shared: &crate::status::Shared, engine: &E, fresh: bool) -> Option<MemberRecord> {
+    let snap = shared.get();
+    let mut me = snap.me.clone()?;
+    if let Some(why) = crate::core::failsafe::candidacy_without_etcd(reaches_etcd(cfg, &snap), me.eligible) {
         me.eligible = false;
-        me.ineligible_reason = Some("cannot reach etcd, so it cannot take the leader key".into());
+        me.ineligible_reason = Some(why);
     }
-    if q.contains_key("fresh") {
-        let obs = s.engine.observe().await;
+    if fresh {
+        let obs = engine.observe().await;
         me.health = obs.local.health;
         me.role = obs.local.role;
         me.position = obs.local.position;
@@ -209,7 +206,25 @@ async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<S
         me.streaming = obs.local.streaming;
         me.updated_ms = now_ms();
     }
-    Json(me).into_response()
+    Some(me)
+}
+
+/// etcd failsafe, member side, shared by the HTTP handler and the
+/// simulation: Ok when this member cannot reach etcd either.
+pub fn failsafe_answer(cfg: &Config, shared: &crate::status::Shared, ask: &FailsafeAsk) -> Result<(), String> {
+    if reaches_etcd(cfg, &shared.get()) {
+        return Err(format!("{} reaches etcd: the leader key there decides", cfg.node));
+    }
+    tracing::info!(leader = %ask.leader, "etcd unreachable here too: confirmed the leader may keep serving (failsafe)");
+    Ok(())
+}
+
+/// This node's member record. `?fresh=1` first looks at the database again.
+async fn member<E: Engine, D: Dcs>(State(s): St<E, D>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match member_answer(&s.cfg, &s.shared, s.engine.as_ref(), q.contains_key("fresh")).await {
+        Some(me) => Json(me).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "not observed yet"}))).into_response(),
+    }
 }
 
 async fn cluster<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
@@ -325,13 +340,10 @@ pub struct FailsafeAsk {
 /// behind the asking primary's back; a member that reaches etcd answers
 /// 409 and the primary fences itself on time.
 async fn failsafe<E: Engine, D: Dcs>(State(s): St<E, D>, Json(ask): Json<FailsafeAsk>) -> Response {
-    let snap = s.shared.get();
-    if reaches_etcd(&s.cfg, &snap) {
-        return (StatusCode::CONFLICT, Json(json!({"error": format!("{} reaches etcd: the leader key there decides", s.cfg.node)})))
-            .into_response();
+    match failsafe_answer(&s.cfg, &s.shared, &ask) {
+        Ok(()) => Json(json!({"ok": true, "node": s.cfg.node})).into_response(),
+        Err(why) => (StatusCode::CONFLICT, Json(json!({"error": why}))).into_response(),
     }
-    tracing::info!(leader = %ask.leader, "etcd unreachable here too: confirmed the leader may keep serving (failsafe)");
-    Json(json!({"ok": true, "node": s.cfg.node})).into_response()
 }
 
 async fn pause<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Response {

@@ -10,12 +10,14 @@
 //! ```
 
 use crate::alerts::{Evaluator, Facts, Notifier, Severity};
+use crate::clock::Instant;
 use crate::config::Config;
 use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaderKey, LeaseState, PeerObs, Policy, Request, View};
 use crate::dcs::{
     now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step, SyncRecord,
 };
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
+use crate::peers::{HttpPeers, PeerApi};
 use crate::position::{Lsn, Position};
 use crate::publish::dns::{DnsTarget, Published};
 use crate::publish::hooks::{HookEvent, Hooks};
@@ -23,7 +25,7 @@ use crate::status::Shared;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A finished DNS publication: term, outcome, when (ms).
@@ -33,14 +35,14 @@ type DnsResult = (i64, Result<Published, String>, u64);
 /// (None: not yet known; inner None: unreachable) and when that probe began.
 type SilentProbes = std::collections::HashMap<String, (Option<Option<bool>>, Instant)>;
 
-pub struct Ha<E: Engine, D: Dcs> {
+pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     cfg: Config,
     policy: Policy,
     engine: Arc<E>,
     dcs: Arc<D>,
     shared: Arc<Shared>,
     wake: Arc<Notify>,
-    http: reqwest::Client,
+    peers_api: P,
     /// Consecutive observations with the database running (for `rise`).
     good_checks: u32,
     /// etcd is unreachable and every member vouched for this leader in the
@@ -98,8 +100,8 @@ pub struct Ha<E: Engine, D: Dcs> {
     sync_marks: BTreeMap<String, Lsn>,
 }
 
-impl<E: Engine, D: Dcs> Ha<E, D> {
-    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
+impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
+    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, peers_api: P, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
         let evaluator = Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts));
         let policy = Policy {
             ttl: cfg.timing.ttl,
@@ -115,7 +117,6 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             synchronous: cfg.failover.synchronous,
             rise: cfg.timing.rise,
         };
-        let http = cfg.api.client(Duration::from_millis(700)).expect("the API client (its CA file was read at config load)");
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
         let dns_target = cfg.dns.as_ref().map(DnsTarget::from_config);
         Ha {
@@ -125,7 +126,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             dcs,
             shared,
             wake,
-            http,
+            peers_api,
             good_checks: 0,
             failsafe_active: false,
             known: BTreeMap::new(),
@@ -164,9 +165,26 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     }
 
     /// Runs until the process is told to stop.
-    pub async fn run(mut self) {
-        self.spawn_process_watch();
-        self.spawn_lease_watchdog();
+    ///
+    /// The helper tasks (process watcher, lease watchdog) belong to this
+    /// future: when it is dropped (the process stops, or the simulation
+    /// crashes this sidecar) they end with it.
+    pub async fn run(self) {
+        let mut helpers = tokio::task::JoinSet::new();
+        helpers.spawn(self.process_watch());
+        helpers.spawn(self.lease_watchdog());
+        self.run_loop().await
+    }
+
+    /// The same loop and helpers as [`run`](Self::run), polled together
+    /// as one future instead of as separate tasks: the simulation freezes
+    /// (SIGSTOP) and crashes a whole sidecar by holding or dropping it.
+    pub async fn run_joined(self) {
+        let (watch, watchdog) = (self.process_watch(), self.lease_watchdog());
+        tokio::join!(watch, watchdog, self.run_loop());
+    }
+
+    async fn run_loop(mut self) {
         loop {
             let started = Instant::now();
             if let Err(e) = self.iterate().await {
@@ -180,6 +198,43 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             tokio::select! {
                 _ = tokio::time::sleep(rest) => {}
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Runs beside a long action: every `loop` it renews the leader lease
+    /// (if held) and the member record, showing the action and how long it
+    /// has run ("promoting since 12 s"). Returns (so cancelling the action)
+    /// only if the leader lease expires or was not renewed within
+    /// `ttl - safety_margin`: the database must then be fenced, not left
+    /// to finish promoting or handing over without a lease.
+    fn keep_alive_beside(&self, action: &Action) -> impl std::future::Future<Output = String> + Send + 'static {
+        let (dcs, shared, renewal, paused) =
+            (Arc::clone(&self.dcs), Arc::clone(&self.shared), Arc::clone(&self.last_renewal), Arc::clone(&self.paused));
+        let (every, limit) = (self.cfg.timing.loop_wait, self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin));
+        let what = action.doing();
+        let started = Instant::now();
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if dcs.holds_leader() {
+                    match dcs.renew_leader().await {
+                        Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now()),
+                        Ok(false) => return format!("the leader lease expired while {what}; cancelled"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease while {what}"),
+                    }
+                    let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
+                    if !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit) {
+                        return format!("the leader lease was not renewed for {limit:?} while {what}; cancelled");
+                    }
+                }
+                if let Some(mut me) = shared.get().me {
+                    me.state = format!("{what} since {:.0}s", started.elapsed().as_secs_f64());
+                    me.updated_ms = now_ms();
+                    if dcs.put_member(&me).await.is_ok() {
+                        shared.update(|s| s.me = Some(me));
+                    }
+                }
             }
         }
     }
@@ -204,7 +259,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     /// rewind under the server the watchdog had just started, was seen).
     /// Having waited for the lock it looks again: the loop may have
     /// renewed or released the lease meanwhile.
-    fn spawn_lease_watchdog(&self) {
+    fn lease_watchdog(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (engine, dcs, shared) = (Arc::clone(&self.engine), Arc::clone(&self.dcs), Arc::clone(&self.shared));
         let (renewal, paused, owner) = (Arc::clone(&self.last_renewal), Arc::clone(&self.paused), Arc::clone(&self.db_owner));
         let limit = self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin);
@@ -213,7 +268,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit)
         };
         let dcs = Arc::clone(&self.dcs);
-        tokio::spawn(async move {
+        async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if !lapsed() {
@@ -230,27 +285,25 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                     tracing::error!(error = %format!("{e:#}"), "fencing failed");
                 }
             }
-        });
+        }
     }
 
     /// Watches the local server process and wakes the loop the moment it
     /// dies, so a crash is handled in milliseconds rather than after polls.
     /// It waits on a pidfd (readable when the process exits), so an idle
     /// sidecar does not poll; without pidfd support it polls every 50 ms.
-    fn spawn_process_watch(&self) {
+    fn process_watch(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let engine = Arc::clone(&self.engine);
         let wake = Arc::clone(&self.wake);
-        tokio::spawn(async move {
+        async move {
             loop {
-                match engine.server_pid() {
-                    Some(pid) => {
-                        crate::proc::wait_exit(pid).await;
-                        wake.notify_one();
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                if engine.wait_server_exit().await {
+                    wake.notify_one();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-        });
+        }
     }
 
     async fn iterate(&mut self) -> Result<()> {
@@ -303,7 +356,16 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
         let owner = Arc::clone(&self.db_owner);
         let owner_guard = if decision.actions.is_empty() { None } else { Some(owner.lock().await) };
         for action in &decision.actions {
-            if let Err(e) = self.execute(action, &obs, cluster.as_ref(), &peers, &decision).await {
+            // Long actions never hold up the lease and the member record:
+            // they are renewed beside the action, and a lease that lapses
+            // anyway cancels it (the database is fenced next).
+            let beside = self.keep_alive_beside(action);
+            let result = tokio::select! {
+                biased;
+                r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => r,
+                why = beside => Err(anyhow::anyhow!(why)),
+            };
+            if let Err(e) = result {
                 tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
                 outcome = Err(e);
                 break;
@@ -628,11 +690,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     }
 
     async fn fetch_member(&self, api_url: &str) -> Option<MemberRecord> {
-        let r = self.http.get(format!("{api_url}/member?fresh=1")).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
+        self.peers_api.member(api_url).await
     }
 
     fn inputs(&self, obs: &Observation, cluster: Option<&ClusterState>, peers: Vec<PeerObs>) -> Inputs {
@@ -651,8 +709,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 .as_ref()
                 .filter(|h| h.is_automatic_failover())
                 .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
+            last_primary: c.last_history.as_ref().map(|h| h.new_primary.clone()),
             last_primary_position: self.last_primary_position,
             sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
+            sync_leader: c.sync.as_ref().map(|s| s.leader.clone()),
             sync_unreadable: c.sync_unreadable,
             leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
         });
@@ -851,9 +911,10 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
                 self.shared.update(|s| s.writable_leader = false);
                 if obs.local.health != crate::core::DbHealth::Running {
                     // It must not come back as a primary: the key is going to
-                    // a replica. A hung server is killed so that it cannot
+                    // a replica. A hung server, or one still starting (crash
+                    // recovery ends writable), is killed so that it cannot
                     // wake up writable.
-                    if obs.local.health == crate::core::DbHealth::Unresponsive {
+                    if matches!(obs.local.health, crate::core::DbHealth::Unresponsive | crate::core::DbHealth::Starting) {
                         self.engine.kill_server().await?;
                     }
                     if let Err(e) = self.engine.mark_replica() {
@@ -932,25 +993,14 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
     async fn failsafe_round(&mut self) {
         let peers: Vec<MemberRecord> = self.known.values().filter(|m| m.node != self.cfg.node).cloned().collect();
         let ask = crate::api::FailsafeAsk { leader: self.cfg.node.clone(), term: self.term };
+        let api = &self.peers_api;
         let asks = peers.iter().map(|m| {
-            let (http, url, ask) = (self.http.clone(), format!("{}/failsafe", m.api_url), &ask);
-            async move {
-                match http.post(url).json(ask).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("{}: {}", m.node, r.text().await.unwrap_or_default())),
-                    Err(e) => Err(format!("{}: {e}", m.node)),
-                }
-            }
+            let ask = &ask;
+            async move { (m.node.clone(), api.failsafe(&m.api_url, ask).await) }
         });
         let answers = futures_util::future::join_all(asks).await;
-        let mut refusals: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
-        if peers.is_empty() {
-            // Nobody to vouch: this sidecar has not seen another member
-            // since it started (or the cluster has one node), so it cannot
-            // tell who might reach etcd and take over. No vacuous yes.
-            refusals.push("no other member known to vouch for this primary".into());
-        }
-        if refusals.is_empty() {
+        let verdict = core::failsafe::failsafe_verdict(&answers);
+        if verdict.is_ok() {
             if !self.failsafe_active {
                 tracing::warn!(
                     members = peers.len(),
@@ -960,6 +1010,7 @@ impl<E: Engine, D: Dcs> Ha<E, D> {
             self.set_renewal(Some(Instant::now()));
             self.failsafe_active = true;
         } else {
+            let refusals = verdict.err().unwrap_or_default();
             tracing::warn!(refusals = %refusals.join("; "), "etcd unreachable and failsafe not confirmed by every member; the lease will lapse");
             self.failsafe_active = false;
         }

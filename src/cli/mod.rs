@@ -578,7 +578,8 @@ async fn run_with<E: crate::engine::Engine>(cfg: Config, engine: Arc<E>) -> Resu
         let role: Arc<dyn crate::sync::RoleSource> = Arc::clone(&shared) as _;
         tokio::spawn(crate::sync::collect(cfg.clone(), role, move |rep| sh.update(|s| s.sync = Some(rep))));
     }
-    let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), shared, wake, notifier);
+    let peers = crate::peers::HttpPeers::new(&cfg.api)?;
+    let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), peers, shared, wake, notifier);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = ha.run() => {}

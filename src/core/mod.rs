@@ -22,6 +22,7 @@ use crate::position::Position;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod failsafe;
 pub mod rejoin;
 pub mod sync_set;
 #[cfg(test)]
@@ -145,11 +146,15 @@ pub struct View {
     pub request: Option<Request>,
     /// Age of the last automatic failover (from history), for hold-down.
     pub last_failover_age: Option<Duration>,
+    /// The primary the newest history record names (the last legitimate one).
+    pub last_primary: Option<String>,
     /// The last position the primary published, for `max_lag_on_failover`.
     pub last_primary_position: Option<Position>,
     /// Synchronous mode: the replicas one of which flushed every
     /// acknowledged commit (the `sync` key), if recorded.
     pub sync_standbys: Option<Vec<String>>,
+    /// The leader that recorded that set.
+    pub sync_leader: Option<String>,
     /// Synchronous mode: the `sync` key exists but could not be read, so
     /// the set is unknown (not absent: that would mean "none recorded").
     pub sync_unreadable: bool,
@@ -251,6 +256,28 @@ pub enum Action {
     /// Mark an operator request as refused, with the reason, for the
     /// operator to read.
     RefuseRequest { reason: String },
+}
+
+impl Action {
+    /// What the node is doing while the action runs, for `vigil status`
+    /// ("promoting since 12 s").
+    pub fn doing(&self) -> &'static str {
+        match self {
+            Action::AdoptLeader => "adopting the leader key",
+            Action::WriteHeartbeat => "writing the heartbeat",
+            Action::AcquireLeader => "taking the leader key",
+            Action::Promote => "promoting",
+            Action::ReleaseLeader { .. } => "releasing the leader key",
+            Action::Fence { .. } => "fencing",
+            Action::RestartInPlace => "restarting in place",
+            Action::Start => "starting the database",
+            Action::Rejoin { .. } => "rejoining",
+            Action::Follow { .. } => "following",
+            Action::HandOver { .. } => "handing over",
+            Action::ClearRequest { .. } => "clearing the request",
+            Action::RefuseRequest { .. } => "refusing the request",
+        }
+    }
 }
 
 /// Whether this node may become primary now, and if not, why.
@@ -530,7 +557,12 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             d.state = "no leader; paused".into();
             return d.refuse("cluster is paused: no automatic failover");
         }
-        if let Some(age) = view.last_failover_age {
+        // Hold-down stops a *second* node taking over. The last recorded
+        // primary taking its own key back (it fenced itself when its lease
+        // lapsed, e.g. etcd slow) is no failover: without this the cluster
+        // stayed leaderless for all of hold_down (found by the simulation).
+        let last_primary = view.last_primary.as_deref() == Some(i.me.as_str());
+        if let Some(age) = view.last_failover_age.filter(|_| !last_primary) {
             if age < p.hold_down {
                 d.state = "no leader; held down".into();
                 return d.refuse(format!(
@@ -584,6 +616,13 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         // Manual: any fresher peer means data would be lost, whatever its
         // eligibility, so it counts.
         if !c.eligible && !is_primary && manual.is_none() {
+            continue;
+        }
+        // Within hold_down only the last primary may take the key
+        // automatically: a held-down peer would refuse, so deferring to it
+        // left the cluster leaderless (found by the simulation, seed 67).
+        let held_down = view.last_failover_age.is_some_and(|a| a < p.hold_down);
+        if held_down && !is_primary && manual.is_none() && view.last_primary.as_deref() != Some(peer.node.as_str()) {
             continue;
         }
         // Synchronous mode: a peer outside the synchronous set cannot be
@@ -648,6 +687,11 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     // acknowledged synchronously (a new cluster), and the ordinary rules
     // choose.
     let Some(set) = &view.sync_standbys else { return None };
+    // The primary that recorded the set made (or had) every acknowledged
+    // commit itself: taking its key back after a fence loses nothing.
+    if view.sync_leader.as_deref() == Some(i.me.as_str()) {
+        return None;
+    }
     if !set.contains(&i.me) {
         return Some(format!(
             "synchronous mode: {} is not in the synchronous set [{}], so it may lack acknowledged commits; {hint}",
@@ -718,7 +762,8 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
             l.good_checks, p.rise
         ));
     }
-    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago)) {
+    let was_last_primary = i.view.as_ref().is_some_and(|v| v.last_primary.as_deref() == Some(i.me.as_str()));
+    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago), was_last_primary) {
         return Eligibility::no(why);
     }
     if let Some(view) = &i.view {
@@ -753,8 +798,10 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
 /// measured from that event (the moment this node first saw the leader key
 /// vacant), not from now, so waiting for an election never makes a
 /// replica ineligible. While a leader holds the key, it is measured from now.
-pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>) -> Option<String> {
-    if l.streaming || l.primary_at_rest {
+/// The last recorded primary, fenced to a read-only standby, never
+/// streamed: its data is its own, like a MariaDB primary at rest.
+pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>, was_last_primary: bool) -> Option<String> {
+    if l.streaming || l.primary_at_rest || was_last_primary {
         return None;
     }
     let window = p.ttl * 2;

@@ -539,8 +539,10 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 paused,
                 request: None,
                 last_failover_age: failover_age.map(Duration::from_secs),
+                last_primary: None,
                 last_primary_position: Some(Position::new(1, 1500)),
                 sync_standbys: None,
+                sync_leader: None,
                 sync_unreadable: false,
                 leader_lost_ago: None,
             };
@@ -757,4 +759,40 @@ fn synchronous_mode_with_an_unreadable_sync_key_refuses() {
     let d = decide(&i);
     assert!(!d.actions.contains(&Action::AcquireLeader));
     assert!(d.refusal.unwrap().contains("sync key cannot be read"));
+}
+
+/// Found by the simulation (seed 67, fast profile, etcd slow): the new
+/// primary fenced itself when its lease lapsed, and hold-down then kept
+/// every node, itself included, from taking the key for all of hold_down.
+/// The last recorded primary taking its key back is no second failover.
+#[test]
+fn hold_down_does_not_stop_the_last_primary_retaking_its_key() {
+    let mut view = View { last_failover_age: Some(Duration::from_secs(5)), ..no_leader() };
+    view.last_primary = Some("pg2".into());
+    // Fenced to a standby without upstream: it has not streamed since.
+    let mut i = inputs("pg2", replica(1000), view.clone());
+    i.local.streaming = false;
+    i.local.last_streamed_ago = None;
+    i.peers = vec![peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+    // A fresher or preferred peer that is held down would refuse: no deferring to it.
+    i.peers = vec![peer("pg1", 1000)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+    // Another node is still held down.
+    let mut j = inputs("pg3", replica(1000), view);
+    j.peers = vec![peer("pg2", 900)];
+    assert!(decide(&j).refusal.unwrap().starts_with("held down"));
+}
+
+/// Found by the simulation (seed 67, fast, synchronous): the primary that
+/// recorded the set fenced itself (lease lapsed under a slow etcd) and was
+/// then refused for not being in its own set, so nobody could lead.
+#[test]
+fn synchronous_mode_lets_the_leader_that_recorded_the_set_retake_it() {
+    let mut view = View { sync_standbys: Some(vec!["pg1".into(), "pg3".into()]), sync_leader: Some("pg2".into()), ..no_leader() };
+    view.last_primary = Some("pg2".into());
+    let mut i = inputs("pg2", replica(1000), view);
+    i.policy.synchronous = true;
+    i.peers = vec![peer("pg1", 900), peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
 }

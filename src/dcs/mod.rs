@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod etcd;
+pub mod memory;
 
 use crate::core::{DbHealth, DbRole, RequestKind};
 use crate::position::{Lsn, Position, TimelineSwitch};
@@ -19,10 +20,7 @@ use std::future::Future;
 pub use decode::BadValue;
 pub use etcd::EtcdDcs;
 
-/// Milliseconds since the Unix epoch, the time unit of every record.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Value of the `leader` key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -126,6 +126,20 @@ pub trait Engine: Send + Sync + 'static {
     fn observe(&self) -> impl Future<Output = Observation> + Send;
     /// The server process, for the watcher that notices a crash at once.
     fn server_pid(&self) -> Option<i32>;
+    /// Returns true when the running server process exits; false at once
+    /// when none runs. Waits on a pidfd, so an idle sidecar does not poll.
+    fn wait_server_exit(&self) -> impl Future<Output = bool> + Send {
+        let pid = self.server_pid();
+        async move {
+            match pid {
+                Some(pid) => {
+                    crate::proc::wait_exit(pid).await;
+                    true
+                }
+                None => false,
+            }
+        }
+    }
     /// Upserts the heartbeat row with the leader's term.
     fn write_heartbeat(&self, node: &str, term: i64) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Promotes the local replica and returns once it accepts writes.

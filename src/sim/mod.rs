@@ -1,0 +1,698 @@
+//! The deterministic simulation of a whole cluster.
+//!
+//! N real sidecars (the production [`Ha`] loop, decision core, lease
+//! watchdog, process watcher, member API handlers) run in one thread on a
+//! paused tokio clock, against the in-memory etcd of `dcs/memory.rs`, fake
+//! PostgreSQL servers (`engine.rs`) and a network model (`world.rs`). A seed
+//! drives everything: the fault schedule, action durations, which sidecar
+//! crashes where. The same seed gives the same run.
+//!
+//! Faults: database killed; node lost and back; node frozen and resumed
+//! (SIGSTOP of sidecar and server); sidecar crash at a random moment or in
+//! the middle of a long action; etcd down; etcd slow (up to 2 s); a node cut
+//! from etcd; a node cut from its peers (one-way too); garbage in any key;
+//! clock jumps; long actions that hang.
+//!
+//! Checks, at every step: never two nodes that accept client writes; in
+//! synchronous mode every acknowledged write is on any node that starts
+//! accepting writes; no destructive step while a server runs in that data
+//! directory; every ineligible member says why. After the faults stop: one
+//! writable primary holding the key within `bounds().primary`, every other
+//! node streaming from it within `bounds().streaming`, and no more than a
+//! few rebuilds per node on the way.
+//!
+//! Replay a seed: `VIGIL_SIM_SEED=<seed> cargo test --test sim` (add
+//! `VIGIL_SIM_PROFILE=fast` and `VIGIL_SIM_SYNC=1` as the failure printed).
+
+pub mod engine;
+pub mod rng;
+pub mod world;
+
+use crate::clock::{Instant, NODE_OFFSET_MS};
+use crate::config::Config;
+use crate::dcs::memory::{MemoryDcs, MemoryStore};
+use crate::ha::Ha;
+use crate::peers::PeerApi;
+use crate::status::Shared;
+use engine::FakePostgres;
+use rng::Rng;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::sync::Notify;
+use world::World;
+
+/// Timing profile of the simulated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// loop 1 s, ttl 10 s (the shipped defaults).
+    Default,
+    /// loop 500 ms, ttl 3 s (the documented fast profile).
+    Fast,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub nodes: usize,
+    pub profile: Profile,
+    pub synchronous: bool,
+    /// At most this many faults per seed (at least one).
+    pub max_faults: usize,
+    /// Faults start within this window after the cluster came up.
+    pub fault_window: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions { nodes: 3, profile: Profile::Default, synchronous: false, max_faults: 4, fault_window: Duration::from_secs(60) }
+    }
+}
+
+/// The kinds of fault a seed can schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    DatabaseKilled,
+    NodeLost,
+    NodeFrozen,
+    SidecarCrash,
+    SidecarCrashInAction,
+    DcsDown,
+    DcsSlow,
+    CutFromDcs,
+    CutFromPeers,
+    OneWayCut,
+    Garbage,
+    ClockJump,
+    ActionsHang,
+}
+
+const KINDS: [FaultKind; 13] = [
+    FaultKind::DatabaseKilled,
+    FaultKind::NodeLost,
+    FaultKind::NodeFrozen,
+    FaultKind::SidecarCrash,
+    FaultKind::SidecarCrashInAction,
+    FaultKind::DcsDown,
+    FaultKind::DcsSlow,
+    FaultKind::CutFromDcs,
+    FaultKind::CutFromPeers,
+    FaultKind::OneWayCut,
+    FaultKind::Garbage,
+    FaultKind::ClockJump,
+    FaultKind::ActionsHang,
+];
+
+/// One scheduled fault: what, on which node, when and for how long.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub node: usize,
+    pub other: usize,
+    pub at: Duration,
+    pub lasts: Duration,
+    /// Garbage: which key; clock jump: by how much (ms); slow etcd: latency (ms).
+    pub param: i64,
+}
+
+/// The liveness bounds, derived from the timing (printed with a failure).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// After the last fault ends: one writable primary holding the key.
+    pub primary: Duration,
+    /// After that: every other node streaming from it.
+    pub streaming: Duration,
+}
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub faults: usize,
+    pub simulated: Duration,
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    pub acknowledged: usize,
+    pub lost_async: usize,
+    /// Checks that saw a resumed frozen primary, or one whose sidecar was
+    /// dead, writable beside the primary (the node watchdog's cases).
+    pub watchdog_windows: usize,
+    /// Seconds from the end of the faults to a writable primary.
+    pub recovered_in: Option<f64>,
+}
+
+struct Slot {
+    cfg: Config,
+    shared: Arc<Shared>,
+    engine: Arc<FakePostgres>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The cluster under simulation: the world, etcd, and each node's sidecar.
+struct Cluster {
+    opts: SimOptions,
+    names: Vec<String>,
+    world: Arc<World>,
+    store: Arc<MemoryStore>,
+    slots: Mutex<Vec<Slot>>,
+    dcs_cut: Vec<Arc<AtomicBool>>,
+    wakes: Vec<Arc<Notify>>,
+    offsets: Vec<Arc<AtomicI64>>,
+    freeze: Vec<Arc<Freeze>>,
+}
+
+fn timing(p: Profile) -> (&'static str, &'static str, &'static str, &'static str) {
+    match p {
+        Profile::Default => ("1s", "10s", "2s", "2s"),
+        Profile::Fast => ("500ms", "3s", "1s", "1s"),
+    }
+}
+
+fn api_url(name: &str) -> String {
+    format!("http://{name}.sim:8008")
+}
+
+impl Cluster {
+    fn config(&self, i: usize) -> Config {
+        let (lp, ttl, retry, margin) = timing(self.opts.profile);
+        let text = format!(
+            r#"cluster = "sim"
+node = "{name}"
+[etcd]
+endpoints = ["http://etcd.sim:2379"]
+request_timeout = "1s"
+[database]
+host = "{host}"
+port = {port}
+data_dir = "/sim/{name}"
+query_timeout = "1s"
+[timing]
+loop = "{lp}"
+ttl = "{ttl}"
+retry = "{retry}"
+safety_margin = "{margin}"
+hold_down = "30s"
+[failover]
+synchronous = {sync}
+restart_budget = "5s"
+promote_timeout = "20s"
+switchover_timeout = "10s"
+[api]
+listen = "127.0.0.1:8008"
+advertise_url = "{url}"
+"#,
+            name = self.names[i],
+            host = engine::db_host(&self.names[i]),
+            port = 5432 + i,
+            sync = self.opts.synchronous,
+            url = api_url(&self.names[i]),
+        );
+        Config::parse(std::path::Path::new("sim.toml"), &text).expect("the simulation's config is valid")
+    }
+
+    fn bounds(&self) -> Bounds {
+        let c = self.config(0);
+        let t = &c.timing;
+        let base = t.ttl * 2 + t.loop_wait * (t.rise + 6) + c.etcd.request_timeout * 4 + Duration::from_secs(5);
+        Bounds { primary: base, streaming: t.ttl * 2 + Duration::from_secs(45) }
+    }
+
+    /// Starts (or restarts) node `i`'s sidecar: a new process with an
+    /// empty memory, as after a crash.
+    fn start_sidecar(self: &Arc<Self>, i: usize) {
+        let cfg = self.config(i);
+        let engine = Arc::new(FakePostgres::new(Arc::clone(&self.world), i, cfg.database.query_timeout, cfg.failover.promote_timeout));
+        let dcs = Arc::new(MemoryDcs::new(
+            Arc::clone(&self.store),
+            &self.names[i],
+            cfg.timing.ttl,
+            cfg.etcd.request_timeout,
+            Arc::clone(&self.wakes[i]),
+            Arc::clone(&self.dcs_cut[i]),
+        ));
+        let shared = Arc::new(Shared::default());
+        let peers = SimPeers { cluster: Arc::downgrade(self), me: i };
+        let ha = Ha::new(
+            cfg.clone(),
+            Arc::clone(&engine),
+            dcs,
+            peers,
+            Arc::clone(&shared),
+            Arc::clone(&self.wakes[i]),
+            crate::alerts::Notifier::none(),
+        );
+        let fut = NODE_OFFSET_MS
+            .scope(Arc::clone(&self.offsets[i]), Frozen { inner: Box::pin(ha.run_joined()), freeze: Arc::clone(&self.freeze[i]) });
+        let task = tokio::spawn(fut);
+        self.world.lock().sidecar_up[i] = true;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = Slot { cfg, shared, engine, task: Some(task) };
+        if i < slots.len() {
+            if let Some(old) = slots[i].task.take() {
+                old.abort();
+            }
+            slots[i] = slot;
+        } else {
+            slots.push(slot);
+        }
+    }
+
+    fn stop_sidecar(&self, i: usize) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = slots[i].task.take() {
+            t.abort();
+        }
+        self.world.lock().sidecar_up[i] = false;
+    }
+
+    fn sidecar_up(&self, i: usize) -> bool {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())[i].task.is_some()
+    }
+
+    fn note(&self, what: impl AsRef<str>) {
+        self.world.lock().note(what);
+    }
+}
+
+/// Holds a whole sidecar still while its node is frozen (SIGSTOP): its
+/// timers run out meanwhile, and it sees that when it is resumed.
+struct Freeze {
+    frozen: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Freeze {
+    fn set(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::Relaxed);
+        if !frozen {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+struct Frozen<F> {
+    inner: Pin<Box<F>>,
+    freeze: Arc<Freeze>,
+}
+
+impl<F: Future> Future for Frozen<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.freeze.frozen.load(Ordering::Relaxed) {
+            *self.freeze.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// The peers' APIs, answered in memory by the production handlers
+/// (`api::member_answer`, `api::failsafe_answer`) of the target node's
+/// current sidecar, as the network lets the call through.
+struct SimPeers {
+    cluster: std::sync::Weak<Cluster>,
+    me: usize,
+}
+
+impl SimPeers {
+    /// The target's config, snapshot and engine if the call gets through;
+    /// None after the time a client would wait.
+    async fn reach(&self, api_url_: &str) -> Option<(Config, Arc<Shared>, Arc<FakePostgres>)> {
+        let c = self.cluster.upgrade()?;
+        let t = c.names.iter().position(|n| api_url(n) == api_url_)?;
+        let (reach, frozen) = {
+            let w = c.world.lock();
+            (w.link(self.me, t), c.freeze[t].frozen.load(Ordering::Relaxed))
+        };
+        if !reach || frozen {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            return None;
+        }
+        let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &slots[t];
+        s.task.as_ref()?;
+        Some((s.cfg.clone(), Arc::clone(&s.shared), Arc::clone(&s.engine)))
+    }
+}
+
+impl PeerApi for SimPeers {
+    async fn member(&self, api_url: &str) -> Option<crate::dcs::MemberRecord> {
+        let (cfg, shared, engine) = self.reach(api_url).await?;
+        tokio::time::timeout(Duration::from_millis(700), crate::api::member_answer(&cfg, &shared, engine.as_ref(), true)).await.ok()?
+    }
+
+    async fn failsafe(&self, api_url: &str, ask: &crate::api::FailsafeAsk) -> Result<(), String> {
+        match self.reach(api_url).await {
+            Some((cfg, shared, _)) => crate::api::failsafe_answer(&cfg, &shared, ask),
+            None => Err("no answer".into()),
+        }
+    }
+}
+
+/// Runs one seed to the end and reports what it saw.
+pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a runtime");
+    let opts = opts.clone();
+    rt.block_on(async move {
+        crate::clock::set_virtual(Some(1_800_000_000_000 + (seed % 1_000_000) * 1_000));
+        let r = Sim::new(seed, opts).run().await;
+        crate::clock::set_virtual(None);
+        r
+    })
+}
+
+struct Sim {
+    seed: u64,
+    c: Arc<Cluster>,
+}
+
+impl Sim {
+    fn new(seed: u64, opts: SimOptions) -> Sim {
+        let names: Vec<String> = (1..=opts.nodes).map(|i| format!("pg{i}")).collect();
+        let n = names.len();
+        let world = World::new(&names, opts.synchronous, Rng::new(seed));
+        let c = Arc::new(Cluster {
+            opts,
+            names,
+            world,
+            store: MemoryStore::new(),
+            slots: Mutex::new(vec![]),
+            dcs_cut: (0..n).map(|_| Arc::default()).collect(),
+            wakes: (0..n).map(|_| Arc::new(Notify::new())).collect(),
+            offsets: (0..n).map(|_| Arc::default()).collect(),
+            freeze: (0..n).map(|_| Arc::new(Freeze { frozen: AtomicBool::new(false), waker: Mutex::new(None) })).collect(),
+        });
+        Sim { seed, c }
+    }
+
+    fn schedule(&self) -> Vec<Fault> {
+        let mut w = self.c.world.lock();
+        let n = self.c.opts.nodes;
+        let count = w.rng.range(1, self.c.opts.max_faults as u64) as usize;
+        let window = self.c.opts.fault_window.as_millis() as u64;
+        (0..count)
+            .map(|_| {
+                let kind = KINDS[w.rng.pick(KINDS.len())];
+                let node = w.rng.pick(n);
+                let other = (node + 1 + w.rng.pick(n - 1)) % n;
+                let at = Duration::from_millis(w.rng.range(0, window));
+                let lasts = Duration::from_millis(w.rng.range(500, 40_000));
+                let param = match kind {
+                    FaultKind::Garbage => w.rng.range(0, 6) as i64,
+                    FaultKind::ClockJump => w.rng.range(0, 240_000) as i64 - 120_000,
+                    FaultKind::DcsSlow => w.rng.range(200, 2_000) as i64,
+                    _ => 0,
+                };
+                Fault { kind, node, other, at, lasts, param }
+            })
+            .collect()
+    }
+
+    async fn run(self) -> SeedReport {
+        let c = Arc::clone(&self.c);
+        for i in 0..c.opts.nodes {
+            c.start_sidecar(i);
+        }
+        let ticker = tokio::spawn(tick(Arc::clone(&c)));
+        let t0 = Instant::now();
+        let up = self.wait_until(Duration::from_secs(60), |c| healthy(c).is_ok()).await;
+        if !up {
+            let why = healthy(&c).err().unwrap_or_default();
+            c.world.lock().violation(format!("the cluster did not come up within 60 s: {why}"));
+        }
+        let faults = if up { self.schedule() } else { vec![] };
+        let started = Instant::now();
+        // Apply and revert in time order.
+        let mut events: Vec<(Duration, bool, usize)> = vec![];
+        for (k, f) in faults.iter().enumerate() {
+            events.push((f.at, true, k));
+            events.push((f.at + f.lasts, false, k));
+        }
+        events.sort_by_key(|e| (e.0, e.1, e.2));
+        for (at, apply, k) in events {
+            tokio::time::sleep_until(started + at).await;
+            self.fault(&faults[k], apply);
+        }
+        let healed = Instant::now();
+        c.note("faults over; every node up and connected");
+        let bounds = c.bounds();
+        let mut recovered_in = None;
+        if up {
+            let hang_end = c.world.lock().hang_until;
+            let from = healed.max(hang_end);
+            let ok = self.wait_until_instant(from + bounds.primary, |c| writable_leader(c).is_some()).await;
+            if ok {
+                recovered_in = Some(healed.elapsed().as_secs_f64());
+                let hang_end = c.world.lock().hang_until;
+                let ok = self.wait_until_instant(Instant::now().max(hang_end) + bounds.streaming, |c| healthy(c).is_ok()).await;
+                if !ok {
+                    let why = healthy(&c).err().unwrap_or_default();
+                    c.world.lock().violation(format!(
+                        "not every node streams {:?} after a primary was back (bound: ttl*2 + 45s): {why}",
+                        bounds.streaming
+                    ));
+                }
+            } else {
+                c.world.lock().violation(format!(
+                    "no writable primary holding the leader key {:?} after the faults stopped (bound: 2*ttl + (rise+6)*loop + 4*request_timeout + 5s)",
+                    bounds.primary
+                ));
+            }
+            let mut w = c.world.lock();
+            for k in 0..c.opts.nodes {
+                let (r, b) = (w.dbs[k].rewinds, w.dbs[k].base_backups);
+                if b > 4 || r + b > 12 {
+                    let name = w.dbs[k].name.clone();
+                    w.violation(format!("{name} was rebuilt {r} times by pg_rewind and {b} times by base backup: unbounded retries"));
+                }
+            }
+        }
+        ticker.abort();
+        for i in 0..c.opts.nodes {
+            c.stop_sidecar(i);
+        }
+        let w = c.world.lock();
+        SeedReport {
+            seed: self.seed,
+            faults: faults.len(),
+            simulated: t0.elapsed(),
+            violations: w.violations.clone(),
+            trace: w.trace.clone(),
+            acknowledged: w.acks.len(),
+            lost_async: w.lost_async,
+            watchdog_windows: w.resume_window + w.orphan_window,
+            recovered_in,
+        }
+    }
+
+    async fn wait_until(&self, limit: Duration, pred: impl Fn(&Cluster) -> bool) -> bool {
+        self.wait_until_instant(Instant::now() + limit, pred).await
+    }
+
+    async fn wait_until_instant(&self, deadline: Instant, pred: impl Fn(&Cluster) -> bool) -> bool {
+        loop {
+            if pred(&self.c) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn fault(&self, f: &Fault, apply: bool) {
+        let c = &self.c;
+        let (name, other) = (c.names[f.node].clone(), c.names[f.other].clone());
+        let verb = if apply { "FAULT" } else { "heal " };
+        c.note(format!(
+            "{verb} {:?} {name}{}",
+            f.kind,
+            if matches!(f.kind, FaultKind::OneWayCut | FaultKind::CutFromPeers) { format!(" (other {other})") } else { String::new() }
+        ));
+        match f.kind {
+            FaultKind::DatabaseKilled => {
+                if apply {
+                    c.world.lock().stop_process(f.node, "SIGKILL");
+                }
+            }
+            FaultKind::NodeLost => {
+                if apply {
+                    c.stop_sidecar(f.node);
+                    let mut w = c.world.lock();
+                    w.stop_process(f.node, "node lost");
+                    w.host_down[f.node] = true;
+                    c.dcs_cut[f.node].store(true, Ordering::Relaxed);
+                } else {
+                    {
+                        let mut w = c.world.lock();
+                        w.host_down[f.node] = false;
+                    }
+                    c.dcs_cut[f.node].store(false, Ordering::Relaxed);
+                    if !c.sidecar_up(f.node) {
+                        c.start_sidecar(f.node);
+                    }
+                }
+            }
+            FaultKind::NodeFrozen => {
+                if apply {
+                    c.freeze[f.node].set(true);
+                    c.world.lock().dbs[f.node].frozen = true;
+                } else {
+                    // The sidecar resumes first; the server a moment later
+                    // (the reverse order is the node watchdog's job).
+                    c.freeze[f.node].set(false);
+                    let (world, i) = (Arc::clone(&c.world), f.node);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let mut w = world.lock();
+                        w.dbs[i].frozen = false;
+                        w.dbs[i].resumed_at = Some(Instant::now());
+                        w.check_writers();
+                    });
+                }
+            }
+            FaultKind::SidecarCrash => {
+                if apply {
+                    c.stop_sidecar(f.node);
+                } else if !c.sidecar_up(f.node) && !c.world.lock().host_down[f.node] {
+                    c.start_sidecar(f.node);
+                }
+            }
+            FaultKind::SidecarCrashInAction => {
+                c.world.lock().crash_in_action[f.node] = apply;
+            }
+            FaultKind::DcsDown => c.store.faults.down.store(apply, Ordering::Relaxed),
+            FaultKind::DcsSlow => c.store.faults.latency_ms.store(if apply { f.param as u64 } else { 0 }, Ordering::Relaxed),
+            FaultKind::CutFromDcs => c.dcs_cut[f.node].store(apply, Ordering::Relaxed),
+            FaultKind::CutFromPeers | FaultKind::OneWayCut => {
+                let mut w = c.world.lock();
+                let others: Vec<usize> =
+                    if f.kind == FaultKind::OneWayCut { vec![f.other] } else { (0..c.opts.nodes).filter(|o| *o != f.node).collect() };
+                for o in others {
+                    let pairs = if f.kind == FaultKind::OneWayCut { vec![(f.node, o)] } else { vec![(f.node, o), (o, f.node)] };
+                    for p in pairs {
+                        if apply {
+                            w.cut.insert(p);
+                        } else {
+                            w.cut.remove(&p);
+                        }
+                    }
+                }
+            }
+            FaultKind::Garbage => {
+                let keys = ["pause", "switchover", "sync", "incident", "history/99999999999999999999"];
+                let key = match f.param {
+                    p if (p as usize) < keys.len() => keys[p as usize].to_string(),
+                    _ => format!("members/{other}"),
+                };
+                if apply {
+                    let garbage: &[u8] = if f.node % 2 == 0 { b"{not json" } else { br#"{"node": 7, "to": ["x"]}"# };
+                    c.store.put_raw(&key, garbage);
+                } else if c.store.get(&key).is_some_and(|v| {
+                    serde_json::from_slice::<serde_json::Value>(&v).map_or(true, |j| j.get("node") == Some(&serde_json::json!(7)))
+                }) {
+                    c.store.delete(&key);
+                }
+            }
+            FaultKind::ClockJump => c.offsets[f.node].store(if apply { f.param } else { 0 }, Ordering::Relaxed),
+            FaultKind::ActionsHang => {
+                let mut w = c.world.lock();
+                w.hangs = apply;
+            }
+        }
+    }
+}
+
+/// The world's clockwork: replication, the client's writes, lease expiry,
+/// the safety check, leader changes for the trace, crash requests.
+async fn tick(c: Arc<Cluster>) {
+    let mut last_leader = None;
+    let mut states = vec![String::new(); c.opts.nodes];
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.store.tick();
+        let crash: Vec<usize> = {
+            let mut w = c.world.lock();
+            w.replicate();
+            w.write();
+            w.check_writers();
+            let leader = c.store.leader();
+            if leader != last_leader {
+                w.note(format!("leader key: {}", leader.clone().unwrap_or_else(|| "(vacant)".into())));
+                last_leader = leader;
+            }
+            (0..c.opts.nodes).filter(|i| std::mem::take(&mut w.crash_requests[*i])).collect()
+        };
+        for i in crash {
+            c.note(format!("{} sidecar crashed", c.names[i]));
+            c.stop_sidecar(i);
+            let c2 = Arc::clone(&c);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !c2.sidecar_up(i) && !c2.world.lock().host_down[i] {
+                    c2.start_sidecar(i);
+                }
+            });
+        }
+        // Every ineligible member says why; state changes go to the trace.
+        let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut silent = vec![];
+        let mut changes = vec![];
+        for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.task.is_some()) {
+            if let Some(m) = s.shared.get().me {
+                if !m.eligible && m.ineligible_reason.as_deref().is_none_or(str::is_empty) {
+                    silent.push(m.node.clone());
+                }
+                let line = format!("{}: {}{}", m.node, m.state, m.refusal.as_ref().map(|r| format!(" [refusal: {r}]")).unwrap_or_default());
+                // Ages change every loop; a change of words is news.
+                let words: String = line.chars().filter(|ch| !ch.is_ascii_digit()).collect();
+                if states[i] != words {
+                    states[i] = words;
+                    changes.push(line);
+                }
+            }
+        }
+        drop(slots);
+        let mut w = c.world.lock();
+        for line in changes {
+            w.note(line);
+        }
+        for n in silent {
+            w.violation(format!("{n} is not eligible and does not say why"));
+        }
+    }
+}
+
+/// The node that accepts writes and whose sidecar holds the leader key.
+fn writable_leader(c: &Cluster) -> Option<usize> {
+    let leader = c.store.leader()?;
+    let w = c.world.lock();
+    let now = Instant::now();
+    let writers: Vec<usize> = (0..c.opts.nodes).filter(|i| w.dbs[*i].accepts_writes(now)).collect();
+    match writers[..] {
+        [i] if w.dbs[i].name == leader => Some(i),
+        _ => None,
+    }
+}
+
+/// One writable primary holding the key, every other node streaming from it.
+fn healthy(c: &Cluster) -> Result<(), String> {
+    let Some(p) = writable_leader(c) else {
+        return Err(format!("no single writable primary holding the key (key: {:?})", c.store.leader()));
+    };
+    let w = c.world.lock();
+    for (i, d) in w.dbs.iter().enumerate() {
+        if i != p && !(d.streaming && d.conninfo == Some(p)) {
+            return Err(format!(
+                "{} is not streaming from {} ({:?}, standby {}, upstream {:?})",
+                d.name, w.dbs[p].name, d.proc, d.standby, d.conninfo
+            ));
+        }
+    }
+    Ok(())
+}

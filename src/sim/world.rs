@@ -1,0 +1,398 @@
+//! The simulated databases, their replication, the network between the
+//! nodes, a client that writes, and the safety checks that watch them.
+//!
+//! A database's data is its log of write ids: a primary appends, a replica
+//! copies its upstream's log while its own is a prefix of it (otherwise it
+//! has diverged, as a PostgreSQL replica with WAL past the new timeline's
+//! switch point has). Positions are (timeline, log length). Everything is
+//! driven by the paused tokio clock and one seeded RNG, so a seed replays.
+
+use super::rng::Rng;
+use crate::clock::Instant;
+use crate::position::{Lsn, Position, TimelineSwitch};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A database server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proc {
+    Stopped,
+    /// Running; accepts connections from `ready_at` (before: starting).
+    Running {
+        pid: u32,
+        ready_at: Instant,
+    },
+}
+
+/// One node's database.
+#[derive(Debug)]
+pub struct Db {
+    pub name: String,
+    pub port: u16,
+    pub proc: Proc,
+    /// The whole node is frozen (SIGSTOP): the server answers nothing.
+    pub frozen: bool,
+    /// `standby.signal`: the server starts (and stays) a replica.
+    pub standby: bool,
+    /// The node `primary_conninfo` names.
+    pub conninfo: Option<usize>,
+    pub log: Vec<u64>,
+    pub timeline: u32,
+    pub history: Vec<TimelineSwitch>,
+    /// `synchronous_standby_names` (ANY 1 of these).
+    pub sync_names: Vec<String>,
+    /// The WAL receiver streams now.
+    pub streaming: bool,
+    /// Notified when the server process exits.
+    pub exit: Arc<Notify>,
+    /// When the node was last resumed from a freeze.
+    pub resumed_at: Option<Instant>,
+    /// Costly actions run on this data directory (for the bounded-retry check).
+    pub rewinds: u32,
+    pub base_backups: u32,
+}
+
+impl Db {
+    pub fn running(&self) -> bool {
+        matches!(self.proc, Proc::Running { .. })
+    }
+
+    pub fn ready(&self, now: Instant) -> bool {
+        matches!(self.proc, Proc::Running { ready_at, .. } if ready_at <= now)
+    }
+
+    /// Takes client writes now (a synchronous one may still wait for its
+    /// acknowledgement).
+    pub fn accepts_writes(&self, now: Instant) -> bool {
+        self.ready(now) && !self.frozen && !self.standby
+    }
+
+    pub fn position(&self) -> Position {
+        Position { timeline: self.timeline, lsn: Lsn(self.log.len() as u64) }
+    }
+}
+
+/// A write the client saw acknowledged.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: u64,
+    pub node: usize,
+    pub at: Instant,
+}
+
+/// A write accepted but not yet acknowledged (synchronous mode).
+#[derive(Debug, Clone)]
+struct Pending {
+    id: u64,
+    node: usize,
+    index: usize,
+}
+
+pub struct WorldInner {
+    pub dbs: Vec<Db>,
+    /// Directed links that drop everything (from, to).
+    pub cut: BTreeSet<(usize, usize)>,
+    /// Nodes whose host is down (node lost): nothing reaches them.
+    pub host_down: Vec<bool>,
+    pub rng: Rng,
+    next_pid: u32,
+    next_write: u64,
+    pending: Vec<Pending>,
+    pub acks: Vec<Ack>,
+    pub synchronous: bool,
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    pub start: Instant,
+    /// Nodes whose next long action crashes their sidecar part-way.
+    pub crash_in_action: Vec<bool>,
+    /// Set by the fake engine: crash this node's sidecar now.
+    pub crash_requests: Vec<bool>,
+    /// How long a hung action hangs.
+    pub hang: Duration,
+    /// Actions may hang now (the `ActionsHang` fault).
+    pub hangs: bool,
+    /// When the last hung action ends (liveness is measured from then).
+    pub hang_until: Instant,
+    /// Acknowledged writes that a later primary did not have (async mode
+    /// allows them; counted for the report).
+    pub lost_async: usize,
+    /// Checks that saw a resumed frozen node still writable beside the
+    /// primary, within `RESUME_GRACE` of its resume.
+    pub resume_window: usize,
+    /// Checks that saw a writable primary whose sidecar is dead beside
+    /// another writable one (a double fault only the node watchdog covers).
+    pub orphan_window: usize,
+    /// Which nodes' sidecars run (kept by the harness).
+    pub sidecar_up: Vec<bool>,
+}
+
+/// How long a node resumed from a freeze may stay writable before its
+/// sidecar fences it (watchdog tick 100 ms, immediate shutdown).
+pub const RESUME_GRACE: Duration = Duration::from_secs(1);
+
+pub struct World {
+    inner: Mutex<WorldInner>,
+    /// Wakes the harness when a sidecar must crash.
+    pub crash_wake: Notify,
+}
+
+impl World {
+    pub fn new(names: &[String], synchronous: bool, rng: Rng) -> Arc<World> {
+        let n = names.len();
+        let dbs = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Db {
+                name: name.clone(),
+                port: 5432 + i as u16,
+                proc: Proc::Stopped,
+                frozen: false,
+                // The first node was the primary; the others its replicas.
+                standby: i != 0,
+                conninfo: (i != 0).then_some(0),
+                log: vec![],
+                timeline: 1,
+                history: vec![],
+                sync_names: vec![],
+                streaming: false,
+                exit: Arc::new(Notify::new()),
+                resumed_at: None,
+                rewinds: 0,
+                base_backups: 0,
+            })
+            .collect();
+        Arc::new(World {
+            inner: Mutex::new(WorldInner {
+                dbs,
+                cut: BTreeSet::new(),
+                host_down: vec![false; n],
+                rng,
+                next_pid: 1000,
+                next_write: 1,
+                pending: vec![],
+                acks: vec![],
+                synchronous,
+                violations: vec![],
+                trace: vec![],
+                start: Instant::now(),
+                crash_in_action: vec![false; n],
+                crash_requests: vec![false; n],
+                hang: Duration::from_secs(60),
+                hangs: false,
+                hang_until: Instant::now(),
+                lost_async: 0,
+                resume_window: 0,
+                orphan_window: 0,
+                sidecar_up: vec![false; n],
+            }),
+            crash_wake: Notify::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, WorldInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WorldInner {
+    pub fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    pub fn note(&mut self, what: impl AsRef<str>) {
+        let line = format!("{:9.3}s  {}", self.t(), what.as_ref());
+        self.trace.push(line);
+    }
+
+    pub fn violation(&mut self, what: impl AsRef<str>) {
+        let line = format!("{:9.3}s  VIOLATION: {}", self.t(), what.as_ref());
+        self.trace.push(line.clone());
+        self.violations.push(line);
+    }
+
+    /// Can `a` and `b` talk (TCP needs both directions)?
+    pub fn link(&self, a: usize, b: usize) -> bool {
+        a == b || (!self.host_down[a] && !self.host_down[b] && !self.cut.contains(&(a, b)) && !self.cut.contains(&(b, a)))
+    }
+
+    pub fn start_process(&mut self, i: usize, ready_in: Duration) {
+        if self.dbs[i].running() {
+            return;
+        }
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        self.dbs[i].proc = Proc::Running { pid, ready_at: Instant::now() + ready_in };
+        self.dbs[i].streaming = false;
+        let what = if self.dbs[i].standby { "as a replica" } else { "AS A PRIMARY" };
+        self.note(format!("{} started {what} (pid {pid})", self.dbs[i].name));
+        self.check_writers();
+        if !self.dbs[i].standby {
+            self.check_has_acked(i);
+        }
+    }
+
+    pub fn stop_process(&mut self, i: usize, how: &str) {
+        if !self.dbs[i].running() {
+            return;
+        }
+        self.dbs[i].proc = Proc::Stopped;
+        self.dbs[i].streaming = false;
+        self.dbs[i].exit.notify_waiters();
+        self.dbs[i].exit.notify_one();
+        self.pending.retain(|p| p.node != i);
+        self.note(format!("{} stopped ({how})", self.dbs[i].name));
+    }
+
+    pub fn promote(&mut self, i: usize) {
+        let db = &mut self.dbs[i];
+        db.history.push(TimelineSwitch { timeline: db.timeline, switch_lsn: Lsn(db.log.len() as u64) });
+        db.timeline += 1;
+        db.standby = false;
+        db.conninfo = None;
+        db.streaming = false;
+        let msg = format!("{} PROMOTED to timeline {} at {}", db.name, db.timeline, db.log.len());
+        self.note(msg);
+        self.check_writers();
+        self.check_has_acked(i);
+    }
+
+    /// Would acknowledge a client's write now: takes writes, and in
+    /// synchronous mode has a named standby streaming from it.
+    pub fn acknowledges(&self, i: usize, now: Instant) -> bool {
+        let d = &self.dbs[i];
+        d.accepts_writes(now)
+            && (d.sync_names.is_empty() || self.dbs.iter().any(|r| d.sync_names.contains(&r.name) && r.conninfo == Some(i) && r.streaming))
+    }
+
+    /// Safety: never two nodes that acknowledge client writes. A node just
+    /// resumed from a freeze (SIGSTOP of the whole node) is writable until
+    /// its sidecar, resumed with it, fences it: that window is the node
+    /// watchdog's to close, so it is counted (`resume_window`), not a
+    /// violation, for `RESUME_GRACE`.
+    pub fn check_writers(&mut self) {
+        let now = Instant::now();
+        let w: Vec<usize> = (0..self.dbs.len()).filter(|i| self.acknowledges(*i, now)).collect();
+        if w.len() < 2 {
+            return;
+        }
+        // A primary whose sidecar is dead is out of vigil's reach (the node
+        // watchdog resets such a node); counted, not a violation.
+        let orphan = |i: &usize| !self.sidecar_up[*i];
+        if w.iter().filter(|i| !orphan(i)).count() < 2 {
+            self.orphan_window += 1;
+            return;
+        }
+        let w: Vec<usize> = w.into_iter().filter(|i| !orphan(i)).collect();
+        let fresh = |i: &usize| self.dbs[*i].resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE);
+        if w.iter().filter(|i| !fresh(i)).count() > 1 || w.iter().all(fresh) {
+            let names: Vec<String> = w.iter().map(|i| self.dbs[*i].name.clone()).collect();
+            self.violation(format!("two nodes acknowledge client writes: {}", names.join(", ")));
+        } else {
+            self.resume_window += 1;
+        }
+    }
+
+    /// Synchronous mode: a node that starts accepting writes has every
+    /// acknowledged write.
+    fn check_has_acked(&mut self, i: usize) {
+        let have: std::collections::HashSet<u64> = self.dbs[i].log.iter().copied().collect();
+        let missing: Vec<u64> = self.acks.iter().filter(|a| !have.contains(&a.id)).map(|a| a.id).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if self.synchronous {
+            let name = self.dbs[i].name.clone();
+            self.violation(format!(
+                "synchronous mode: {name} accepts writes without {} acknowledged write(s) (first: {})",
+                missing.len(),
+                missing[0]
+            ));
+        } else {
+            self.lost_async += missing.len();
+            // Forget them: they are counted once.
+            self.acks.retain(|a| have.contains(&a.id));
+        }
+    }
+
+    /// One replication step: every replica streams from its upstream if it
+    /// can, and waiting synchronous commits are acknowledged.
+    pub fn replicate(&mut self) {
+        let now = Instant::now();
+        for r in 0..self.dbs.len() {
+            let (ok, up) = {
+                let d = &self.dbs[r];
+                match d.conninfo {
+                    Some(u) if d.ready(now) && !d.frozen && d.standby && u != r => (true, u),
+                    _ => (false, 0),
+                }
+            };
+            if !ok {
+                if self.dbs[r].running() && !self.dbs[r].frozen {
+                    self.dbs[r].streaming = false;
+                }
+                continue;
+            }
+            let can = {
+                let (d, u) = (&self.dbs[r], &self.dbs[up]);
+                u.ready(now) && !u.frozen && self.link(r, up) && u.log.len() >= d.log.len() && u.log[..d.log.len()] == d.log[..]
+            };
+            if can {
+                let (log, tl, hist) = (self.dbs[up].log.clone(), self.dbs[up].timeline, self.dbs[up].history.clone());
+                let d = &mut self.dbs[r];
+                d.log = log;
+                d.timeline = tl;
+                d.history = hist;
+                d.streaming = true;
+            } else {
+                self.dbs[r].streaming = false;
+            }
+        }
+        // Acknowledge synchronous commits some named standby has.
+        let mut acked = vec![];
+        self.pending.retain(|p| {
+            let primary = &self.dbs[p.node];
+            let by = self.dbs.iter().any(|d| {
+                primary.sync_names.contains(&d.name) && d.conninfo == Some(p.node) && d.streaming && d.log.get(p.index) == Some(&p.id)
+            });
+            if by {
+                acked.push(Ack { id: p.id, node: p.node, at: now });
+            }
+            !by
+        });
+        self.acks.extend(acked);
+    }
+
+    /// The client: one write to every node that accepts writes.
+    pub fn write(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.dbs.len() {
+            if !self.dbs[i].accepts_writes(now) {
+                continue;
+            }
+            let id = self.next_write;
+            self.next_write += 1;
+            let index = self.dbs[i].log.len();
+            self.dbs[i].log.push(id);
+            if self.dbs[i].sync_names.is_empty() {
+                self.acks.push(Ack { id, node: i, at: now });
+            } else {
+                self.pending.push(Pending { id, node: i, index });
+            }
+        }
+        self.check_writers();
+    }
+
+    /// A random duration between `lo` and `hi` ms; while actions hang, a
+    /// good chance of `hang` instead.
+    pub fn action_time(&mut self, lo: u64, hi: u64) -> Duration {
+        if self.hangs && self.rng.chance(0.3) {
+            self.hang_until = self.hang_until.max(Instant::now() + self.hang);
+            let msg = format!("an action hangs for {:?}", self.hang);
+            self.note(msg);
+            return self.hang;
+        }
+        Duration::from_millis(self.rng.range(lo, hi))
+    }
+}
