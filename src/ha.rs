@@ -945,6 +945,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 tracing::info!("starting the database");
                 self.engine.start().await?;
             }
+            Action::StartReplica => {
+                tracing::info!("starting the database as a replica (a later primary exists)");
+                self.engine.mark_replica()?;
+                self.engine.start().await?;
+            }
             Action::RestartInPlace => {
                 tracing::warn!("primary database is down; restarting it in place");
                 self.restart_started = Some(Instant::now());

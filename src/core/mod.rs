@@ -243,6 +243,9 @@ pub enum Action {
     /// leader exists to follow). A former primary that comes up writable
     /// then either takes the key or is fenced on the next iteration.
     Start,
+    /// Start the stopped database as a replica without an upstream (its
+    /// data directory may say primary, but a later primary exists).
+    StartReplica,
     /// Start a stopped database as a replica of `leader` (rewinding it when
     /// its timeline diverged).
     Rejoin { leader: String },
@@ -271,6 +274,7 @@ impl Action {
             Action::Fence { .. } => "fencing",
             Action::RestartInPlace => "restarting in place",
             Action::Start => "starting the database",
+            Action::StartReplica => "starting the database as a replica",
             Action::Rejoin { .. } => "rejoining",
             Action::Follow { .. } => "following",
             Action::HandOver { .. } => "handing over",
@@ -532,6 +536,13 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     let p = &i.policy;
     let mut d = Decision::new("no leader", elig);
     if i.local.health == DbHealth::Down && !view.paused {
+        // A former primary that another node succeeded (history names a
+        // later one) must not come up writable: it lacks what its
+        // successors acknowledged (found by the simulation, seed 870).
+        if view.last_primary.as_deref().is_some_and(|lp| lp != i.me) {
+            d.state = "no leader; starting the database as a replica".into();
+            return d.act(Action::StartReplica);
+        }
         d.state = "no leader; starting the database".into();
         return d.act(Action::Start);
     }
@@ -619,12 +630,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             continue;
         }
         // Within hold_down only the last primary may take the key
-        // automatically: a held-down peer would refuse, so deferring to it
-        // left the cluster leaderless (found by the simulation, seed 67).
-        let held_down = view.last_failover_age.is_some_and(|a| a < p.hold_down);
-        if held_down && !is_primary && manual.is_none() && view.last_primary.as_deref() != Some(peer.node.as_str()) {
-            continue;
-        }
+        // automatically: a held-down peer that is merely preferred (equally
+        // fresh) would refuse, so deferring to it left the cluster
+        // leaderless (found by the simulation, seed 67). A strictly fresher
+        // one is still waited for: it has writes this node lacks.
+        let held_down = view.last_failover_age.is_some_and(|a| a < p.hold_down)
+            && !is_primary
+            && manual.is_none()
+            && view.last_primary.as_deref() != Some(peer.node.as_str());
         // Synchronous mode: a peer outside the synchronous set cannot be
         // promoted automatically, so it must not make a member defer (both
         // would wait for each other); what it has beyond the set was never
@@ -637,6 +650,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             (Some(theirs), Some(ours)) => {
                 theirs > ours
                     || (theirs == ours
+                        && !held_down
                         && (is_primary, c.priority, std::cmp::Reverse(&peer.node)) > (me_primary, p.priority, std::cmp::Reverse(&i.me)))
             }
             (Some(_), None) => true,
@@ -753,7 +767,13 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
         return Eligibility::no(why.clone());
     }
     if l.role == Some(DbRole::Primary) {
-        // A running primary retaking its own key is not a failover.
+        // A running primary retaking its own key is not a failover, unless
+        // history names a later primary: then it is a former one that came
+        // back writable, and taking the key would lose its successors'
+        // writes.
+        if let Some(lp) = i.view.as_ref().and_then(|v| v.last_primary.as_deref()).filter(|lp| *lp != i.me) {
+            return Eligibility::no(format!("a former primary: {lp} led after it, so it must rejoin as a replica"));
+        }
         return Eligibility::yes();
     }
     if l.good_checks < p.rise {

@@ -607,7 +607,7 @@ proptest! {
                 let retake = a == Action::AcquireLeader && i.local.writable();
                 prop_assert!(retake || !matches!(a, Action::AcquireLeader | Action::ReleaseLeader{..} | Action::RestartInPlace | Action::HandOver{..}), "{a:?}");
                 if v.paused {
-                    prop_assert!(!matches!(a, Action::Promote | Action::Rejoin{..} | Action::Follow{..} | Action::Start), "{a:?}");
+                    prop_assert!(!matches!(a, Action::Promote | Action::Rejoin{..} | Action::Follow{..} | Action::Start | Action::StartReplica), "{a:?}");
                 }
             }
         }
@@ -795,4 +795,22 @@ fn synchronous_mode_lets_the_leader_that_recorded_the_set_retake_it() {
     i.policy.synchronous = true;
     i.peers = vec![peer("pg1", 900), peer("pg3", 900)];
     assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+/// Found by the simulation (seed 870, synchronous): the old primary's node
+/// came back while the cluster was leaderless after its successor was lost
+/// too; it started writable and could retake the key without the writes
+/// its successor had acknowledged.
+#[test]
+fn a_former_primary_succeeded_by_another_starts_as_a_replica_and_is_no_candidate() {
+    let view = View { last_primary: Some("pg2".into()), ..no_leader() };
+    let i = inputs("pg1", down(), view.clone());
+    assert_eq!(actions(&i), vec![Action::StartReplica]);
+    // Came up writable anyway (started by hand): not a candidate; fenced.
+    let d = decide(&inputs("pg1", primary(100), view));
+    assert!(!d.eligibility.eligible);
+    assert!(matches!(d.actions[..], [Action::Fence { .. }]), "{:?}", d.actions);
+    // The last primary itself starts in its own role.
+    let own = View { last_primary: Some("pg1".into()), ..no_leader() };
+    assert_eq!(actions(&inputs("pg1", down(), own)), vec![Action::Start]);
 }

@@ -18,8 +18,8 @@
 //!   speak for another node.
 //! - `sync`: the synchronous set is *unknown*, not absent: in synchronous
 //!   mode nobody is promoted automatically until the leader rewrites it.
-//! - `pause`, `switchover`, `incident`, the newest `history/` record: as if
-//!   absent.
+//! - `pause`, `switchover`, `incident`: as if absent; a bad `history/`
+//!   record is skipped for the newest readable one (of the last few).
 
 use super::{ClusterState, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, PauseRecord, RequestRecord, SyncRecord};
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,8 @@ pub struct RawCluster {
     pub members: Vec<RawKv>,
     pub pause: Option<RawKv>,
     pub request: Option<RawKv>,
-    pub last_history: Option<RawKv>,
+    /// The newest few history records, newest first.
+    pub history: Vec<RawKv>,
     pub incident: Option<RawKv>,
     pub sync: Option<RawKv>,
 }
@@ -150,9 +151,14 @@ pub fn decode(raw: RawCluster, my_leader_lease: i64, me: &str) -> ClusterState {
             Err(problem) => report(st_bad(&kv.key, problem)),
         }
     }
-    if let Some(kv) = &raw.last_history {
-        match json::<HistoryRecord>(kv) {
-            Ok(h) => st.last_history = Some(h),
+    // The newest record that can be read: one bad record must not switch
+    // off hold-down and the last-primary rules.
+    for kv in &raw.history {
+        match json::<HistoryRecord>(kv).and_then(|h| check_name("new_primary", &h.new_primary).map(|_| h)) {
+            Ok(h) => {
+                st.last_history = Some(h);
+                break;
+            }
             Err(problem) => report(st_bad(&kv.key, problem)),
         }
     }

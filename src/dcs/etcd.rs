@@ -178,6 +178,10 @@ impl EtcdDcs {
     }
 }
 
+/// How many of the newest history records a load reads (the newest
+/// readable one counts).
+const HISTORY_READ: i64 = 3;
+
 fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error::*;
     match e {
@@ -214,7 +218,10 @@ impl Dcs for EtcdDcs {
             TxnOp::get(members.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(pause.clone(), None),
             TxnOp::get(request.clone(), None),
-            TxnOp::get(history.clone(), Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(1))),
+            TxnOp::get(
+                history.clone(),
+                Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(HISTORY_READ)),
+            ),
             TxnOp::get(incident.clone(), None),
             TxnOp::get(sync.clone(), None),
         ]);
@@ -244,7 +251,7 @@ impl Dcs for EtcdDcs {
             members: gets[1].kvs().iter().map(raw_kv).collect(),
             pause: first(2),
             request: first(3),
-            last_history: first(4),
+            history: gets[4].kvs().iter().map(raw_kv).collect(),
             incident: first(5),
             sync: first(6),
         };

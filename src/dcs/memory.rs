@@ -284,12 +284,13 @@ impl Dcs for MemoryDcs {
                     .collect(),
                 pause: MemoryStore::raw(i, "pause"),
                 request: MemoryStore::raw(i, "switchover"),
-                last_history: i.kvs.range("history/".to_string().."history0".to_string()).next_back().map(|(k, v)| RawKv {
-                    key: k.clone(),
-                    value: v.value.clone(),
-                    create_revision: v.create_revision,
-                    lease: v.lease,
-                }),
+                history: i
+                    .kvs
+                    .range("history/".to_string().."history0".to_string())
+                    .rev()
+                    .take(3)
+                    .map(|(k, v)| RawKv { key: k.clone(), value: v.value.clone(), create_revision: v.create_revision, lease: v.lease })
+                    .collect(),
                 incident: MemoryStore::raw(i, "incident"),
                 sync: MemoryStore::raw(i, "sync"),
             })

@@ -76,7 +76,10 @@ impl FakePostgres {
         }
         let frozen = self.world.lock().dbs[self.me].frozen;
         if !frozen {
-            let wait = self.world.lock().action_time(20, if fast { 400 } else { 100 });
+            // A hung shutdown ends in SIGKILL: `stop_server` waits at most
+            // 8 s (fast) + 5 s (immediate) + 5 s for the processes to go.
+            let cap = Duration::from_secs(if fast { 18 } else { 10 });
+            let wait = self.world.lock().action_time(20, if fast { 400 } else { 100 }).min(cap);
             tokio::time::sleep(wait).await;
         }
         let mut w = self.world.lock();

@@ -246,7 +246,11 @@ advertise_url = "{url}"
         let fut = NODE_OFFSET_MS
             .scope(Arc::clone(&self.offsets[i]), Frozen { inner: Box::pin(ha.run_joined()), freeze: Arc::clone(&self.freeze[i]) });
         let task = tokio::spawn(fut);
-        self.world.lock().sidecar_up[i] = true;
+        {
+            let mut w = self.world.lock();
+            w.sidecar_up[i] = true;
+            w.sidecar_started[i] = Some(Instant::now());
+        }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = Slot { cfg, shared, engine, task: Some(task) };
         if i < slots.len() {
@@ -591,7 +595,7 @@ impl Sim {
                     _ => format!("members/{other}"),
                 };
                 if apply {
-                    let garbage: &[u8] = if f.node % 2 == 0 { b"{not json" } else { br#"{"node": 7, "to": ["x"]}"# };
+                    let garbage: &[u8] = if f.node.is_multiple_of(2) { b"{not json" } else { br#"{"node": 7, "to": ["x"]}"# };
                     c.store.put_raw(&key, garbage);
                 } else if c.store.get(&key).is_some_and(|v| {
                     serde_json::from_slice::<serde_json::Value>(&v).map_or(true, |j| j.get("node") == Some(&serde_json::json!(7)))

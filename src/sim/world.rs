@@ -126,6 +126,7 @@ pub struct WorldInner {
     pub orphan_window: usize,
     /// Which nodes' sidecars run (kept by the harness).
     pub sidecar_up: Vec<bool>,
+    pub sidecar_started: Vec<Option<Instant>>,
 }
 
 /// How long a node resumed from a freeze may stay writable before its
@@ -186,6 +187,7 @@ impl World {
                 resume_window: 0,
                 orphan_window: 0,
                 sidecar_up: vec![false; n],
+                sidecar_started: vec![None; n],
             }),
             crash_wake: Notify::new(),
         })
@@ -279,7 +281,8 @@ impl WorldInner {
         }
         // A primary whose sidecar is dead is out of vigil's reach (the node
         // watchdog resets such a node); counted, not a violation.
-        let orphan = |i: &usize| !self.sidecar_up[*i];
+        // A sidecar that just started has not had its first look yet.
+        let orphan = |i: &usize| !self.sidecar_up[*i] || self.sidecar_started[*i].is_some_and(|t| now.duration_since(t) < RESUME_GRACE);
         if w.iter().filter(|i| !orphan(i)).count() < 2 {
             self.orphan_window += 1;
             return;
