@@ -14,7 +14,8 @@ use crate::clock::Instant;
 use crate::config::Config;
 use crate::core::{self, Action, Candidate, CrashState, Decision, Inputs, LeaderKey, LeaseState, PeerObs, Policy, Request, View};
 use crate::dcs::{
-    now_ms, CandidateRecord, ClusterState, Dcs, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord, Step, SyncRecord,
+    now_ms, CandidateRecord, ClusterState, Dcs, HistoryKind, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, RequestRecord,
+    Step, SyncRecord,
 };
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::peers::{HttpPeers, PeerApi};
@@ -440,7 +441,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     fn raise_alerts(&mut self, d: &Decision, silent: Vec<(String, Option<bool>)>) {
         let snap = self.shared.get();
         let Some(me) = snap.me.as_ref() else { return };
-        let held_down = d.refusal.as_deref().is_some_and(|r| r.starts_with("held down"));
+        let held_down = d.refusal_kind == Some(crate::core::RefusalKind::HeldDown);
         let sync_problems = self.sync_problems(&snap);
         let facts = Facts {
             sync_problems,
@@ -1183,7 +1184,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         if cluster.is_some_and(|c| c.last_history.is_none()) {
             let rec = HistoryRecord {
                 term,
-                kind: "bootstrap".into(),
+                kind: HistoryKind::Bootstrap,
                 reason: "first leader of the cluster".into(),
                 old_primary: None,
                 new_primary: self.cfg.node.clone(),
@@ -1213,13 +1214,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     ) {
         let req: Option<RequestRecord> = cluster.and_then(|c| c.request.clone()).filter(|r| r.to == self.cfg.node);
         let kind = match req.as_ref().map(|r| r.kind) {
-            Some(crate::core::RequestKind::Switchover) => "switchover",
-            Some(crate::core::RequestKind::Failover) => "manual_failover",
+            Some(crate::core::RequestKind::Switchover) => HistoryKind::Switchover,
+            Some(crate::core::RequestKind::Failover) => HistoryKind::ManualFailover,
             // The cluster's first primary (MariaDB servers all start
             // read-only, so even a cold start promotes): not a failover,
             // and it starts no hold_down.
-            None if cluster.is_some_and(|c| c.last_history.is_none()) => "bootstrap",
-            None => "failover",
+            None if cluster.is_some_and(|c| c.last_history.is_none()) => HistoryKind::Bootstrap,
+            None => HistoryKind::Failover,
         };
         let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
         let incident = cluster.and_then(|c| c.incident.clone()).filter(|i| i.released_ms.max(i.created_ms) + 600_000 > now_ms());
@@ -1266,9 +1267,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             });
         }
         let reason = match kind {
-            "switchover" => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
-            "manual_failover" => format!("manual failover to {}", self.cfg.node),
-            "bootstrap" => "first leader of the cluster".into(),
+            HistoryKind::Switchover => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
+            HistoryKind::ManualFailover => format!("manual failover to {}", self.cfg.node),
+            HistoryKind::Bootstrap => "first leader of the cluster".into(),
             _ => match incident.as_ref().filter(|i| !i.node.is_empty()) {
                 Some(i) => format!("{}: {}", i.node, i.reason),
                 None => format!("leader key of {} expired: node or sidecar lost", self.last_leader.clone().unwrap_or_else(|| "?".into())),
@@ -1309,10 +1310,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             Some(self.cfg.node.clone()),
         );
         let mut ev = ev;
-        ev.labels.insert("kind".into(), kind.into());
+        ev.labels.insert("kind".into(), kind.as_str().into());
         self.notifier.notify(&ev);
         let hook = HookEvent {
-            event: kind.into(),
+            event: kind.as_str().into(),
             role: "primary".into(),
             term: Some(term),
             old_primary: rec.old_primary.clone(),
@@ -1356,6 +1357,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             ineligible_reason: d.eligibility.reason.clone(),
             state: d.state.clone(),
             refusal: d.refusal.clone(),
+            refusal_kind: d.refusal_kind,
             term: if leading { self.term } else { None },
             paused: cluster.as_ref().is_some_and(|c| c.pause.is_some()),
             updated_ms: now_ms(),

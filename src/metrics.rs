@@ -71,7 +71,7 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     gauge(
         "hold_down",
         "1 while automatic failover is held down after a recent one.",
-        s.me.as_ref().and_then(|m| m.refusal.as_deref()).is_some_and(|r| r.starts_with("held down")) as u8 as f64,
+        (s.me.as_ref().and_then(|m| m.refusal_kind) == Some(crate::core::RefusalKind::HeldDown)) as u8 as f64,
     );
     let (delivered, failed, dropped) = s.alert_deliveries;
     let _ = writeln!(out, "# HELP vigil_alert_notifications_total Alert notifications by outcome (failed: gave up after retries; dropped: queue full).\n# TYPE vigil_alert_notifications_total counter");
@@ -104,8 +104,12 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
             out,
             "# HELP vigil_last_change_timestamp_seconds When the primary last changed.\n# TYPE vigil_last_change_timestamp_seconds gauge"
         );
-        let _ =
-            writeln!(out, "vigil_last_change_timestamp_seconds{{cluster=\"{c}\",kind=\"{}\"}} {}", esc(&h.kind), h.at_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "vigil_last_change_timestamp_seconds{{cluster=\"{c}\",kind=\"{}\"}} {}",
+            h.kind.as_str(),
+            h.at_ms as f64 / 1000.0
+        );
         if let (Some(first), Some(last)) = (h.steps.first(), h.steps.iter().find(|st| st.name == "accepting writes")) {
             let _ = writeln!(out, "# HELP vigil_last_change_duration_seconds From the first recorded step to the new primary accepting writes.\n# TYPE vigil_last_change_duration_seconds gauge");
             let _ = writeln!(

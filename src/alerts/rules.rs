@@ -344,6 +344,7 @@ mod tests {
             ineligible_reason: None,
             state: String::new(),
             refusal: None,
+            refusal_kind: None,
             term: None,
             paused: false,
             updated_ms: 0,

@@ -284,6 +284,25 @@ impl Action {
     }
 }
 
+/// Why a node refused to take the leader key, for the code that reacts to
+/// it; the words for people are in `Decision::refusal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// The cluster is paused.
+    Paused,
+    /// Within `hold_down` of the last automatic failover.
+    HeldDown,
+    /// This node is not eligible (the reason says why).
+    NotEligible,
+    /// Another node's database still accepts writes.
+    PeerWritable,
+    /// Synchronous mode cannot rule out a lost acknowledged commit.
+    Synchronous,
+    /// A manual failover to a less fresh node without `--allow-data-loss`.
+    LessFresh,
+}
+
 /// Whether this node may become primary now, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Eligibility {
@@ -308,19 +327,23 @@ pub struct Decision {
     pub state: String,
     /// A failover or promotion that was refused, and why.
     pub refusal: Option<String>,
+    /// What kind of refusal it is, for the code that reacts to it (alerts,
+    /// metrics); the text above is for people.
+    pub refusal_kind: Option<RefusalKind>,
     pub eligibility: Eligibility,
 }
 
 impl Decision {
     fn new(state: impl Into<String>, eligibility: &Eligibility) -> Self {
-        Decision { actions: vec![], state: state.into(), refusal: None, eligibility: eligibility.clone() }
+        Decision { actions: vec![], state: state.into(), refusal: None, refusal_kind: None, eligibility: eligibility.clone() }
     }
     fn act(mut self, a: Action) -> Self {
         self.actions.push(a);
         self
     }
-    fn refuse(mut self, why: impl Into<String>) -> Self {
+    fn refuse(mut self, kind: RefusalKind, why: impl Into<String>) -> Self {
         self.refusal = Some(why.into());
+        self.refusal_kind = Some(kind);
         self
     }
 }
@@ -566,7 +589,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     if manual.is_none() && !me_primary {
         if view.paused {
             d.state = "no leader; paused".into();
-            return d.refuse("cluster is paused: no automatic failover");
+            return d.refuse(RefusalKind::Paused, "cluster is paused: no automatic failover");
         }
         // Hold-down stops a *second* node taking over. The last recorded
         // primary taking its own key back (it fenced itself when its lease
@@ -576,11 +599,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         if let Some(age) = view.last_failover_age.filter(|_| !last_primary) {
             if age < p.hold_down {
                 d.state = "no leader; held down".into();
-                return d.refuse(format!(
-                    "held down: the last failover was {} ago (hold_down {}); a second one needs a human: `vigil failover --to NODE`",
-                    secs(age),
-                    secs(p.hold_down)
-                ));
+                return d.refuse(
+                    RefusalKind::HeldDown,
+                    format!(
+                        "held down: the last failover was {} ago (hold_down {}); a second one needs a human: `vigil failover --to NODE`",
+                        secs(age),
+                        secs(p.hold_down)
+                    ),
+                );
             }
         }
     }
@@ -596,7 +622,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         if manual.is_some() {
             d = d.act(Action::RefuseRequest { reason: why.clone() });
         }
-        return d.refuse(why);
+        return d.refuse(RefusalKind::NotEligible, why);
     }
 
     // The old primary must really be gone: no peer's database may still
@@ -605,7 +631,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     if !me_primary {
         if let Some(w) = i.peers.iter().find(|p| p.db_writable == Some(true)) {
             d.state = "no leader; a peer is still writable".into();
-            return d.refuse(format!("{} still accepts writes; not promoting while it does", w.node));
+            return d.refuse(RefusalKind::PeerWritable, format!("{} still accepts writes; not promoting while it does", w.node));
         }
     }
 
@@ -615,7 +641,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             if manual.is_some() {
                 d = d.act(Action::RefuseRequest { reason: why.clone() });
             }
-            return d.refuse(why);
+            return d.refuse(RefusalKind::Synchronous, why);
         }
     }
 
@@ -672,7 +698,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
                 fmt_pos(mine),
                 i.me
             );
-            return d.act(Action::RefuseRequest { reason: why.clone() }).refuse(why);
+            return d.act(Action::RefuseRequest { reason: why.clone() }).refuse(RefusalKind::LessFresh, why);
         }
     }
 

@@ -60,6 +60,9 @@ pub struct MemberRecord {
     pub state: String,
     /// The last refusal to fail over, with its reason.
     pub refusal: Option<String>,
+    /// Its kind, for metrics and alerts (never parsed from the text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_kind: Option<crate::core::RefusalKind>,
     /// The term this node leads in, if it leads.
     pub term: Option<i64>,
     pub paused: bool,
@@ -91,12 +94,42 @@ pub struct CandidateRecord {
     pub reason: Option<String>,
 }
 
+/// What a change of primary was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// Automatic: the old primary was lost or gave up its key.
+    Failover,
+    /// Planned, by an operator.
+    Switchover,
+    /// An operator named the new primary.
+    ManualFailover,
+    /// The cluster's first primary.
+    Bootstrap,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Failover => "failover",
+            HistoryKind::Switchover => "switchover",
+            HistoryKind::ManualFailover => "manual_failover",
+            HistoryKind::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Value of `history/<term>`: the incident record of one change of primary.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HistoryRecord {
     pub term: i64,
-    /// `failover`, `switchover`, `manual_failover` or `bootstrap`.
-    pub kind: String,
+    pub kind: HistoryKind,
     pub reason: String,
     pub old_primary: Option<String>,
     pub new_primary: String,
@@ -112,7 +145,7 @@ impl HistoryRecord {
     /// Automatic failovers count for hold-down; switchovers, manual
     /// failovers and bootstraps do not.
     pub fn is_automatic_failover(&self) -> bool {
-        self.kind == "failover"
+        self.kind == HistoryKind::Failover
     }
 }
 
