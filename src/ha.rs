@@ -101,6 +101,23 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     sync_marks: BTreeMap<String, Lsn>,
 }
 
+/// What this node's promotion in `term` is, for its history record.
+fn history_kind(cluster: Option<&ClusterState>, me: &str, term: i64) -> HistoryKind {
+    // Written when the key was won (by this process or an earlier one).
+    if let Some(h) = cluster.and_then(|c| c.last_history.as_ref()).filter(|h| h.term == term) {
+        return h.kind;
+    }
+    match cluster.and_then(|c| c.request.as_ref()).filter(|r| r.to == me && r.refused.is_none()).map(|r| r.kind) {
+        Some(crate::core::RequestKind::Switchover) => HistoryKind::Switchover,
+        Some(crate::core::RequestKind::Failover) => HistoryKind::ManualFailover,
+        // The cluster's first primary (MariaDB servers all start read-only,
+        // so even a cold start promotes): not a failover, and it starts no
+        // hold_down.
+        None if cluster.is_some_and(|c| c.last_history.is_none()) => HistoryKind::Bootstrap,
+        None => HistoryKind::Failover,
+    }
+}
+
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, peers_api: P, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
         let evaluator = Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts));
@@ -795,6 +812,30 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                             self.record_retake(cluster, term).await;
                             self.publish_dns(term);
                         } else {
+                            // History names the new primary from the moment
+                            // it won the key, before it promotes: the rules
+                            // about the last primary (hold-down, starting
+                            // in its own role) must never see an older one
+                            // while this node's timeline is the newest.
+                            let rec = HistoryRecord {
+                                term,
+                                kind: history_kind(cluster, &node, term),
+                                reason: "leader key won; promoting".into(),
+                                old_primary: self.last_leader.clone().filter(|l| *l != node),
+                                new_primary: node.clone(),
+                                at_ms: now_ms(),
+                                steps: vec![Step {
+                                    name: "leader key acquired".into(),
+                                    at_ms: now_ms(),
+                                    detail: Some(format!("term {term}")),
+                                }],
+                                candidates: vec![],
+                                old_position: self.last_primary_position,
+                                new_position: obs.local.position,
+                            };
+                            if let Err(e) = self.dcs.put_history(&rec).await {
+                                tracing::warn!(error = %format!("{e:#}"), "could not write the history record");
+                            }
                             let old = self.last_leader.clone().filter(|l| *l != node);
                             self.event(
                                 "FailoverStarted",
@@ -838,6 +879,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         detail: Some(why.clone()),
                     });
                     let _ = self.dcs.set_incident(Some(inc)).await;
+                    self.forget_history_of_this_term().await;
                     let _ = self.dcs.release_leader().await;
                     self.set_renewal(None);
                     self.event(
@@ -873,6 +915,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                             reason: format!("{e:#}"),
                         },
                     );
+                    self.forget_history_of_this_term().await;
                     let _ = self.dcs.release_leader().await;
                     return Err(e);
                 }
@@ -1180,6 +1223,16 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         Ok(())
     }
 
+    /// Deletes the history record written when this node won the key,
+    /// after it gave the key back without promoting.
+    async fn forget_history_of_this_term(&self) {
+        if let Some(term) = self.term {
+            if let Err(e) = self.dcs.delete_history(term).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not delete the history record of an abandoned promotion");
+            }
+        }
+    }
+
     async fn record_retake(&mut self, cluster: Option<&ClusterState>, term: i64) {
         if cluster.is_some_and(|c| c.last_history.is_none()) {
             let rec = HistoryRecord {
@@ -1213,15 +1266,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         writable_ms: u64,
     ) {
         let req: Option<RequestRecord> = cluster.and_then(|c| c.request.clone()).filter(|r| r.to == self.cfg.node);
-        let kind = match req.as_ref().map(|r| r.kind) {
-            Some(crate::core::RequestKind::Switchover) => HistoryKind::Switchover,
-            Some(crate::core::RequestKind::Failover) => HistoryKind::ManualFailover,
-            // The cluster's first primary (MariaDB servers all start
-            // read-only, so even a cold start promotes): not a failover,
-            // and it starts no hold_down.
-            None if cluster.is_some_and(|c| c.last_history.is_none()) => HistoryKind::Bootstrap,
-            None => HistoryKind::Failover,
-        };
+        let kind = history_kind(cluster, &self.cfg.node, term);
         let mut steps = req.as_ref().map(|r| r.steps.clone()).unwrap_or_default();
         let incident = cluster.and_then(|c| c.incident.clone()).filter(|i| i.released_ms.max(i.created_ms) + 600_000 > now_ms());
         if let Some(i) = &incident {

@@ -163,6 +163,34 @@ async fn connect(eps: &[Endpoint], user: &str, tls: &DbTls, read_write: bool, ti
     Some(client)
 }
 
+/// How the writer finds the primary for a new connection.
+#[derive(Clone, Debug)]
+enum Discovery {
+    /// libpq's `target_session_attrs=read-write` over every node (MariaDB:
+    /// the first node with `read_only = OFF`).
+    ReadWrite,
+    /// The node whose sidecar API answers `GET /primary` with 200 (the
+    /// APIs in the same order as the endpoints), as HAProxy or a
+    /// service-discovery client does.
+    Api(Vec<String>),
+}
+
+async fn open_discovered(db: &Db, eps: &[Endpoint], how: &Discovery, timeout: Duration) -> Option<Session> {
+    match how {
+        Discovery::ReadWrite => Session::open(db, eps, true, timeout).await,
+        Discovery::Api(apis) => {
+            let http = crate::tls::http_client(Some(Duration::from_millis(300)));
+            let asks = apis.iter().map(|a| {
+                let http = http.clone();
+                async move { http.get(format!("{a}/primary")).send().await.is_ok_and(|r| r.status().as_u16() == 200) }
+            });
+            let answers = futures_util::future::join_all(asks).await;
+            let i = answers.iter().position(|ok| *ok)?;
+            Session::open(db, std::slice::from_ref(&eps[i]), false, timeout).await
+        }
+    }
+}
+
 /// One acknowledged write: its id, when it was acknowledged, on which
 /// server port, and over which connection (numbered from 1 as the writer
 /// reconnects).
@@ -192,8 +220,21 @@ impl Writer {
 
     /// Starts inserting a row every `interval`.
     pub async fn start_db(db: Db, eps: Vec<Endpoint>, interval: Duration) -> anyhow::Result<Writer> {
+        Self::start_with(db, eps, Discovery::ReadWrite, interval).await
+    }
+
+    /// Starts inserting a row every `interval` as the client of the
+    /// benchmark rules does: each new connection goes to the node whose
+    /// sidecar answers `GET /primary` with 200 (`apis[i]` is the API of
+    /// `eps[i]`), and a write not acknowledged within 1 s drops the
+    /// connection.
+    pub async fn start_via_api(db: Db, eps: Vec<Endpoint>, apis: Vec<String>, interval: Duration) -> anyhow::Result<Writer> {
+        Self::start_with(db, eps, Discovery::Api(apis), interval).await
+    }
+
+    async fn start_with(db: Db, eps: Vec<Endpoint>, how: Discovery, interval: Duration) -> anyhow::Result<Writer> {
         let mut c =
-            Session::open(&db, &eps, true, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
+            open_discovered(&db, &eps, &how, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
         c.batch(CREATE_PG, CREATE_MY).await?;
         let start = c.max_id().await?;
         let acks = Arc::new(Mutex::new(Vec::new()));
@@ -206,7 +247,7 @@ impl Writer {
             let mut id = start;
             while !s.load(Ordering::Relaxed) {
                 if client.is_none() {
-                    if let Some(mut c) = Session::open(&db, &eps, true, Duration::from_millis(500)).await {
+                    if let Some(mut c) = open_discovered(&db, &eps, &how, Duration::from_millis(500)).await {
                         let port = c.port().await;
                         conn += 1;
                         client = Some((c, port));

@@ -415,6 +415,10 @@ impl Dcs for MemoryDcs {
         Ok(raw.iter().filter_map(|v| serde_json::from_slice(v).ok()).collect())
     }
 
+    async fn delete_history(&self, term: i64) -> Result<()> {
+        self.set_or_delete(&format!("history/{term:020}"), None).await
+    }
+
     async fn set_pause(&self, pause: Option<PauseRecord>) -> Result<()> {
         self.set_or_delete("pause", pause.map(|p| serde_json::to_vec(&p)).transpose()?).await
     }

@@ -249,6 +249,8 @@ pub trait Dcs: Send + Sync + 'static {
     fn holds_leader(&self) -> bool;
     fn put_history(&self, rec: &HistoryRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn history(&self) -> impl Future<Output = anyhow::Result<Vec<HistoryRecord>>> + Send;
+    /// Deletes `history/<term>` (a promotion abandoned before it happened).
+    fn delete_history(&self, term: i64) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
