@@ -270,6 +270,14 @@ async fn metrics<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
 
 /// Constant-time comparison of the bearer token.
 #[allow(clippy::result_large_err)]
+/// Constant-time comparison (`subtle`): every byte of both, and a length
+/// mismatch is a mismatch (a hand-written loop here once accepted the
+/// right token followed by 256 more bytes).
+fn token_matches(got: &[u8], want: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    !want.is_empty() && bool::from(got.ct_eq(want))
+}
+
 fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), Response> {
     let want = cfg.api.token.expose().as_bytes();
     if want.is_empty() {
@@ -280,11 +288,7 @@ fn authorized(cfg: &Config, headers: &HeaderMap) -> Result<(), Response> {
             .into_response());
     }
     let got = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").as_bytes();
-    let mut diff = (got.len() ^ want.len()) as u8;
-    for (i, w) in want.iter().enumerate() {
-        diff |= w ^ got.get(i).copied().unwrap_or(0);
-    }
-    if diff == 0 {
+    if token_matches(got, want) {
         Ok(())
     } else {
         Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "missing or wrong bearer token"}))).into_response())
@@ -358,4 +362,23 @@ async fn resume<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Re
         return r;
     }
     outcome(crate::ops::resume(&*s.dcs).await.map(|_| "resumed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let want = b"s3cret-token";
+        assert!(token_matches(want, want));
+        for extra in [1usize, 255, 256, 512] {
+            let mut longer = want.to_vec();
+            longer.extend(std::iter::repeat_n(b'x', extra));
+            assert!(!token_matches(&longer, want), "the token plus {extra} bytes was accepted");
+        }
+        assert!(!token_matches(b"s3cret-toke", want));
+        assert!(!token_matches(b"", want));
+        assert!(!token_matches(b"", b""), "no token configured accepts nothing");
+    }
 }

@@ -51,12 +51,30 @@ impl Hooks {
         ]
     }
 
-    /// The command line with its placeholders replaced.
+    /// The command line with its placeholders replaced, in one pass over
+    /// the template: a value is inserted shell-quoted and never scanned
+    /// again, so a value that itself contains `{reason}` (a node name from
+    /// etcd, say) cannot expand into unquoted text.
     pub fn expand(&self, template: &str, ev: &HookEvent) -> String {
-        let mut out = template.to_string();
-        for (k, v) in self.vars(ev) {
-            out = out.replace(&format!("{{{k}}}"), &sh_quote(&v));
+        let vars = self.vars(ev);
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let value = after.find('}').and_then(|close| vars.iter().find(|(k, _)| *k == &after[..close]).map(|(_, v)| (close, v)));
+            match value {
+                Some((close, v)) => {
+                    out.push_str(&sh_quote(v));
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
         }
+        out.push_str(rest);
         out
     }
 
@@ -126,6 +144,28 @@ mod tests {
         let ev = HookEvent { event: "promote".into(), term: Some(7), reason: "it's down; rm -rf /".into(), ..Default::default() };
         let line = h.expand("fence {node} {term} {reason}", &ev);
         assert_eq!(line, r"fence 'pg2' '7' 'it'\''s down; rm -rf /'");
+    }
+
+    /// A value holding a placeholder is not expanded again: once it was,
+    /// and `{reason}` inside a quoted node name from etcd ran as shell
+    /// code as root.
+    #[tokio::test]
+    async fn a_placeholder_inside_a_value_is_not_expanded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("CANARY");
+        let h = Hooks::new(HooksConfig::default(), "lab", "pg2");
+        let ev = HookEvent {
+            old_primary: Some("x{reason};touch CANARY;".into()),
+            reason: format!("'; touch {}; '", canary.display()),
+            ..Default::default()
+        };
+        let line = h.expand("echo {old_primary} {reason} {unknown} {", &ev);
+        let expected = format!("echo 'x{{reason}};touch CANARY;' {} {{unknown}} {{", sh_quote(&ev.reason));
+        assert_eq!(line, expected);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(&line).current_dir(dir.path());
+        assert!(cmd.status().await.unwrap().success());
+        assert!(!canary.exists() && !dir.path().join("CANARY;").exists(), "a value ran as shell code");
     }
 
     #[tokio::test]
