@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod drill;
 pub mod engine;
 pub mod faults;
+pub mod fs_safe;
 pub mod gtid;
 pub mod ha;
 pub mod lab;

@@ -104,3 +104,32 @@ fn an_adopted_leader_lease_moves_to_the_configured_ttl() {
     assert_eq!(granted(&mut c, st.leader_lease.unwrap()), Some(3), "the new lease has the configured ttl");
     assert_eq!(t.writable(t.port(&leader)), Some(true));
 }
+
+/// The hardening issue's reproduction: as `postgres`, a link from the data
+/// directory's `standby.signal` to a root-owned file, then a switchover
+/// (which writes `standby.signal` as root). The link is replaced, its
+/// target keeps its content, owner and mode, and the old primary rejoins.
+#[test]
+fn a_link_planted_in_the_data_directory_is_replaced_not_followed() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestLab::up("planted-link", |s| s.with_sync = false);
+    let leader = t.leader().expect("a leader");
+    let l = t.index(&leader);
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("root-owned");
+    std::fs::write(&target, "precious").unwrap();
+    let before = std::fs::metadata(&target).unwrap();
+    let link = t.lab.nodes[l].data_dir.join("standby.signal");
+    let o =
+        std::process::Command::new("runuser").args(["-u", "postgres", "--", "ln", "-s"]).arg(&target).arg(&link).output().expect("runuser");
+    assert!(o.status.success(), "plant the link as postgres: {}", common::out(&o));
+    let to = t.lab.nodes.iter().map(|n| n.name.clone()).find(|n| *n != leader).unwrap();
+    let o = t.vigil(&["switchover", "--to", &to]);
+    assert!(o.status.success(), "switchover: {}", common::out(&o));
+    t.wait_for("the switchover", Duration::from_secs(30), |c| c.leader.as_ref().is_some_and(|x| x.node == to));
+    t.wait_streaming(&leader, Duration::from_secs(60));
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious", "written through the link");
+    assert_eq!((after.uid(), after.gid(), after.mode()), (before.uid(), before.gid(), before.mode()), "the target changed hands");
+    assert!(!std::fs::symlink_metadata(&link).map(|m| m.file_type().is_symlink()).unwrap_or(false), "the link is still there");
+}

@@ -309,26 +309,22 @@ impl Postgres {
         ControlData::parse(&out)
     }
 
-    /// Writes a file into the data directory, owned like the directory.
-    fn write_owned(&self, path: &Path, content: &str) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::write(path, content).with_context(|| format!("write {}", path.display()))?;
-        let meta = std::fs::metadata(&self.cfg.data_dir)?;
-        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
-        Ok(())
+    /// Writes a file into the data directory, owned like the directory,
+    /// never through a link the database user planted (`fs_safe`).
+    fn write_owned(&self, name: &str, content: &str) -> Result<()> {
+        crate::fs_safe::write_in(&self.cfg.data_dir, name, content.as_bytes())
     }
 
     /// Sets a parameter in `postgresql.auto.conf` while the server is down.
     fn set_auto_conf(&self, key: &str, value: &str) -> Result<()> {
-        let path = self.cfg.data_dir.join("postgresql.auto.conf");
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let old = crate::fs_safe::read_in(&self.cfg.data_dir, "postgresql.auto.conf")?.unwrap_or_default();
         let mut out: Vec<String> = old.lines().filter(|l| l.split('=').next().map(|k| k.trim()) != Some(key)).map(str::to_string).collect();
         out.push(format!("{key} = '{}'", value.replace('\\', "\\\\").replace('\'', "''")));
-        self.write_owned(&path, &(out.join("\n") + "\n"))
+        self.write_owned("postgresql.auto.conf", &(out.join("\n") + "\n"))
     }
 
     fn make_standby(&self, up: Option<&Upstream>) -> Result<()> {
-        self.write_owned(&self.cfg.data_dir.join("standby.signal"), "")?;
+        self.write_owned("standby.signal", "")?;
         let conninfo = up.map(|u| self.conninfo(u)).unwrap_or_default();
         self.set_auto_conf("primary_conninfo", &conninfo)?;
         self.set_auto_conf("recovery_target_timeline", "latest")
@@ -361,7 +357,7 @@ impl Postgres {
     /// data directory or a whole new one (already marked a standby by
     /// `pg_basebackup -R`), never half a copy.
     async fn base_backup(&self, up: &Upstream) -> Result<String> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::os::unix::fs::MetadataExt;
         let data = &self.cfg.data_dir;
         let meta = std::fs::metadata(data.parent().unwrap_or(Path::new("/")))?;
         let with_suffix = |suffix: &str| {
@@ -375,8 +371,7 @@ impl Postgres {
         }
         std::fs::create_dir(&new)?;
         let owner = std::fs::metadata(data).map(|m| (m.uid(), m.gid())).unwrap_or((meta.uid(), meta.gid()));
-        std::os::unix::fs::chown(&new, Some(owner.0), Some(owner.1))?;
-        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o700))?;
+        crate::fs_safe::chown_created_dir(&new, owner.0, owner.1)?;
         let mut cmd = proc::command_as(&self.cfg.os_user, &self.bin("pg_basebackup"));
         cmd.arg("-D").arg(&new).args([
             "-h",
