@@ -31,6 +31,7 @@ struct Bench {
 impl Bench {
     fn up(f: impl FnOnce(&mut LabSpec)) -> Bench {
         let dir = tempfile::Builder::new().prefix("vigil-bench-").tempdir().expect("a private temporary directory");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
         let mut spec = LabSpec::new(dir.path().join("lab"), free_base_port(30), env!("CARGO_BIN_EXE_vigil"));
         spec.with_sync = false;
         f(&mut spec);

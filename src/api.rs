@@ -317,19 +317,53 @@ struct FailoverBody {
     allow_data_loss: bool,
 }
 
-async fn switchover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, body: Option<Json<SwitchoverBody>>) -> Response {
+/// Parses a request body only once the caller is authorized (an
+/// unauthenticated client's bytes are never parsed); names are checked.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], empty: Option<T>) -> Result<T, Response> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if let Some(e) = empty {
+            return Ok(e);
+        }
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| (StatusCode::BAD_REQUEST, Json(json!({"error": format!("bad request body: {e}")}))).into_response())
+}
+
+fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Response> {
+    for n in names {
+        if !crate::dcs::decode::valid_name(n) {
+            return Err((StatusCode::BAD_REQUEST, Json(json!({"error": format!("{n:?} is not a node name")}))).into_response());
+        }
+    }
+    Ok(())
+}
+
+async fn switchover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authorized(&s.cfg, &headers) {
         return r;
     }
-    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let b: SwitchoverBody = match body(&bytes, Some(SwitchoverBody::default())) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_names(b.leader.iter().chain(b.candidate.iter()).map(String::as_str)) {
+        return r;
+    }
     outcome(crate::ops::switchover(&*s.dcs, b.leader.as_deref(), b.candidate.as_deref()).await)
 }
 
-async fn failover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, body: Json<FailoverBody>) -> Response {
+async fn failover<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authorized(&s.cfg, &headers) {
         return r;
     }
-    outcome(crate::ops::failover(&*s.dcs, &body.candidate, body.allow_data_loss).await)
+    let b: FailoverBody = match body(&bytes, None) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_names([b.candidate.as_str()]) {
+        return r;
+    }
+    outcome(crate::ops::failover(&*s.dcs, &b.candidate, b.allow_data_loss).await)
 }
 
 /// The question a leader cut off from etcd asks every member.

@@ -13,18 +13,24 @@ use vigil::workload::Endpoint;
 pub struct TestLab {
     pub lab: Lab,
     pub rt: tokio::runtime::Runtime,
+    /// The lab's private directory (mktemp): removed with the lab, kept
+    /// when the test fails.
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl TestLab {
     pub fn up(name: &str, customize: impl FnOnce(&mut LabSpec)) -> TestLab {
-        let dir = std::env::temp_dir().join(format!("vigil-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // An unpredictable directory that only root can list; the database
+        // users may pass through it to their own directories inside.
+        let tmp = tempfile::Builder::new().prefix(&format!("vigil-test-{name}-")).tempdir().expect("a private temporary directory");
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
+        let dir = tmp.path().join("lab");
         let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil"));
         customize(&mut spec);
         let t0 = Instant::now();
         let lab = Lab::up(&spec, &|m| eprintln!("[{name} {:5.1}s] {m}", t0.elapsed().as_secs_f64())).expect("lab up");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        TestLab { lab, rt }
+        TestLab { lab, rt, tmp: Some(tmp) }
     }
 
     pub fn eps(&self) -> Vec<Endpoint> {
@@ -139,6 +145,9 @@ impl Drop for TestLab {
         let keep = std::thread::panicking();
         if keep {
             eprintln!("test failed; lab kept in {} (logs: */vigil.log, */data.log, etcd.log)", self.lab.dir.display());
+            if let Some(t) = self.tmp.take() {
+                let _ = t.keep();
+            }
         }
         let _ = self.lab.down(keep);
     }
