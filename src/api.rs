@@ -216,6 +216,8 @@ pub fn failsafe_answer(cfg: &Config, shared: &crate::status::Shared, ask: &Fails
         return Err(format!("{} reaches etcd: the leader key there decides", cfg.node));
     }
     tracing::info!(leader = %ask.leader, "etcd unreachable here too: confirmed the leader may keep serving (failsafe)");
+    // The vouch is a promise: this node takes no key for ttl (core rule).
+    shared.update(|s| s.last_vouch = Some(crate::clock::Instant::now()));
     Ok(())
 }
 

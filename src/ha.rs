@@ -365,7 +365,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.leader_lost_ms = None;
             self.leader_lost_at = None;
         }
-        let peers = if vacant { self.probe_peers().await } else { vec![] };
+        // The last recorded primary, still writable, retakes its own key:
+        // no peer can be fresher and none is waited for, so it does not
+        // wait for probes of peers that may be out of reach while its
+        // database takes writes without a key.
+        let retaking =
+            obs.local.writable() && cluster.as_ref().and_then(|c| c.last_history.as_ref()).is_some_and(|h| h.new_primary == self.cfg.node);
+        let peers = if vacant && !retaking { self.probe_peers(obs.upstream.as_deref()).await } else { vec![] };
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
         let decision = core::decide(&inputs);
         self.log_decision(&decision);
@@ -683,7 +689,28 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
 
     /// Fresh looks at every other member: its database (writable?) and its
     /// sidecar (position, eligibility), in parallel.
-    async fn probe_peers(&self) -> Vec<PeerObs> {
+    ///
+    /// The database this replica streams from is probed too when no known
+    /// member has its address: after an etcd outage every member key may
+    /// have lapsed (a sidecar started during the outage knows nobody), and
+    /// a primary kept writable by the failsafe must still be seen before a
+    /// replica promotes (found by the simulation, seed 1000092).
+    async fn probe_peers(&self, upstream: Option<&str>) -> Vec<PeerObs> {
+        let unknown_upstream = upstream
+            .filter(|u| !self.known.values().any(|m| format!("{}:{}", m.db_host, m.db_port) == *u))
+            .and_then(|u| u.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
+        let upstream_probe = async {
+            match &unknown_upstream {
+                Some((host, port)) => Some(PeerObs {
+                    node: format!("{host}:{port} (the upstream)"),
+                    db_writable: self.engine.probe_writable(host, *port).await,
+                    answered: false,
+                    candidate: None,
+                }),
+                None => None,
+            }
+        };
         let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
             let m = m.clone();
             async move {
@@ -704,7 +731,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 }
             }
         });
-        futures_util::future::join_all(futs).await
+        let (mut peers, up) = tokio::join!(futures_util::future::join_all(futs), upstream_probe);
+        peers.extend(up);
+        peers
     }
 
     async fn fetch_member(&self, api_url: &str) -> Option<MemberRecord> {
@@ -728,6 +757,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 .filter(|h| h.is_automatic_failover())
                 .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
             last_primary: c.last_history.as_ref().map(|h| h.new_primary.clone()),
+            released_by: c.incident.as_ref().map(|i| i.node.clone()).filter(|n| !n.is_empty()),
             last_primary_position: self.last_primary_position,
             sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
             sync_leader: c.sync.as_ref().map(|s| s.leader.clone()),
@@ -743,6 +773,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             peers,
             crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
             vetoed_ago: self.vetoed_at.map(|t| t.elapsed()),
+            vouched_ago: self.shared.get().last_vouch.map(|t| t.elapsed()),
         }
     }
 
@@ -808,7 +839,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         self.set_renewal(Some(Instant::now()));
                         tracing::info!(term, "took the leader key");
                         crate::faults::point("after_acquire");
-                        if obs.local.writable() {
+                        if !d.actions.contains(&Action::Promote) && !obs.local.writable() {
+                            // The last primary took its key back to start its
+                            // stopped database: no change of primary.
+                            tracing::info!(term, "took the leader key back; starting the database");
+                        } else if obs.local.writable() {
                             self.record_retake(cluster, term).await;
                             self.publish_dns(term);
                         } else {
@@ -915,8 +950,19 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                             reason: format!("{e:#}"),
                         },
                     );
+                    // The server may still finish a promotion it was asked
+                    // for: it is fenced before the key goes, or it could
+                    // come up writable beside the next primary (found by
+                    // the simulation, seed 1001457). Should the fence fail,
+                    // the key stays until the lease lapses and the watchdog
+                    // fences.
+                    if let Err(f) = self.engine.fence().await {
+                        tracing::error!(error = %format!("{f:#}"), "could not fence after a failed promotion; keeping the key until the lease lapses");
+                        return Err(e);
+                    }
                     self.forget_history_of_this_term().await;
                     let _ = self.dcs.release_leader().await;
+                    self.set_renewal(None);
                     return Err(e);
                 }
                 crate::faults::point("after_promote");
@@ -987,6 +1033,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             }
             Action::Start => {
                 tracing::info!("starting the database");
+                if self.dcs.holds_leader() {
+                    // Leading with a stopped database: as a restart in
+                    // place, the key goes if it does not come up within
+                    // restart_budget.
+                    self.restart_started = Some(Instant::now());
+                }
                 self.engine.start().await?;
             }
             Action::StartReplica => {

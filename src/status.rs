@@ -29,6 +29,8 @@ pub struct Snapshot {
     /// The term this node last published in DNS.
     pub dns_published_term: Option<i64>,
     pub dns_failures: u64,
+    /// When this member last vouched for a leader in a failsafe round.
+    pub last_vouch: Option<crate::clock::Instant>,
     /// The latest sync report of the background collector.
     pub sync: Option<crate::sync::SyncReport>,
 }

@@ -148,6 +148,9 @@ pub struct View {
     pub last_failover_age: Option<Duration>,
     /// The primary the newest history record names (the last legitimate one).
     pub last_primary: Option<String>,
+    /// The old primary that released the key on purpose (the incident
+    /// record), until the new primary records its promotion.
+    pub released_by: Option<String>,
     /// The last position the primary published, for `max_lag_on_failover`.
     pub last_primary_position: Option<Position>,
     /// Synchronous mode: the replicas one of which flushed every
@@ -217,6 +220,10 @@ pub struct Inputs {
     pub crash: CrashState,
     /// How long ago this node's `pre_promote` hook vetoed its promotion.
     pub vetoed_ago: Option<Duration>,
+    /// How long ago this member last vouched for a leader in a failsafe
+    /// round (it said it cannot reach etcd either). The vouch stands in
+    /// for the leader's lease, so it is kept for `ttl`.
+    pub vouched_ago: Option<Duration>,
 }
 
 /// One step for the loop to carry out, in order. When a step fails the
@@ -301,6 +308,9 @@ pub enum RefusalKind {
     Synchronous,
     /// A manual failover to a less fresh node without `--allow-data-loss`.
     LessFresh,
+    /// This node vouched for the leader in a failsafe round less than
+    /// `ttl` ago.
+    Vouched,
 }
 
 /// Whether this node may become primary now, and if not, why.
@@ -562,10 +572,20 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         // A former primary that another node succeeded (history names a
         // later one) must not come up writable: it lacks what its
         // successors acknowledged (found by the simulation, seed 870).
-        if view.last_primary.as_deref().is_some_and(|lp| lp != i.me) {
+        let released = view.released_by.as_deref() == Some(i.me.as_str());
+        if view.last_primary.as_deref().is_some_and(|lp| lp != i.me) || released {
             d.state = "no leader; starting the database as a replica".into();
             return d.act(Action::StartReplica);
         }
+        if view.last_primary.as_deref() == Some(i.me.as_str()) {
+            // The last primary, down (its node was lost and is back): it
+            // takes its key back before it starts writable, so it never
+            // accepts writes beside a replica that won the key meanwhile
+            // (found by the simulation, seed 1002616).
+            d.state = "no leader; taking the key back, then starting the database".into();
+            return d.act(Action::AcquireLeader).act(Action::Start);
+        }
+        // A new cluster (no history): its first start.
         d.state = "no leader; starting the database".into();
         return d.act(Action::Start);
     }
@@ -611,6 +631,26 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         }
     }
     let allow_data_loss = manual.is_some_and(|r| r.allow_data_loss);
+
+    // A member that vouched for a leader in a failsafe round kept it
+    // writable without a lease; that leader fences only `ttl -
+    // safety_margin` after its last confirmed round. Taking the key before
+    // `ttl` has passed since the vouch could make two primaries when etcd
+    // returns while the leader is out of this node's reach (found by the
+    // simulation, seed 1001200).
+    if !me_primary {
+        if let Some(ago) = i.vouched_ago.filter(|a| *a < p.ttl) {
+            d.state = "no leader; vouched for the leader during the etcd outage".into();
+            return d.refuse(
+                RefusalKind::Vouched,
+                format!(
+                    "vouched for the leader {} ago while etcd was unreachable (failsafe); not taking the key before ttl ({})",
+                    secs(ago),
+                    secs(p.ttl)
+                ),
+            );
+        }
+    }
 
     // A manual failover may take an ineligible node, but one the engine
     // blocked (errant transactions, stopped applier) only with

@@ -62,6 +62,7 @@ fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
         peers: vec![],
         crash: CrashState::default(),
         vetoed_ago: None,
+        vouched_ago: None,
     }
 }
 
@@ -540,6 +541,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 request: None,
                 last_failover_age: failover_age.map(Duration::from_secs),
                 last_primary: None,
+                released_by: None,
                 last_primary_position: Some(Position::new(1, 1500)),
                 sync_standbys: None,
                 sync_leader: None,
@@ -557,6 +559,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 peers: vec![p2, p3],
                 crash: CrashState::default(),
                 vetoed_ago: None,
+                vouched_ago: None,
             }
         })
 }
@@ -810,7 +813,27 @@ fn a_former_primary_succeeded_by_another_starts_as_a_replica_and_is_no_candidate
     let d = decide(&inputs("pg1", primary(100), view));
     assert!(!d.eligibility.eligible);
     assert!(matches!(d.actions[..], [Action::Fence { .. }]), "{:?}", d.actions);
-    // The last primary itself starts in its own role.
+    // The last primary itself takes its key back first, then starts in its
+    // own role; unless it released the key on purpose.
     let own = View { last_primary: Some("pg1".into()), ..no_leader() };
-    assert_eq!(actions(&inputs("pg1", down(), own)), vec![Action::Start]);
+    assert_eq!(actions(&inputs("pg1", down(), own.clone())), vec![Action::AcquireLeader, Action::Start]);
+    let released = View { released_by: Some("pg1".into()), ..own };
+    assert_eq!(actions(&inputs("pg1", down(), released)), vec![Action::StartReplica]);
+    // A new cluster's first start.
+    assert_eq!(actions(&inputs("pg1", down(), no_leader())), vec![Action::Start]);
+}
+
+/// Found by the simulation (seed 1001200): etcd down, the failsafe kept the
+/// primary writable; when etcd came back a replica that could not reach the
+/// primary took the expired key at once. Its vouch is a promise for ttl.
+#[test]
+fn a_member_that_vouched_for_the_leader_waits_ttl_before_taking_the_key() {
+    let mut i = inputs("pg3", replica(1000), no_leader());
+    i.peers = vec![dead_peer("pg1")];
+    i.vouched_ago = Some(Duration::from_secs(5));
+    let d = decide(&i);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.refusal_kind, Some(RefusalKind::Vouched));
+    i.vouched_ago = Some(Duration::from_secs(10));
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
 }

@@ -26,8 +26,10 @@ pub const HEARTBEAT_DDL: &str = include_str!("../../sql/postgres/heartbeat.sql")
 enum Shutdown {
     /// Checkpoint and send all WAL to the connected standbys first.
     Fast,
-    /// Stop at once (crash recovery at the next start).
-    Immediate,
+    /// Stop taking writes at once: SIGKILL every server process of the
+    /// data directory (crash recovery at the next start). A fence: an
+    /// immediate shutdown can wait seconds on a server that was frozen.
+    Kill,
 }
 
 /// The executables of a PostgreSQL server's processes.
@@ -256,9 +258,9 @@ impl Postgres {
     /// resumed can hold dead-end backends that make even an immediate
     /// shutdown wait out `authentication_timeout` (60 s); a stop must end.
     ///
-    /// `Shutdown::Immediate` skips the clean shutdown: for a fence, where
-    /// the database must stop taking writes now and what it writes after
-    /// losing the key is not wanted.
+    /// `Shutdown::Kill` skips the shutdowns: for a fence, where the
+    /// database must stop taking writes now and what it writes after losing
+    /// the key is not wanted.
     async fn stop_server(&self, how: Shutdown) -> Result<()> {
         self.drop_client().await;
         if self.read_pid().is_none() && self.live_servers().is_empty() {
@@ -272,7 +274,7 @@ impl Postgres {
                     false
                 }
             },
-            Shutdown::Immediate => false,
+            Shutdown::Kill => true,
         };
         if !clean {
             if let Err(e) = self.pg_ctl(&["stop", "-s", "-m", "immediate", "-w", "-t", "3"], Duration::from_secs(5)).await {
@@ -656,7 +658,7 @@ impl Engine for Postgres {
     }
 
     async fn fence(&self) -> Result<()> {
-        self.stop_server(Shutdown::Immediate).await.context("stop for fencing")?;
+        self.stop_server(Shutdown::Kill).await.context("stop for fencing")?;
         self.make_standby(None)?;
         self.start_server().await.context("start fenced as a read-only replica")
     }

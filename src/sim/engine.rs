@@ -70,6 +70,12 @@ impl FakePostgres {
         if !self.world.lock().dbs[self.me].running() {
             return;
         }
+        if !fast {
+            // A fence kills the server's processes outright (SIGKILL works
+            // on a frozen or hung server too).
+            self.world.lock().stop_process(self.me, "killed (fence)");
+            return;
+        }
         let limit = Instant::now() + Duration::from_millis(if fast { 8_000 } else { 5_000 });
         while self.world.lock().dbs[self.me].frozen && Instant::now() < limit {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -121,6 +121,9 @@ pub struct WorldInner {
     /// Checks that saw a resumed frozen node still writable beside the
     /// primary, within `RESUME_GRACE` of its resume.
     pub resume_window: usize,
+    /// Writes acknowledged while another node acknowledged too (inside
+    /// those windows), not counted as acknowledged.
+    pub watchdog_acks: usize,
     /// Checks that saw a writable primary whose sidecar is dead beside
     /// another writable one (a double fault only the node watchdog covers).
     pub orphan_window: usize,
@@ -128,6 +131,11 @@ pub struct WorldInner {
     pub sidecar_up: Vec<bool>,
     pub sidecar_started: Vec<Option<Instant>>,
 }
+
+/// How long a restarted sidecar may take to fence a writable primary it
+/// finds without a key: its first look (an etcd request timeout, the
+/// fence, a loop).
+pub const START_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a node resumed from a freeze may stay writable before its
 /// sidecar fences it (watchdog tick 100 ms, immediate shutdown).
@@ -185,6 +193,7 @@ impl World {
                 hang_until: Instant::now(),
                 lost_async: 0,
                 resume_window: 0,
+                watchdog_acks: 0,
                 orphan_window: 0,
                 sidecar_up: vec![false; n],
                 sidecar_started: vec![None; n],
@@ -281,8 +290,9 @@ impl WorldInner {
         }
         // A primary whose sidecar is dead is out of vigil's reach (the node
         // watchdog resets such a node); counted, not a violation.
-        // A sidecar that just started has not had its first look yet.
-        let orphan = |i: &usize| !self.sidecar_up[*i] || self.sidecar_started[*i].is_some_and(|t| now.duration_since(t) < RESUME_GRACE);
+        // A sidecar that just started has not had its first look yet (up
+        // to an etcd request timeout, and a loop).
+        let orphan = |i: &usize| !self.sidecar_up[*i] || self.sidecar_started[*i].is_some_and(|t| now.duration_since(t) < START_GRACE);
         if w.iter().filter(|i| !orphan(i)).count() < 2 {
             self.orphan_window += 1;
             return;
@@ -353,7 +363,7 @@ impl WorldInner {
             }
         }
         // Acknowledge synchronous commits some named standby has.
-        let mut acked = vec![];
+        let mut acked: Vec<Ack> = vec![];
         self.pending.retain(|p| {
             let primary = &self.dbs[p.node];
             let by = self.dbs.iter().any(|d| {
@@ -364,7 +374,22 @@ impl WorldInner {
             }
             !by
         });
-        self.acks.extend(acked);
+        for a in acked {
+            self.record_ack(a);
+        }
+    }
+
+    /// Records an acknowledged write, unless another node acknowledges
+    /// writes at the same moment: that happens only in the windows the
+    /// split-brain check leaves to the node watchdog (a resumed frozen or
+    /// orphaned primary), and such writes are counted apart.
+    fn record_ack(&mut self, a: Ack) {
+        let now = Instant::now();
+        if (0..self.dbs.len()).any(|j| j != a.node && self.acknowledges(j, now)) {
+            self.watchdog_acks += 1;
+        } else {
+            self.acks.push(a);
+        }
     }
 
     /// The client: one write to every node that accepts writes.
@@ -379,7 +404,7 @@ impl WorldInner {
             let index = self.dbs[i].log.len();
             self.dbs[i].log.push(id);
             if self.dbs[i].sync_names.is_empty() {
-                self.acks.push(Ack { id, node: i, at: now });
+                self.record_ack(Ack { id, node: i, at: now });
             } else {
                 self.pending.push(Pending { id, node: i, index });
             }
