@@ -2,6 +2,7 @@
 //! [FIRST_SEED]` runs seeds (all four profile/mode combinations, as
 //! `tests/sim.rs` does) on every core until the time is up, and prints the
 //! same summary line, plus the replay command of every failing seed.
+//! `VIGIL_SIM_THREADS` sets how many seeds run at once (default: one per core).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -22,7 +23,10 @@ fn main() {
     let stop = AtomicBool::new(false);
     let (seeds, faults, micros, violations) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let failing = Mutex::new(vec![]);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::env::var("VIGIL_SIM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
