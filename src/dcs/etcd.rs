@@ -203,6 +203,10 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 }
 
 impl Dcs for EtcdDcs {
+    async fn set_or_delete(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        self.write_key(name, value).await
+    }
+
     async fn load(&self) -> Result<ClusterState> {
         let sync = self.key("sync");
         let (leader, members, pause, request, history, incident) = (
@@ -405,17 +409,6 @@ impl Dcs for EtcdDcs {
         self.leader_id.load(Ordering::Relaxed) != 0
     }
 
-    async fn put_history(&self, rec: &HistoryRecord) -> Result<()> {
-        let key = self.key(&format!("history/{:020}", rec.term));
-        let value = serde_json::to_vec(rec)?;
-        self.call("put history", |mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })
-        .await?;
-        Ok(())
-    }
-
     async fn history(&self) -> Result<Vec<HistoryRecord>> {
         let key = self.key("history/");
         let r = self
@@ -432,26 +425,6 @@ impl Dcs for EtcdDcs {
                 parse(key, kv.value()).map_err(|e| tracing::warn!("{e:#}")).ok()
             })
             .collect())
-    }
-
-    async fn delete_history(&self, term: i64) -> Result<()> {
-        self.set_or_delete(&format!("history/{term:020}"), None).await
-    }
-
-    async fn set_pause(&self, pause: Option<PauseRecord>) -> Result<()> {
-        self.set_or_delete("pause", pause.map(|p| serde_json::to_vec(&p)).transpose()?).await
-    }
-
-    async fn set_request(&self, req: Option<RequestRecord>) -> Result<()> {
-        self.set_or_delete("switchover", req.map(|p| serde_json::to_vec(&p)).transpose()?).await
-    }
-
-    async fn set_sync(&self, rec: &SyncRecord) -> Result<()> {
-        self.set_or_delete("sync", Some(serde_json::to_vec(rec)?)).await
-    }
-
-    async fn set_incident(&self, rec: Option<IncidentRecord>) -> Result<()> {
-        self.set_or_delete("incident", rec.map(|p| serde_json::to_vec(&p)).transpose()?).await
     }
 
     async fn try_lock(&self, name: &str) -> Result<bool> {
@@ -501,10 +474,10 @@ impl EtcdDcs {
 
     /// Stores a JSON value under the cluster's prefix.
     pub async fn put_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        self.set_or_delete(name, Some(serde_json::to_vec(value)?)).await
+        self.write_key(name, Some(serde_json::to_vec(value)?)).await
     }
 
-    async fn set_or_delete(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+    async fn write_key(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
         let key = self.key(name);
         match value {
             Some(v) => {

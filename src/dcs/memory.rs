@@ -256,7 +256,7 @@ impl MemoryDcs {
         Ok(())
     }
 
-    async fn set_or_delete(&self, key: &str, value: Option<Vec<u8>>) -> Result<()> {
+    async fn write_key(&self, key: &str, value: Option<Vec<u8>>) -> Result<()> {
         let key = key.to_string();
         self.call(move |i| match value {
             Some(v) => i.put(&key, v, 0),
@@ -273,6 +273,10 @@ impl MemoryDcs {
 }
 
 impl Dcs for MemoryDcs {
+    async fn set_or_delete(&self, name: &str, value: Option<Vec<u8>>) -> Result<()> {
+        self.write_key(name, value).await
+    }
+
     async fn load(&self) -> Result<ClusterState> {
         let raw = self
             .call(|i| RawCluster {
@@ -405,34 +409,10 @@ impl Dcs for MemoryDcs {
         self.leader_lease.load(Ordering::Relaxed) != 0
     }
 
-    async fn put_history(&self, rec: &HistoryRecord) -> Result<()> {
-        self.set_or_delete(&format!("history/{:020}", rec.term), Some(serde_json::to_vec(rec)?)).await
-    }
-
     async fn history(&self) -> Result<Vec<HistoryRecord>> {
         let raw: Vec<Vec<u8>> =
             self.call(|i| i.kvs.range("history/".to_string().."history0".to_string()).map(|(_, v)| v.value.clone()).collect()).await?;
         Ok(raw.iter().filter_map(|v| serde_json::from_slice(v).ok()).collect())
-    }
-
-    async fn delete_history(&self, term: i64) -> Result<()> {
-        self.set_or_delete(&format!("history/{term:020}"), None).await
-    }
-
-    async fn set_pause(&self, pause: Option<PauseRecord>) -> Result<()> {
-        self.set_or_delete("pause", pause.map(|p| serde_json::to_vec(&p)).transpose()?).await
-    }
-
-    async fn set_request(&self, req: Option<RequestRecord>) -> Result<()> {
-        self.set_or_delete("switchover", req.map(|p| serde_json::to_vec(&p)).transpose()?).await
-    }
-
-    async fn set_incident(&self, rec: Option<IncidentRecord>) -> Result<()> {
-        self.set_or_delete("incident", rec.map(|p| serde_json::to_vec(&p)).transpose()?).await
-    }
-
-    async fn set_sync(&self, rec: &SyncRecord) -> Result<()> {
-        self.set_or_delete("sync", Some(serde_json::to_vec(rec)?)).await
     }
 
     async fn try_lock(&self, name: &str) -> Result<bool> {

@@ -247,14 +247,36 @@ pub trait Dcs: Send + Sync + 'static {
     /// Forgets the leader lease locally without touching etcd.
     fn forget_leader(&self);
     fn holds_leader(&self) -> bool;
-    fn put_history(&self, rec: &HistoryRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
+
     fn history(&self) -> impl Future<Output = anyhow::Result<Vec<HistoryRecord>>> + Send;
+    /// Writes (Some) or deletes (None) a plain key under the cluster's
+    /// prefix, without a lease; the record setters below go through it.
+    fn set_or_delete(&self, name: &str, value: Option<Vec<u8>>) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn put_history(&self, rec: &HistoryRecord) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let (name, value) = (format!("history/{:020}", rec.term), serde_json::to_vec(rec));
+        async move { self.set_or_delete(&name, Some(value?)).await }
+    }
     /// Deletes `history/<term>` (a promotion abandoned before it happened).
-    fn delete_history(&self, term: i64) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn set_sync(&self, rec: &SyncRecord) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn delete_history(&self, term: i64) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move { self.set_or_delete(&format!("history/{term:020}"), None).await }
+    }
+    fn set_pause(&self, pause: Option<PauseRecord>) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let value = pause.map(|p| serde_json::to_vec(&p)).transpose();
+        async move { self.set_or_delete("pause", value?).await }
+    }
+    fn set_request(&self, req: Option<RequestRecord>) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let value = req.map(|r| serde_json::to_vec(&r)).transpose();
+        async move { self.set_or_delete("switchover", value?).await }
+    }
+    fn set_incident(&self, rec: Option<IncidentRecord>) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let value = rec.map(|r| serde_json::to_vec(&r)).transpose();
+        async move { self.set_or_delete("incident", value?).await }
+    }
+    fn set_sync(&self, rec: &SyncRecord) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let value = serde_json::to_vec(rec);
+        async move { self.set_or_delete("sync", Some(value?)).await }
+    }
+
     /// Takes (or confirms it holds) the lock `locks/<name>`, bound to this
     /// sidecar's member lease, so it lapses with the sidecar.
     fn try_lock(&self, name: &str) -> impl Future<Output = anyhow::Result<bool>> + Send;
