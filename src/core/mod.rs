@@ -573,7 +573,10 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         // later one) must not come up writable: it lacks what its
         // successors acknowledged (found by the simulation, seed 870).
         let released = view.released_by.as_deref() == Some(i.me.as_str());
-        if view.last_primary.as_deref().is_some_and(|lp| lp != i.me) || released {
+        // A switchover or failover to another node is under way (this old
+        // primary stopped and handed over): it comes back as a replica.
+        let handing_over = view.request.as_ref().is_some_and(|r| r.to != i.me && r.age <= p.switchover_timeout);
+        if view.last_primary.as_deref().is_some_and(|lp| lp != i.me) || released || handing_over {
             d.state = "no leader; starting the database as a replica".into();
             return d.act(Action::StartReplica);
         }

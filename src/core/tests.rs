@@ -823,6 +823,21 @@ fn a_former_primary_succeeded_by_another_starts_as_a_replica_and_is_no_candidate
     assert_eq!(actions(&inputs("pg1", down(), no_leader())), vec![Action::Start]);
 }
 
+/// Found by CI (haproxy.rs): the old primary, stopped by a switchover,
+/// took its key back (as the last recorded primary) before the target could.
+#[test]
+fn an_old_primary_stopped_for_a_switchover_starts_as_a_replica() {
+    let request = Request {
+        kind: RequestKind::Switchover,
+        from: Some("pg1".into()),
+        to: "pg2".into(),
+        allow_data_loss: false,
+        age: Duration::from_secs(1),
+    };
+    let view = View { last_primary: Some("pg1".into()), request: Some(request), ..no_leader() };
+    assert_eq!(actions(&inputs("pg1", down(), view)), vec![Action::StartReplica]);
+}
+
 /// Found by the simulation (seed 1001200): etcd down, the failsafe kept the
 /// primary writable; when etcd came back a replica that could not reach the
 /// primary took the expired key at once. Its vouch is a promise for ttl.
