@@ -87,9 +87,12 @@ pub enum FaultKind {
     Garbage,
     ClockJump,
     ActionsHang,
+    /// An operator's planned switchover to `other` (written as `vigil
+    /// switchover` writes it).
+    Switchover,
 }
 
-const KINDS: [FaultKind; 13] = [
+const KINDS: [FaultKind; 14] = [
     FaultKind::DatabaseKilled,
     FaultKind::NodeLost,
     FaultKind::NodeFrozen,
@@ -103,6 +106,7 @@ const KINDS: [FaultKind; 13] = [
     FaultKind::Garbage,
     FaultKind::ClockJump,
     FaultKind::ActionsHang,
+    FaultKind::Switchover,
 ];
 
 /// One scheduled fault: what, on which node, when and for how long.
@@ -607,6 +611,20 @@ impl Sim {
             FaultKind::ActionsHang => {
                 let mut w = c.world.lock();
                 w.hangs = apply;
+            }
+            FaultKind::Switchover => {
+                if apply {
+                    let rec = crate::dcs::RequestRecord {
+                        kind: crate::core::RequestKind::Switchover,
+                        from: c.store.leader(),
+                        to: other.clone(),
+                        allow_data_loss: false,
+                        requested_ms: crate::clock::now_ms(),
+                        steps: vec![],
+                        refused: None,
+                    };
+                    c.store.put_raw("switchover", &serde_json::to_vec(&rec).expect("a request"));
+                }
             }
         }
     }
