@@ -6,7 +6,9 @@
 //! - `VIGIL_SIM_SEEDS=N` (default 2000) seeds from `VIGIL_SIM_FIRST` (default 1);
 //! - `VIGIL_SIM_SEED=S` replays one seed and prints its trace;
 //! - `VIGIL_SIM_PROFILE=fast`, `VIGIL_SIM_SYNC=1` pick the profile and mode
-//!   of a replay (a run covers all four combinations, seed by seed).
+//!   of a replay (a run covers all four combinations, seed by seed);
+//!   `VIGIL_SIM_EXTRA=0` leaves out the faults added to the harness later
+//!   (kept seeds run so, to replay the scenario that found them).
 //! - `tests/sim-seeds.txt`: seeds that once found a defect, kept for ever.
 
 use std::time::Instant;
@@ -29,14 +31,16 @@ fn options_for(seed: u64) -> SimOptions {
         Ok("0") => false,
         _ => seed % 4 >= 2,
     };
-    SimOptions { profile, synchronous, ..SimOptions::default() }
+    let extra_faults = std::env::var("VIGIL_SIM_EXTRA").as_deref() != Ok("0");
+    SimOptions { profile, synchronous, extra_faults, ..SimOptions::default() }
 }
 
 fn replay_hint(seed: u64, o: &SimOptions) -> String {
     format!(
-        "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} cargo test --test sim",
+        "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={} cargo test --test sim -- --nocapture",
         if o.profile == Profile::Fast { "fast" } else { "default" },
-        if o.synchronous { 1 } else { 0 }
+        u8::from(o.synchronous),
+        u8::from(o.extra_faults)
     )
 }
 
@@ -59,8 +63,12 @@ fn sim() {
     }
     let first = env_u64("VIGIL_SIM_FIRST").unwrap_or(1);
     let n = env_u64("VIGIL_SIM_SEEDS").unwrap_or(2000);
-    let mut seeds: Vec<u64> = kept_seeds();
-    seeds.extend(first..first + n);
+    // Kept seeds replay the scenario that found their defect: without the
+    // faults added to the harness since.
+    let kept = kept_seeds();
+    let mut seeds: Vec<(u64, bool)> = kept.iter().map(|s| (*s, false)).collect();
+    seeds.extend((first..first + n).map(|s| (s, true)));
+    let opts = |seed: u64, extra: bool| SimOptions { extra_faults: extra && options_for(seed).extra_faults, ..options_for(seed) };
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -69,19 +77,22 @@ fn sim() {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&seed) = seeds.get(k) else { break };
-                let r = run_seed(seed, &options_for(seed));
-                results.lock().unwrap().push(r);
+                let Some(&(seed, extra)) = seeds.get(k) else { break };
+                let o = opts(seed, extra);
+                let r = run_seed(seed, &o);
+                results.lock().unwrap().push((r, o));
             });
         }
     });
-    let results = results.into_inner().unwrap();
+    let all = results.into_inner().unwrap();
+    let hint: std::collections::HashMap<u64, String> = all.iter().map(|(r, o)| (r.seed, replay_hint(r.seed, o))).collect();
+    let results: Vec<_> = all.into_iter().map(|(r, _)| r).collect();
     let faults: usize = results.iter().map(|r| r.faults).sum();
     let hours: f64 = results.iter().map(|r| r.simulated.as_secs_f64()).sum::<f64>() / 3600.0;
     let failed: Vec<_> = results.iter().filter(|r| !r.violations.is_empty()).collect();
     let violations: usize = failed.iter().map(|r| r.violations.len()).sum();
     for r in failed.iter().take(3) {
-        eprintln!("--- seed {} ({}): {} violation(s); trace:", r.seed, replay_hint(r.seed, &options_for(r.seed)), r.violations.len());
+        eprintln!("--- seed {} ({}): {} violation(s); trace:", r.seed, hint[&r.seed], r.violations.len());
         for line in r.trace.iter().rev().take(60).collect::<Vec<_>>().into_iter().rev() {
             eprintln!("{line}");
         }
@@ -105,6 +116,6 @@ fn sim() {
         results.len(),
         started.elapsed().as_secs_f64()
     );
-    let bad: Vec<String> = failed.iter().map(|r| format!("{} ({})", r.seed, replay_hint(r.seed, &options_for(r.seed)))).collect();
+    let bad: Vec<String> = failed.iter().map(|r| format!("{} ({})", r.seed, hint[&r.seed])).collect();
     assert!(failed.is_empty(), "failing seeds: {}", bad.join("; "));
 }

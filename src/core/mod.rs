@@ -769,12 +769,24 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     // member's acknowledgement: with no set recorded, no commit was ever
     // acknowledged synchronously (a new cluster), and the ordinary rules
     // choose.
-    let Some(set) = &view.sync_standbys else { return None };
-    // The primary that recorded the set made (or had) every acknowledged
-    // commit itself: taking its key back after a fence loses nothing.
-    if view.sync_leader.as_deref() == Some(i.me.as_str()) {
+    // The primary that recorded the set, or the last recorded primary,
+    // made (or had) every acknowledged commit itself: taking its key back
+    // after a fence loses nothing.
+    if view.sync_leader.as_deref() == Some(i.me.as_str()) || view.last_primary.as_deref() == Some(i.me.as_str()) {
         return None;
     }
+    let Some(set) = &view.sync_standbys else {
+        // No set recorded: safe only for a cluster that never had a
+        // primary. Once it had one, a missing key was deleted (by hand, or
+        // with a bad value) and nobody can say who holds the acknowledged
+        // commits (found by the simulation, seed 1023462).
+        if let Some(lp) = &view.last_primary {
+            return Some(format!(
+                "synchronous mode: no synchronous set is recorded although {lp} was primary (was the sync key deleted?), so it is unknown which members may hold acknowledged commits; {hint}"
+            ));
+        }
+        return None;
+    };
     if !set.contains(&i.me) {
         return Some(format!(
             "synchronous mode: {} is not in the synchronous set [{}], so it may lack acknowledged commits; {hint}",

@@ -852,3 +852,20 @@ fn a_member_that_vouched_for_the_leader_waits_ttl_before_taking_the_key() {
     i.vouched_ago = Some(Duration::from_secs(10));
     assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
 }
+
+/// Found by the simulation (seed 1023462): the `sync` key was deleted while
+/// the primary's sidecar was dead; a replica then elected itself by the
+/// ordinary rules and lost commits the other member had acknowledged.
+#[test]
+fn synchronous_mode_with_the_sync_key_gone_after_a_primary_existed_refuses() {
+    let mut i = inputs("pg3", replica(1000), View { last_primary: Some("pg1".into()), ..no_leader() });
+    i.policy.synchronous = true;
+    i.peers = vec![dead_peer("pg1"), dead_peer("pg2")];
+    let d = decide(&i);
+    assert!(!d.actions.contains(&Action::AcquireLeader));
+    assert!(d.refusal.unwrap().contains("no synchronous set is recorded"));
+    // The last primary itself may retake its key.
+    let mut j = inputs("pg1", replica(1000), View { last_primary: Some("pg1".into()), ..no_leader() });
+    j.policy.synchronous = true;
+    assert_eq!(actions(&j), vec![Action::AcquireLeader, Action::Promote]);
+}
