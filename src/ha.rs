@@ -847,30 +847,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                             self.record_retake(cluster, term).await;
                             self.publish_dns(term);
                         } else {
-                            // History names the new primary from the moment
-                            // it won the key, before it promotes: the rules
-                            // about the last primary (hold-down, starting
-                            // in its own role) must never see an older one
-                            // while this node's timeline is the newest.
-                            let rec = HistoryRecord {
-                                term,
-                                kind: history_kind(cluster, &node, term),
-                                reason: "leader key won; promoting".into(),
-                                old_primary: self.last_leader.clone().filter(|l| *l != node),
-                                new_primary: node.clone(),
-                                at_ms: now_ms(),
-                                steps: vec![Step {
-                                    name: "leader key acquired".into(),
-                                    at_ms: now_ms(),
-                                    detail: Some(format!("term {term}")),
-                                }],
-                                candidates: vec![],
-                                old_position: self.last_primary_position,
-                                new_position: obs.local.position,
-                            };
-                            if let Err(e) = self.dcs.put_history(&rec).await {
-                                tracing::warn!(error = %format!("{e:#}"), "could not write the history record");
-                            }
                             let old = self.last_leader.clone().filter(|l| *l != node);
                             self.event(
                                 "FailoverStarted",
@@ -925,6 +901,32 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         Some(node.clone()),
                     );
                     bail!("pre_promote hook vetoed the promotion: {why}");
+                }
+                // History names the new primary before it promotes: the
+                // rules about the last primary (hold-down, starting in its
+                // own role, synchronous mode) must never see an older one
+                // while this node's timeline is the newest. No record, no
+                // promotion (the simulation, seed 3012237: a record lost to
+                // a slow etcd held the new primary down).
+                let term = self.term.or(cluster.and_then(|c| c.term)).unwrap_or(0);
+                if cluster.and_then(|c| c.last_history.as_ref()).is_none_or(|h| h.term != term || h.new_primary != node) {
+                    let rec = HistoryRecord {
+                        term,
+                        kind: history_kind(cluster, &node, term),
+                        reason: "leader key won; promoting".into(),
+                        old_primary: self.last_leader.clone().filter(|l| *l != node),
+                        new_primary: node.clone(),
+                        at_ms: now_ms(),
+                        steps: vec![Step { name: "leader key acquired".into(), at_ms: acquired_ms, detail: Some(format!("term {term}")) }],
+                        candidates: vec![],
+                        old_position: self.last_primary_position,
+                        new_position: obs.local.position,
+                    };
+                    if let Err(e) = self.dcs.put_history(&rec).await {
+                        let _ = self.dcs.release_leader().await;
+                        self.set_renewal(None);
+                        return Err(e).context("write the history record before promoting (the leader key was given back)");
+                    }
                 }
                 // Synchronous mode: name the standbys before the database
                 // accepts its first write (allowed during recovery).

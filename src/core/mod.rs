@@ -703,10 +703,17 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         // fresh) would refuse, so deferring to it left the cluster
         // leaderless (found by the simulation, seed 67). A strictly fresher
         // one is still waited for: it has writes this node lacks.
-        let held_down = view.last_failover_age.is_some_and(|a| a < p.hold_down)
+        // Likewise in synchronous mode with the set unknown (unreadable, or
+        // missing after the cluster had a primary): only the last primary
+        // or the set's leader may take the key, so nobody else is deferred
+        // to on a tie (found by the simulation, seed 3011479).
+        let last_or_sync_leader =
+            view.last_primary.as_deref() == Some(peer.node.as_str()) || view.sync_leader.as_deref() == Some(peer.node.as_str());
+        let set_unknown = p.synchronous && (view.sync_unreadable || (view.sync_standbys.is_none() && view.last_primary.is_some()));
+        let held_down = (view.last_failover_age.is_some_and(|a| a < p.hold_down) || set_unknown)
             && !is_primary
             && manual.is_none()
-            && view.last_primary.as_deref() != Some(peer.node.as_str());
+            && !last_or_sync_leader;
         // Synchronous mode: a peer outside the synchronous set cannot be
         // promoted automatically, so it must not make a member defer (both
         // would wait for each other); what it has beyond the set was never

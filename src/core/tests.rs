@@ -864,8 +864,10 @@ fn synchronous_mode_with_the_sync_key_gone_after_a_primary_existed_refuses() {
     let d = decide(&i);
     assert!(!d.actions.contains(&Action::AcquireLeader));
     assert!(d.refusal.unwrap().contains("no synchronous set is recorded"));
-    // The last primary itself may retake its key.
+    // The last primary itself may retake its key, and does not defer to an
+    // equally fresh peer that would be refused (seed 3011479).
     let mut j = inputs("pg1", replica(1000), View { last_primary: Some("pg1".into()), ..no_leader() });
     j.policy.synchronous = true;
+    j.peers = vec![peer("pg0", 1000)];
     assert_eq!(actions(&j), vec![Action::AcquireLeader, Action::Promote]);
 }
