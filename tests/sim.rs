@@ -44,9 +44,17 @@ fn replay_hint(seed: u64, o: &SimOptions) -> String {
     )
 }
 
-/// Seeds kept as regression cases (one per line, `#` comments).
-fn kept_seeds() -> Vec<u64> {
-    include_str!("sim-seeds.txt").lines().filter_map(|l| l.split('#').next()?.trim().parse().ok()).collect()
+/// Seeds kept as regression cases: one per line, `#` comments; a seed
+/// found with the faults added later is followed by the word `extra`.
+fn kept_seeds() -> Vec<(u64, bool)> {
+    include_str!("sim-seeds.txt")
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split('#').next()?.split_whitespace();
+            let seed = words.next()?.parse().ok()?;
+            Some((seed, words.next() == Some("extra")))
+        })
+        .collect()
 }
 
 #[test]
@@ -65,8 +73,7 @@ fn sim() {
     let n = env_u64("VIGIL_SIM_SEEDS").unwrap_or(2000);
     // Kept seeds replay the scenario that found their defect: without the
     // faults added to the harness since.
-    let kept = kept_seeds();
-    let mut seeds: Vec<(u64, bool)> = kept.iter().map(|s| (*s, false)).collect();
+    let mut seeds: Vec<(u64, bool)> = kept_seeds();
     seeds.extend((first..first + n).map(|s| (s, true)));
     let opts = |seed: u64, extra: bool| SimOptions { extra_faults: extra && options_for(seed).extra_faults, ..options_for(seed) };
     let started = Instant::now();
