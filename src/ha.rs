@@ -232,7 +232,24 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let (every, limit) = (self.cfg.timing.loop_wait, self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin));
         let what = action.doing();
         let started = Instant::now();
-        async move {
+        // The lapse is watched every 100 ms, apart from the renewals, which
+        // can each wait for an etcd deadline: a node resumed from a freeze
+        // must not finish an action for a loop and a deadline before it
+        // fences (found by the simulation, seed 5012989).
+        let lapsed = {
+            let (dcs, renewal, paused) = (Arc::clone(&dcs), Arc::clone(&renewal), Arc::clone(&paused));
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
+                    if dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit)
+                    {
+                        return format!("the leader lease was not renewed for {limit:?} while {what}; cancelled");
+                    }
+                }
+            }
+        };
+        let renew = async move {
             loop {
                 tokio::time::sleep(every).await;
                 if dcs.holds_leader() {
@@ -240,10 +257,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now()),
                         Ok(false) => return format!("the leader lease expired while {what}; cancelled"),
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease while {what}"),
-                    }
-                    let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
-                    if !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit) {
-                        return format!("the leader lease was not renewed for {limit:?} while {what}; cancelled");
                     }
                 }
                 if let Some(mut me) = shared.get().me {
@@ -253,6 +266,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         shared.update(|s| s.me = Some(me));
                     }
                 }
+            }
+        };
+        async move {
+            tokio::select! {
+                why = lapsed => why,
+                why = renew => why,
             }
         }
     }
