@@ -384,13 +384,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.leader_lost_ms = None;
             self.leader_lost_at = None;
         }
-        // The last recorded primary, still writable, retakes its own key:
-        // no peer can be fresher and none is waited for, so it does not
-        // wait for probes of peers that may be out of reach while its
-        // database takes writes without a key.
-        let retaking =
-            obs.local.writable() && cluster.as_ref().and_then(|c| c.last_history.as_ref()).is_some_and(|h| h.new_primary == self.cfg.node);
-        let peers = if vacant && !retaking { self.probe_peers(obs.upstream.as_deref()).await } else { vec![] };
+        let last_primary = cluster.as_ref().and_then(|c| c.last_history.as_ref()).map(|h| h.new_primary.as_str());
+        let probe = vacant && core::needs_peer_probes(&obs.local, last_primary, &self.cfg.node);
+        let peers = if probe { self.probe_peers(obs.upstream.as_deref()).await } else { vec![] };
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
         let decision = core::decide(&inputs);
         self.log_decision(&decision);

@@ -926,3 +926,12 @@ pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>
         None => (stopped_ago > window).then(|| format!("has not streamed from a primary in the last {}", secs(window))),
     }
 }
+
+/// Whether a race for the vacant key needs fresh looks at the peers. The
+/// last recorded primary, still writable, retakes its own key: no peer can
+/// be fresher and none is waited for, so it must not wait for probes of
+/// peers that may be out of reach while its database takes writes without
+/// a key (the simulation's seed 1001113).
+pub fn needs_peer_probes(local: &LocalObs, last_primary: Option<&str>, me: &str) -> bool {
+    !(local.writable() && last_primary == Some(me))
+}

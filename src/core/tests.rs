@@ -871,3 +871,11 @@ fn synchronous_mode_with_the_sync_key_gone_after_a_primary_existed_refuses() {
     j.peers = vec![peer("pg0", 1000)];
     assert_eq!(actions(&j), vec![Action::AcquireLeader, Action::Promote]);
 }
+
+#[test]
+fn only_the_writable_last_primary_skips_peer_probes() {
+    assert!(!needs_peer_probes(&primary(100), Some("pg1"), "pg1"));
+    assert!(needs_peer_probes(&primary(100), Some("pg2"), "pg1"), "a former primary competes");
+    assert!(needs_peer_probes(&replica(100), Some("pg1"), "pg1"));
+    assert!(needs_peer_probes(&primary(100), None, "pg1"), "no history: a new cluster");
+}

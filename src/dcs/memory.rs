@@ -216,10 +216,6 @@ impl MemoryDcs {
         Ok(out)
     }
 
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(self.ttl_secs as u64)
-    }
-
     async fn grant(&self) -> Result<i64> {
         let ttl = self.ttl_secs;
         self.call(move |i| {
@@ -437,13 +433,6 @@ impl Dcs for MemoryDcs {
             self.revoke(id).await?;
         }
         Ok(())
-    }
-}
-
-impl MemoryDcs {
-    /// The lease TTL this client grants (for tests).
-    pub fn lease_ttl(&self) -> Duration {
-        self.ttl()
     }
 }
 

@@ -74,12 +74,11 @@ impl Db {
     }
 }
 
-/// A write the client saw acknowledged.
+/// A write the client saw acknowledged, and by which node.
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub id: u64,
     pub node: usize,
-    pub at: Instant,
 }
 
 /// A write accepted but not yet acknowledged (synchronous mode).
@@ -370,7 +369,7 @@ impl WorldInner {
                 primary.sync_names.contains(&d.name) && d.conninfo == Some(p.node) && d.streaming && d.log.get(p.index) == Some(&p.id)
             });
             if by {
-                acked.push(Ack { id: p.id, node: p.node, at: now });
+                acked.push(Ack { id: p.id, node: p.node });
             }
             !by
         });
@@ -404,7 +403,7 @@ impl WorldInner {
             let index = self.dbs[i].log.len();
             self.dbs[i].log.push(id);
             if self.dbs[i].sync_names.is_empty() {
-                self.record_ack(Ack { id, node: i, at: now });
+                self.record_ack(Ack { id, node: i });
             } else {
                 self.pending.push(Pending { id, node: i, index });
             }
