@@ -45,12 +45,16 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     wake: Arc<Notify>,
     peers_api: P,
     /// Consecutive observations with the database running (for `rise`).
-    good_checks: u32,
+    /// Consecutive (good, failed) checks of the local database.
+    checks: (u32, u32),
     /// etcd is unreachable and every member vouched for this leader in the
     /// last failsafe round.
     failsafe_active: bool,
-    /// Every member ever seen, so that a vanished leader can still be probed.
+    /// Every member seen, so that a vanished leader can still be probed,
+    /// with when its record was last in etcd (`core::members`: a departed
+    /// member is forgotten after an hour).
     known: BTreeMap<String, MemberRecord>,
+    known_seen: BTreeMap<String, Instant>,
     last_leader: Option<String>,
     last_primary_position: Option<Position>,
     /// When the leader lease was last renewed; shared with the lease watchdog.
@@ -145,9 +149,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             shared,
             wake,
             peers_api,
-            good_checks: 0,
+            checks: (0, 0),
             failsafe_active: false,
             known: BTreeMap::new(),
+            known_seen: BTreeMap::new(),
             last_leader: None,
             last_primary_position: None,
             last_renewal: Arc::default(),
@@ -213,9 +218,14 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             let busy = self.shared.get().me.as_ref().is_some_and(|m| m.health == crate::core::DbHealth::Starting);
             let wait = if busy { Duration::from_millis(100) } else { self.cfg.timing.loop_wait };
             let rest = wait.saturating_sub(started.elapsed());
+            // `biased`: a fixed order, so that a seed of the simulation
+            // replays exactly (an unbiased select picks at random when both
+            // are ready); a pending wake-up is consumed, not kept for an
+            // extra iteration.
             tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
+                biased;
                 _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(rest) => {}
             }
         }
     }
@@ -253,8 +263,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             loop {
                 tokio::time::sleep(every).await;
                 if dcs.holds_leader() {
+                    let sent = Instant::now();
                     match dcs.renew_leader().await {
-                        Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now()),
+                        Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent),
                         Ok(false) => return format!("the leader lease expired while {what}; cancelled"),
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease while {what}"),
                     }
@@ -269,13 +280,21 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             }
         };
         async move {
+            // `biased`: the lapse first, and a fixed order for replay.
             tokio::select! {
+                biased;
                 why = lapsed => why,
                 why = renew => why,
             }
         }
     }
 
+    /// When the lease was last known renewed: always the moment the
+    /// request was *sent*, never when its answer came. The lease's TTL runs
+    /// on etcd from (about) the send; an answer that arrives late (a slow
+    /// etcd, a node frozen between request and answer) must not make a
+    /// lapsed lease look fresh (found by the simulation, seed 5012989,
+    /// once its replay no longer depended on a random `select!` order).
     fn set_renewal(&self, at: Option<Instant>) {
         *self.last_renewal.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
@@ -346,8 +365,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     async fn iterate(&mut self) -> Result<()> {
         self.heartbeat_ok = false;
         let mut obs = self.engine.observe().await;
-        self.good_checks = if obs.local.health == crate::core::DbHealth::Running { self.good_checks.saturating_add(1) } else { 0 };
-        obs.local.good_checks = self.good_checks;
+        self.checks = crate::core::count_checks(obs.local.health, self.checks);
+        (obs.local.good_checks, obs.local.failed_checks) = self.checks;
         let loaded = self.dcs.load().await;
         let (cluster, dcs_error) = match loaded {
             Ok(c) => (Some(c), None),
@@ -640,8 +659,25 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     }
 
     fn remember(&mut self, c: &ClusterState) {
+        let now = Instant::now();
         for (name, m) in &c.members {
             self.known.insert(name.clone(), m.clone());
+            self.known_seen.insert(name.clone(), now);
+        }
+        let seen = &self.known_seen;
+        let forget: Vec<String> = self
+            .known
+            .keys()
+            .filter(|n| {
+                let absent_for = (!c.members.contains_key(*n)).then(|| seen.get(*n).map_or(Duration::MAX, |t| now.duration_since(*t)));
+                !core::members::keep_member(absent_for)
+            })
+            .cloned()
+            .collect();
+        for name in forget {
+            tracing::info!(member = %name, "forgetting a member absent from etcd for an hour");
+            self.known.remove(&name);
+            self.known_seen.remove(&name);
         }
         // A record's `updated_ms` is another node's clock: only whether it
         // changes is used, timed on this node's own clock.
@@ -692,8 +728,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.set_renewal(None);
             return;
         }
+        let sent = Instant::now();
         match self.dcs.renew_leader().await {
-            Ok(true) => self.set_renewal(Some(Instant::now())),
+            Ok(true) => self.set_renewal(Some(sent)),
             Ok(false) => {
                 tracing::error!("leader lease expired");
                 self.set_renewal(None);
@@ -831,11 +868,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             Action::AdoptLeader => {
                 let lease = cluster.and_then(|c| c.leader_lease).context("leader key has no lease")?;
                 let term = cluster.and_then(|c| c.term).context("leader key has no term")?;
+                let sent = Instant::now();
                 if !self.dcs.adopt_leader(lease, term).await? {
                     bail!("the leader key's lease expired before it could be adopted");
                 }
                 self.term = cluster.and_then(|c| c.term);
-                self.set_renewal(Some(Instant::now()));
+                self.set_renewal(Some(sent));
                 tracing::info!(term = ?self.term, "adopted the leader key of an earlier process of this node");
                 if let (Some(t), true) = (self.term, obs.local.writable()) {
                     self.publish_dns(t);
@@ -848,10 +886,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             }
             Action::AcquireLeader => {
                 let rec = LeaderRecord { node: node.clone(), since_ms: now_ms() };
+                let sent = Instant::now();
                 match self.dcs.acquire_leader(&rec).await? {
                     Some(term) => {
                         self.term = Some(term);
-                        self.set_renewal(Some(Instant::now()));
+                        self.set_renewal(Some(sent));
                         tracing::info!(term, "took the leader key");
                         crate::faults::point("after_acquire");
                         if !d.actions.contains(&Action::Promote) && !obs.local.writable() {
@@ -1111,6 +1150,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     async fn failsafe_round(&mut self) {
         let peers: Vec<MemberRecord> = self.known.values().filter(|m| m.node != self.cfg.node).cloned().collect();
         let ask = crate::api::FailsafeAsk { leader: self.cfg.node.clone(), term: self.term };
+        let sent = Instant::now();
         let api = &self.peers_api;
         let asks = peers.iter().map(|m| {
             let ask = &ask;
@@ -1125,7 +1165,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     "etcd unreachable; every member confirmed it cannot reach etcd either: keeping the primary (failsafe)"
                 );
             }
-            self.set_renewal(Some(Instant::now()));
+            self.set_renewal(Some(sent));
             self.failsafe_active = true;
         } else {
             let refusals = verdict.err().unwrap_or_default();

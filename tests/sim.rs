@@ -60,6 +60,11 @@ fn kept_seeds() -> Vec<(u64, bool)> {
 #[test]
 fn sim() {
     if let Some(seed) = env_u64("VIGIL_SIM_SEED") {
+        // One seed: with RUST_LOG set, the sidecars' own log lines too
+        // (stamped with the node, in simulated order; no wall-clock time).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().try_init();
+        }
         let o = options_for(seed);
         let r = run_seed(seed, &o);
         for line in &r.trace {

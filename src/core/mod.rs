@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub mod failsafe;
+pub mod members;
 pub mod rejoin;
 pub mod sync_set;
 #[cfg(test)]
@@ -61,6 +62,22 @@ pub enum DbHealth {
     Down,
     /// A process exists but queries fail or time out.
     Unresponsive,
+}
+
+/// Consecutive good and failed checks of the local database, carried from
+/// one loop iteration to the next: `rise` good ones before a database that
+/// came back is trusted, `fall` failed ones before a primary is given up.
+/// Only the loop's own look counts; a peer's `GET /member?fresh=1` looks
+/// without counting, so no client can push a member towards "not a
+/// candidate" by asking often. A database still starting keeps its count
+/// of failures; one with no process starts again from nothing.
+pub fn count_checks(health: DbHealth, (good, failed): (u32, u32)) -> (u32, u32) {
+    match health {
+        DbHealth::Running => (good.saturating_add(1), 0),
+        DbHealth::Unresponsive => (0, failed.saturating_add(1)),
+        DbHealth::Starting => (0, failed),
+        DbHealth::Down => (0, 0),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -879,3 +879,22 @@ fn only_the_writable_last_primary_skips_peer_probes() {
     assert!(needs_peer_probes(&replica(100), Some("pg1"), "pg1"));
     assert!(needs_peer_probes(&primary(100), None, "pg1"), "no history: a new cluster");
 }
+
+#[test]
+fn checks_are_counted_across_iterations() {
+    use DbHealth::*;
+    // (health seen, counts before) -> counts after
+    let table = [
+        (Running, (0, 3), (1, 0)),
+        (Running, (4, 0), (5, 0)),
+        (Unresponsive, (7, 0), (0, 1)),
+        (Unresponsive, (0, 2), (0, 3)),
+        (Starting, (0, 2), (0, 2)),
+        (Starting, (5, 0), (0, 0)),
+        (Down, (0, 2), (0, 0)),
+        (Running, (u32::MAX, 0), (u32::MAX, 0)),
+    ];
+    for (health, before, after) in table {
+        assert_eq!(count_checks(health, before), after, "{health:?} after {before:?}");
+    }
+}

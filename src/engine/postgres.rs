@@ -61,7 +61,6 @@ struct Memory {
     streamed_since_start: bool,
     last_streamed: Option<Instant>,
     last_timeline: Option<u32>,
-    failed_checks: u32,
     start_issued: Option<Instant>,
     heartbeat_ready: bool,
     history_cache: Option<(u32, Vec<TimelineSwitch>)>,
@@ -540,7 +539,6 @@ impl Engine for Postgres {
                 let starting = m.start_issued.is_some_and(|t| t.elapsed() < START_GRACE);
                 obs.local.health = if starting { DbHealth::Starting } else { DbHealth::Down };
                 obs.error = Some("no server process".into());
-                m.failed_checks = 0;
                 return obs;
             }
         }
@@ -551,10 +549,7 @@ impl Engine for Postgres {
                 if is_starting(&msg) {
                     obs.local.health = DbHealth::Starting;
                 } else {
-                    let mut m = self.mem();
-                    m.failed_checks += 1;
                     obs.local.health = DbHealth::Unresponsive;
-                    obs.local.failed_checks = m.failed_checks;
                 }
                 obs.error = Some(msg);
                 return obs;
@@ -578,7 +573,6 @@ impl Engine for Postgres {
         obs.replay_lsn = replay;
         {
             let mut m = self.mem();
-            m.failed_checks = 0;
             m.start_issued = None;
             if in_recovery {
                 obs.local.role = Some(DbRole::Replica);

@@ -19,7 +19,6 @@ struct Mem {
     pid: Option<u32>,
     streamed_since_start: bool,
     last_streamed: Option<Instant>,
-    failed_checks: u32,
 }
 
 pub struct FakePostgres {
@@ -193,16 +192,12 @@ impl Engine for FakePostgres {
             }
             obs.local.last_streamed_ago = m.last_streamed.map(|t| t.elapsed());
             if pid.is_none() {
-                m.failed_checks = 0;
                 return obs;
             }
         }
         if frozen {
             tokio::time::sleep(self.query_timeout).await;
-            let mut m = self.mem();
-            m.failed_checks += 1;
             obs.local.health = DbHealth::Unresponsive;
-            obs.local.failed_checks = m.failed_checks;
             obs.error = Some("query timed out".into());
             return obs;
         }
@@ -214,7 +209,6 @@ impl Engine for FakePostgres {
             return obs;
         }
         let mut m = self.mem();
-        m.failed_checks = 0;
         obs.local.health = DbHealth::Running;
         let pos = d.position();
         obs.receive_lsn = Some(pos.lsn);

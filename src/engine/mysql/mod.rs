@@ -57,7 +57,6 @@ pub struct MySql {
 #[derive(Default)]
 struct Memory {
     pid: Option<i32>,
-    failed_checks: u32,
     start_issued: Option<Instant>,
     last_streamed: Option<Instant>,
     heartbeat_ready: bool,
@@ -537,7 +536,6 @@ impl MySql {
     /// Folds one snapshot into the observation and the engine's memory.
     fn digest(&self, snap: &Snapshot, pos: &Result<Positions, String>, obs: &mut Observation) -> GtidStatus {
         let mut m = self.mem();
-        m.failed_checks = 0;
         m.start_issued = None;
         let mut status = GtidStatus {
             flavor: snap.flavor.name().into(),
@@ -655,7 +653,6 @@ impl Engine for MySql {
                 let starting = m.start_issued.is_some_and(|t| t.elapsed() < Duration::from_secs(3));
                 obs.local.health = if starting { DbHealth::Starting } else { DbHealth::Down };
                 obs.error = Some("no server process".into());
-                m.failed_checks = 0;
                 return obs;
             }
         }
@@ -663,15 +660,13 @@ impl Engine for MySql {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("{e:#}");
-                let mut m = self.mem();
+                let m = self.mem();
                 let starting = m.start_issued.is_some_and(|t| t.elapsed() < START_GRACE)
                     && ["refused", "No such file", "starting", "Server shutdown"].iter().any(|s| msg.contains(s));
                 if starting {
                     obs.local.health = DbHealth::Starting;
                 } else {
-                    m.failed_checks += 1;
                     obs.local.health = DbHealth::Unresponsive;
-                    obs.local.failed_checks = m.failed_checks;
                 }
                 obs.error = Some(msg);
                 return obs;
