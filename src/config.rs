@@ -352,15 +352,29 @@ impl Default for AlertsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HooksConfig {
     /// Synchronous, before promotion; a non-zero exit vetoes it (STONITH, fencing).
-    pub pre_promote: Option<String>,
+    pub pre_promote: Option<HookCommand>,
     /// After every change of this node's role (background).
-    pub on_role_change: Option<String>,
+    pub on_role_change: Option<HookCommand>,
     /// After this node became primary by failover or switchover (background).
-    pub post_failover: Option<String>,
+    pub post_failover: Option<HookCommand>,
     /// After a promotion of this node failed (background).
-    pub on_failover_failed: Option<String>,
+    pub on_failover_failed: Option<HookCommand>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// A hook command in one of two forms.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HookCommand {
+    /// `["/usr/local/bin/fence", "{old_primary}"]`: the program and its
+    /// arguments, run without a shell; a placeholder is replaced inside its
+    /// own argument and stays that one argument, whatever it holds. The
+    /// recommended form.
+    Argv(Vec<String>),
+    /// `"fence {old_primary} && page"`: run by `sh -c`, each placeholder
+    /// replaced by a shell-quoted value, in one pass.
+    Shell(String),
 }
 
 impl Default for HooksConfig {
@@ -596,19 +610,14 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// Parses and validates a config file's text, then reads the files
+    /// it names (secrets, certificates, the TSIG key).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of_offset(text, s.start));
-            let field = line.and_then(|l| field_at_line(text, l));
-            ConfigError { file: path.to_path_buf(), line, field, message: e.message().trim().to_string() }
-        })?;
-        cfg.source = path.to_path_buf();
-        cfg.database.apply_engine_defaults(cfg.engine);
+        let mut cfg = Config::from_text(path, text)?;
         let fail = |field: &str, message: String| {
             let parts: Vec<&str> = field.split('.').collect();
             ConfigError { file: path.to_path_buf(), line: locate(text, &parts), field: Some(field.to_string()), message }
         };
-        cfg.validate().map_err(|(field, msg)| fail(&field, msg))?;
         cfg.database.password =
             read_secret(&cfg.database.password_file, &cfg.database.password_env).map_err(|m| fail("database.password_file", m))?;
         cfg.database.replication_password = read_secret(&cfg.database.replication_password_file, &cfg.database.replication_password_env)
@@ -625,6 +634,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The text alone: TOML, engine defaults and every semantic check,
+    /// touching no file (what `vigil check config` and the fuzzer need
+    /// first). A missing required field is named, at its section's line.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            let (line, field) = match missing_field(&message) {
+                Some(name) => {
+                    let line = e.span().map(|s| line_of_offset(text, s.start)).filter(|&l| header_at(text, l).is_some());
+                    let section = line.and_then(|l| header_at(text, l));
+                    (line, Some(section.map(|s| format!("{s}.{name}")).unwrap_or(name)))
+                }
+                None => {
+                    let line = e.span().map(|s| line_of_offset(text, s.start));
+                    (line, line.and_then(|l| field_at_line(text, l)))
+                }
+            };
+            ConfigError { file: path.to_path_buf(), line, field, message }
+        })?;
+        cfg.source = path.to_path_buf();
+        cfg.database.apply_engine_defaults(cfg.engine);
+        cfg.validate().map_err(|(field, message)| {
+            let parts: Vec<&str> = field.split('.').collect();
+            ConfigError { file: path.to_path_buf(), line: locate(text, &parts), field: Some(field), message }
+        })?;
+        Ok(cfg)
+    }
+
     /// Semantic checks. Returns the dotted field name and the reason.
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
@@ -635,6 +672,22 @@ impl Config {
         }
         if self.etcd.endpoints.is_empty() {
             return err("etcd.endpoints", "at least one etcd endpoint is required".into());
+        }
+        let h = &self.hooks;
+        for (field, cmd) in [
+            ("hooks.pre_promote", &h.pre_promote),
+            ("hooks.on_role_change", &h.on_role_change),
+            ("hooks.post_failover", &h.post_failover),
+            ("hooks.on_failover_failed", &h.on_failover_failed),
+        ] {
+            let empty = match cmd {
+                Some(HookCommand::Argv(a)) => a.first().is_none_or(|p| p.trim().is_empty()),
+                Some(HookCommand::Shell(l)) => l.trim().is_empty(),
+                None => false,
+            };
+            if empty {
+                return err(field, "must not be empty (give [\"/path/to/program\", \"arg\", ...] or a shell line)".into());
+            }
         }
         for ep in &self.etcd.endpoints {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
@@ -798,16 +851,6 @@ impl Config {
                 );
             }
         }
-        for (f, h) in [
-            ("hooks.pre_promote", &self.hooks.pre_promote),
-            ("hooks.on_role_change", &self.hooks.on_role_change),
-            ("hooks.post_failover", &self.hooks.post_failover),
-            ("hooks.on_failover_failed", &self.hooks.on_failover_failed),
-        ] {
-            if h.as_deref().is_some_and(|c| c.trim().is_empty()) {
-                return err(f, "must not be empty".into());
-            }
-        }
         if self.alerts.queue == 0 {
             return err("alerts.queue", "must be at least 1".into());
         }
@@ -854,6 +897,30 @@ impl Config {
     pub fn api_listen(&self) -> SocketAddr {
         self.api.listen.parse().expect("validated")
     }
+
+    /// Settings that work but weaken the cluster: printed by `vigil check
+    /// config`, logged when the sidecar starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = vec![];
+        let no_token = self.api.token_file.is_none() && self.api.token_env.is_none();
+        if no_token && self.failover.failsafe {
+            w.push(
+                "failover.failsafe is on but api.token_file is not set: members only answer the failsafe question with the \
+                 token, so a primary that cannot reach etcd fences itself"
+                    .to_string(),
+            );
+        }
+        if no_token {
+            w.push("api.token_file is not set: switchover, failover, pause and resume through the API are disabled".to_string());
+        }
+        if !no_token && self.api.cert_file.is_none() && !self.api_listen().ip().is_loopback() {
+            w.push(format!(
+                "the API listens on {} without TLS (api.cert_file): the bearer token crosses the network in clear",
+                self.api.listen
+            ));
+        }
+        w
+    }
 }
 
 fn hd(d: Duration) -> String {
@@ -882,6 +949,18 @@ fn read_secret(file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, S
     Ok(Secret::default())
 }
 
+/// The field serde says is missing (`missing field `etcd``).
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The section a `[header]` line opens, if `line` is one.
+fn header_at(text: &str, line: usize) -> Option<String> {
+    let t = text.lines().nth(line.checked_sub(1)?)?.trim();
+    t.starts_with('[').then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+}
+
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -897,6 +976,9 @@ fn field_at_line(text: &str, line: usize) -> Option<String> {
         if i + 1 == line {
             if t.starts_with('[') {
                 return Some(section);
+            }
+            if t.starts_with('#') || !t.contains('=') {
+                return None;
             }
             let key = t.split('=').next()?.trim().trim_matches('"');
             if key.is_empty() {
@@ -953,6 +1035,17 @@ data_dir = "/var/lib/postgresql/15/main"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/vigil/test.toml"), text)
+    }
+
+    #[test]
+    fn a_missing_section_or_field_is_named_not_the_first_comment() {
+        let text = format!("# vigil sidecar configuration: pg1\n{}", GOOD.replace("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n", ""));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("etcd"), "{e}");
+        assert_eq!(e.line, None, "{e}");
+        let e = parse(&GOOD.replace("cluster = \"lab\"\n", "# cluster = \"lab\"\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("cluster"), "{e}");
+        assert!(!e.to_string().contains('#'), "{e}");
     }
 
     #[test]

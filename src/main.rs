@@ -41,7 +41,7 @@ fn main() {
                 Command::Pause { config } => cli::pause(config, true).await.map(|_| 0),
                 Command::Resume { config } => cli::pause(config, false).await.map(|_| 0),
                 Command::History { config, json } => cli::history(config, *json).await.map(|_| 0),
-                Command::Check { what, config, url } => cli::check(*what, config, url.as_deref()).await,
+                Command::Check { what, file, config, url } => cli::check(*what, file.as_deref(), config, url.as_deref()).await,
                 Command::Dsn { config, json } => cli::dsn(config, *json).await.map(|_| 0),
                 Command::Doctor { config, json } => cli::doctor(config, *json).await,
                 Command::Lab { .. } | Command::Drill { .. } => unreachable!(),

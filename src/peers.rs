@@ -17,20 +17,30 @@ pub trait PeerApi: Send + Sync + 'static {
     fn failsafe(&self, api_url: &str, ask: &FailsafeAsk) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// The production peers: HTTP(S) to each sidecar's API, 700 ms per call.
+/// The production peers: HTTP(S) to each sidecar's API, 700 ms per call,
+/// with the members' shared bearer token (both questions need it: see
+/// `api::auth`).
 pub struct HttpPeers {
     http: reqwest::Client,
+    token: crate::secret::Secret,
 }
 
 impl HttpPeers {
     pub fn new(api: &crate::config::ApiConfig) -> anyhow::Result<Self> {
-        Ok(HttpPeers { http: api.client(Duration::from_millis(700))? })
+        Ok(HttpPeers { http: api.client(Duration::from_millis(700))?, token: api.token.clone() })
+    }
+
+    fn with_token(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token.expose() {
+            "" => req,
+            t => req.bearer_auth(t),
+        }
     }
 }
 
 impl PeerApi for HttpPeers {
     async fn member(&self, api_url: &str) -> Option<MemberRecord> {
-        let r = self.http.get(format!("{api_url}/member?fresh=1")).send().await.ok()?;
+        let r = self.with_token(self.http.get(format!("{api_url}/member?fresh=1"))).send().await.ok()?;
         if !r.status().is_success() {
             return None;
         }
@@ -38,7 +48,7 @@ impl PeerApi for HttpPeers {
     }
 
     async fn failsafe(&self, api_url: &str, ask: &FailsafeAsk) -> Result<(), String> {
-        match self.http.post(format!("{api_url}/failsafe")).json(ask).send().await {
+        match self.with_token(self.http.post(format!("{api_url}/failsafe"))).json(ask).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(r.text().await.unwrap_or_default()),
             Err(e) => Err(e.to_string()),

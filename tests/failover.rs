@@ -1,4 +1,4 @@
-//! The PostgreSQL failover paths of DESIGN.md §4 on a real 3-node lab.
+//! The PostgreSQL failover paths on a real 3-node lab.
 //! Every test runs a writer (acknowledged-write checker) and a checker that
 //! fails the test if two nodes accept writes at the same poll.
 

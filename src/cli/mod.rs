@@ -93,8 +93,12 @@ pub enum Command {
         json: bool,
     },
     /// Exit 0 if this node is (primary|replica|healthy), else 1: for keepalived vrrp_script and Nagios.
+    /// `vigil check config FILE` validates a config file without starting anything: exit 0, or 2
+    /// with file, line and field (the systemd unit runs it as ExecStartPre).
     Check {
         what: CheckKind,
+        /// The file for `check config` (else --config, $VIGIL_CONFIG).
+        file: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
         /// Ask this sidecar API instead of the configured one.
@@ -156,6 +160,7 @@ pub enum CheckKind {
     Primary,
     Replica,
     Health,
+    Config,
 }
 
 #[derive(Subcommand)]
@@ -323,7 +328,10 @@ pub async fn history(arg: &ConfigArg, json: bool) -> Result<()> {
 
 /// Exit code 0 when the check passes, 1 when it does not (also when the
 /// sidecar cannot be reached).
-pub async fn check(what: CheckKind, arg: &ConfigArg, url: Option<&str>) -> Result<i32> {
+pub async fn check(what: CheckKind, file: Option<&std::path::Path>, arg: &ConfigArg, url: Option<&str>) -> Result<i32> {
+    if let CheckKind::Config = what {
+        return check_config(file.or(arg.config.as_deref()));
+    }
     let cfg = resolve_config(arg);
     let base = match (url, &cfg) {
         (Some(u), _) => u.trim_end_matches('/').to_string(),
@@ -334,6 +342,7 @@ pub async fn check(what: CheckKind, arg: &ConfigArg, url: Option<&str>) -> Resul
         CheckKind::Primary => "/primary",
         CheckKind::Replica => "/replica",
         CheckKind::Health => "/health",
+        CheckKind::Config => unreachable!("handled above"),
     };
     let client = match &cfg {
         Ok(c) => c.api.client(Duration::from_secs(2))?,
@@ -350,6 +359,20 @@ pub async fn check(what: CheckKind, arg: &ConfigArg, url: Option<&str>) -> Resul
             Ok(1)
         }
     }
+}
+
+/// `vigil check config FILE`: everything `vigil run` checks before it
+/// starts (the text, the secret and certificate files it names), and
+/// warnings for settings that work but weaken the cluster. Exit 0, or a
+/// config error (exit 2 in main) naming file, line and field.
+fn check_config(file: Option<&std::path::Path>) -> Result<i32> {
+    let file = file.context("vigil check config FILE: no file given (nor --config, nor $VIGIL_CONFIG)")?;
+    let cfg = Config::load(file)?;
+    for w in cfg.warnings() {
+        eprintln!("{}: warning: {w}", file.display());
+    }
+    println!("{}: ok (cluster {}, node {}, engine {:?})", file.display(), cfg.cluster, cfg.node, cfg.engine);
+    Ok(0)
 }
 
 pub async fn dsn(arg: &ConfigArg, json: bool) -> Result<()> {
@@ -518,6 +541,9 @@ the cluster may need attention: `vigil status`; runbooks/failover-happened.md"
 pub async fn run(arg: &ConfigArg) -> Result<()> {
     let cfg = resolve_config(arg)?;
     tracing::info!(cluster = %cfg.cluster, node = %cfg.node, config = %cfg.source.display(), "vigil sidecar starting");
+    for w in cfg.warnings() {
+        tracing::warn!("config: {w}");
+    }
     crate::proc::become_subreaper();
     match cfg.engine {
         crate::config::EngineKind::Postgres => {
@@ -549,18 +575,10 @@ async fn run_with<E: crate::engine::Engine>(cfg: Config, engine: Arc<E>) -> Resu
         (Some(cert), Some(key)) => {
             let tls = crate::tls::TlsListener::new(listener, crate::tls::server_config(cert, key)?)?;
             tracing::info!(url = %cfg.api.url(), "API serving HTTPS");
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(tls, api).await {
-                    tracing::error!(error = %e, "API server stopped");
-                }
-            });
+            tokio::spawn(crate::api::serve::serve(tls, api, crate::api::serve::Limits::default()));
         }
         _ => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, api).await {
-                    tracing::error!(error = %e, "API server stopped");
-                }
-            });
+            tokio::spawn(crate::api::serve::serve(listener, api, crate::api::serve::Limits::default()));
         }
     }
 

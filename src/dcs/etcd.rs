@@ -1,6 +1,6 @@
 //! The etcd implementation of [`Dcs`](super::Dcs).
 //!
-//! Two things etcd-client does not do for us (DESIGN.md §12):
+//! Two things etcd-client does not do for us:
 //! - it round-robins over endpoints without retrying a dead one, so we keep
 //!   one client per endpoint and move to the next on any transport error;
 //! - its calls can hang on a slow server, so every call runs under the

@@ -1,7 +1,7 @@
 //! The distributed configuration store: what vigil keeps in etcd, and the
 //! trait the HA loop and the CLI use to read and write it.
 //!
-//! Keyspace under `<prefix>/<cluster>/` (DESIGN.md §2):
+//! Keyspace under `<prefix>/<cluster>/`:
 //! `leader` (bound to the leader's lease; its create revision is the term),
 //! `members/<node>` (bound to each sidecar's own lease), `history/<term>`,
 //! `pause`, `switchover` (a pending operator request), `incident` (what the

@@ -1,13 +1,22 @@
 //! Hook commands: `pre_promote` (synchronous; a non-zero exit vetoes the
 //! promotion and gives the key back: the place for STONITH or fencing
 //! scripts), `on_role_change`, `post_failover` and `on_failover_failed`
-//! (in the background). Each runs through `sh -c` with `VIGIL_*`
-//! environment variables, and `{cluster} {node} {role} {term}
-//! {old_primary} {new_primary} {reason} {event}` placeholders replaced by
-//! shell-quoted values; it is killed with its whole process group after
-//! `timeout`, and its output goes to the log.
+//! (in the background). Each runs with `VIGIL_*` environment variables and
+//! the placeholders `{cluster} {node} {role} {term} {old_primary}
+//! {new_primary} {reason} {event}` replaced, in one of two forms:
+//!
+//! - argv (`["/usr/local/bin/fence", "{old_primary}"]`, recommended): no
+//!   shell; each placeholder is replaced inside its own argument, which
+//!   stays one argument whatever the value holds;
+//! - shell (`"fence {old_primary} && page"`): `sh -c`, each placeholder
+//!   replaced by a shell-quoted value.
+//!
+//! Either way every placeholder is expanded in one pass: a value (a node
+//! name from etcd, a reason) is never scanned for placeholders again. A
+//! hook is killed with its whole process group after `timeout`; its output
+//! goes to the log.
 
-use crate::config::HooksConfig;
+use crate::config::{HookCommand, HooksConfig};
 use std::time::Duration;
 
 /// What a hook is told.
@@ -51,11 +60,17 @@ impl Hooks {
         ]
     }
 
-    /// The command line with its placeholders replaced, in one pass over
-    /// the template: a value is inserted shell-quoted and never scanned
-    /// again, so a value that itself contains `{reason}` (a node name from
-    /// etcd, say) cannot expand into unquoted text.
+    /// The command line with its placeholders replaced by shell-quoted
+    /// values (the shell form).
     pub fn expand(&self, template: &str, ev: &HookEvent) -> String {
+        self.replace(template, ev, sh_quote)
+    }
+
+    /// The template with its placeholders replaced, in one pass: a value is
+    /// inserted (through `quote`) and never scanned again, so a value that
+    /// itself contains `{reason}` (a node name from etcd, say) cannot expand
+    /// into unquoted text. Unknown placeholders stay as they are.
+    fn replace(&self, template: &str, ev: &HookEvent, quote: fn(&str) -> String) -> String {
         let vars = self.vars(ev);
         let mut out = String::with_capacity(template.len());
         let mut rest = template;
@@ -65,7 +80,7 @@ impl Hooks {
             let value = after.find('}').and_then(|close| vars.iter().find(|(k, _)| *k == &after[..close]).map(|(_, v)| (close, v)));
             match value {
                 Some((close, v)) => {
-                    out.push_str(&sh_quote(v));
+                    out.push_str(&quote(v));
                     rest = &after[close + 1..];
                 }
                 None => {
@@ -78,10 +93,23 @@ impl Hooks {
         out
     }
 
-    async fn run(&self, which: &str, template: &str, ev: &HookEvent) -> Result<(), String> {
-        let line = self.expand(template, ev);
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg(&line);
+    /// The program and its arguments to run: the argv form as it is
+    /// (placeholders replaced inside each argument), the shell form as
+    /// `sh -c LINE`.
+    pub fn argv(&self, command: &HookCommand, ev: &HookEvent) -> Vec<String> {
+        match command {
+            HookCommand::Argv(args) => args.iter().map(|a| self.replace(a, ev, str::to_string)).collect(),
+            HookCommand::Shell(line) => vec!["sh".into(), "-c".into(), self.expand(line, ev)],
+        }
+    }
+
+    async fn run(&self, which: &str, command: &HookCommand, ev: &HookEvent) -> Result<(), String> {
+        let argv = self.argv(command, ev);
+        let Some((program, args)) = argv.split_first() else {
+            return Err(format!("{which} hook: an empty command"));
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
         for (k, v) in self.vars(ev) {
             cmd.env(format!("VIGIL_{}", k.to_uppercase()), v);
         }
@@ -168,19 +196,43 @@ mod tests {
         assert!(!canary.exists() && !dir.path().join("CANARY;").exists(), "a value ran as shell code");
     }
 
+    /// The argv form: no shell, each placeholder inside its own argument,
+    /// which stays one argument.
+    #[tokio::test]
+    async fn argv_hooks_run_without_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("args");
+        let h = Hooks::new(HooksConfig::default(), "lab", "pg2");
+        let ev = HookEvent { old_primary: Some("x{reason};touch CANARY;".into()), reason: "$(touch CANARY) a b".into(), ..Default::default() };
+        let cmd = HookCommand::Argv(vec![
+            "sh".into(),
+            "-c".into(),
+            "printf '%s\\n' \"$@\" > \"$0\"".into(),
+            out.display().to_string(),
+            "--old={old_primary}".into(),
+            "{reason}".into(),
+        ]);
+        assert_eq!(h.argv(&cmd, &ev)[4..], ["--old=x{reason};touch CANARY;".to_string(), "$(touch CANARY) a b".to_string()]);
+        let argv = h.argv(&cmd, &ev);
+        let status = tokio::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(dir.path()).status().await.unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "--old=x{reason};touch CANARY;\n$(touch CANARY) a b\n");
+        assert!(!dir.path().join("CANARY").exists(), "a value ran as shell code");
+        let toml: crate::config::HooksConfig = toml::from_str("pre_promote = [\"/bin/fence\", \"{old_primary}\"]\npost_failover = \"page {node}\"").unwrap();
+        assert!(matches!(toml.pre_promote, Some(HookCommand::Argv(_))) && matches!(toml.post_failover, Some(HookCommand::Shell(_))));
+    }
+
     #[tokio::test]
     async fn a_failing_or_hanging_pre_promote_vetoes() {
         let mut cfg = HooksConfig { timeout: Duration::from_millis(300), ..Default::default() };
-        cfg.pre_promote = Some("echo checking {node}; exit 3".into());
+        cfg.pre_promote = Some(HookCommand::Shell("echo checking {node}; exit 3".into()));
         let h = Hooks::new(cfg.clone(), "lab", "pg2");
         let e = h.pre_promote(&HookEvent::default()).await.unwrap_err();
         assert!(e.contains("exit status: 3"), "{e}");
-        cfg.pre_promote = Some("sleep 5".into());
-        let started = std::time::Instant::now();
+        cfg.pre_promote = Some(HookCommand::Argv(vec!["sleep".into(), "5".into()]));
         let e = Hooks::new(cfg.clone(), "lab", "pg2").pre_promote(&HookEvent::default()).await.unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(2));
-        cfg.pre_promote = Some("test \"$VIGIL_NODE\" = pg2".into());
+        cfg.pre_promote = Some(HookCommand::Shell("test \"$VIGIL_NODE\" = pg2".into()));
         Hooks::new(cfg, "lab", "pg2").pre_promote(&HookEvent::default()).await.unwrap();
     }
 }
