@@ -15,6 +15,7 @@ packages=(
   nftables                 # the partition drill
   ca-certificates
   openssl                  # the TLS lab's private CA and certificates (vigil lab up --tls)
+  systemd                  # systemd-analyze verify judges the shipped unit
 )
 
 missing=()

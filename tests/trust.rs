@@ -4,7 +4,11 @@
 //!   and a failover still works while they are there;
 //! - a sidecar restarted with another ttl moves the leader key it adopts
 //!   onto a lease of the configured ttl (the key no longer outlives the
-//!   node by the old ttl).
+//!   node by the old ttl);
+//! - the API: the members' token exactly (no longer one), checked before the
+//!   body is read, for the failsafe question and a fresh look too; a flood
+//!   of fresh looks changes no one's candidacy; silent connections are
+//!   closed and the API answers again.
 
 mod common;
 
@@ -132,4 +136,92 @@ fn a_link_planted_in_the_data_directory_is_replaced_not_followed() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious", "written through the link");
     assert_eq!((after.uid(), after.gid(), after.mode()), (before.uid(), before.gid(), before.mode()), "the target changed hands");
     assert!(!std::fs::symlink_metadata(&link).map(|m| m.file_type().is_symlink()).unwrap_or(false), "the link is still there");
+}
+
+/// One HTTP/1.1 request on a new connection: (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&[u8]>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len()).into_bytes();
+    if let Some(t) = token {
+        req.extend_from_slice(b"Authorization: Bearer ");
+        req.extend_from_slice(t);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body.as_bytes());
+    c.write_all(&req).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn the_api_needs_the_members_token_and_stays_up_under_abuse() {
+    let t = TestLab::up("api-abuse", |s| s.with_sync = false);
+    let leader = t.leader().expect("a leader");
+    let replica = t.lab.nodes.iter().find(|n| n.name != leader).unwrap();
+    let (lport, rport) = (t.lab.nodes[t.index(&leader)].api_port, replica.api_port);
+    let token = std::fs::read_to_string(t.lab.dir.join("api-token")).unwrap().trim().as_bytes().to_vec();
+
+    // The right token followed by more bytes, a prefix, another token, none:
+    // 401, and the body is not even parsed (a malformed one is not a 400).
+    // The right token passes authentication (412: no such candidate).
+    let target = r#"{"candidate":"pg9"}"#;
+    for extra in [1usize, 255, 256, 512] {
+        let mut longer = token.clone();
+        longer.extend(std::iter::repeat_n(b'x', extra));
+        assert_eq!(http(lport, "POST", "/switchover", Some(&longer), target).0, 401, "the token plus {extra} bytes");
+    }
+    assert_eq!(http(lport, "POST", "/switchover", Some(&token[..token.len() - 1]), target).0, 401);
+    assert_eq!(http(lport, "POST", "/switchover", Some(b"lab-0"), "{not json").0, 401);
+    assert_eq!(http(lport, "POST", "/switchover", None, target).0, 401);
+    assert_eq!(http(lport, "POST", "/switchover", Some(&token), "{not json").0, 400);
+    let (code, body) = http(lport, "POST", "/switchover", Some(&token), target);
+    assert_eq!(code, 412, "{body}");
+    assert_eq!(t.leader().as_deref(), Some(leader.as_str()));
+
+    // The failsafe question: members only (a "yes" keeps a primary writing
+    // without etcd). With the token, this member reaches etcd: 409.
+    let ask = format!(r#"{{"leader":"{leader}","term":1}}"#);
+    assert_eq!(http(rport, "POST", "/failsafe", None, &ask).0, 401);
+    assert_eq!(http(rport, "POST", "/failsafe", Some(&token), &ask).0, 409);
+    assert_eq!(http(rport, "POST", "/failsafe", Some(&token), r#"{"leader":"a b"}"#).0, 400);
+
+    // A flood of fresh looks, with and without the token: nobody's
+    // candidacy changes, the replica keeps streaming.
+    t.wait_for("the replica streaming and a candidate", Duration::from_secs(60), |c| {
+        c.members.get(&replica.name).is_some_and(|m| m.eligible && m.streaming)
+    });
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let tok = (i % 2 == 0).then_some(token.as_slice());
+            s.spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(http(rport, "GET", "/member?fresh=1", tok, "").0, 200);
+                }
+            });
+        }
+    });
+    let st = t.state();
+    let m = st.members.get(&replica.name).expect("the replica's record");
+    assert!(m.eligible && m.streaming, "after the flood: {m:?}");
+
+    // 300 connections that never send a request: those above the cap are
+    // closed at once, the rest once the header deadline passes; then the
+    // API answers again.
+    let idle: Vec<std::net::TcpStream> = (0..300).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", rport)).ok()).collect();
+    for mut c in idle {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent connection was kept open: {other:?}"),
+        }
+    }
+    assert_eq!(http(rport, "GET", "/replica", None, "").0, 200);
 }
