@@ -104,6 +104,17 @@ fn postgres_fails_over_with_tls_everywhere() {
     assert_eq!(rows.lines().map(str::to_string).collect::<Vec<_>>(), want, "replication connections on {new}");
     let conninfo = std::fs::read_to_string(t.lab.nodes[0].data_dir.join("postgresql.auto.conf")).unwrap();
     assert!(conninfo.contains("sslmode=verify-full"), "pg1's primary_conninfo: {conninfo}");
+    // Replication over TCP needs the password here: it is read from the
+    // passfile, never written into primary_conninfo (nor ALTER SYSTEM text).
+    assert!(conninfo.contains("passfile=") && !conninfo.contains("password="), "pg1's primary_conninfo: {conninfo}");
+    let pass = t.lab.nodes[0].data_dir.join(vigil::engine::postgres::PASSFILE);
+    let meta = std::fs::metadata(&pass).expect("the passfile");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    for n in &t.lab.nodes {
+        let log = std::fs::read_to_string(n.dir.join("data.log")).unwrap_or_default();
+        let secret = std::fs::read_to_string(t.lab.dir.join("replication-password")).unwrap();
+        assert!(!log.contains(secret.trim()), "the replication password is in {}'s server log", n.name);
+    }
 }
 
 /// MariaDB with `require_secure_transport`: the replicas re-point with

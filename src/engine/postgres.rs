@@ -216,6 +216,11 @@ impl Postgres {
         self.tls.libpq_params().into_iter().map(|(k, v)| format!("{k}={}", conn_quote(&v))).collect()
     }
 
+    /// The replica's `primary_conninfo`. The replication password is not
+    /// in it (it would travel in `ALTER SYSTEM` text, which the server logs
+    /// when the statement fails, and anyone allowed `current_setting` could
+    /// read it): libpq reads it from [`PASSFILE`], written by
+    /// [`Self::write_passfile`] before the conninfo is used.
     fn conninfo(&self, up: &Upstream) -> String {
         let mut parts = vec![
             format!("user={}", conn_quote(&self.cfg.replication_user)),
@@ -227,9 +232,20 @@ impl Postgres {
         ];
         parts.extend(self.tls_params());
         if !self.cfg.replication_password.is_empty() {
-            parts.push(format!("password={}", conn_quote(self.cfg.replication_password.expose())));
+            parts.push(format!("passfile={}", conn_quote(&self.cfg.data_dir.join(PASSFILE).display().to_string())));
         }
         parts.join(" ")
+    }
+
+    /// Writes the replication password where `primary_conninfo` points
+    /// libpq (mode 0600, owned like the data directory, never through a
+    /// link); nothing when no password is configured.
+    fn write_passfile(&self) -> Result<()> {
+        if self.cfg.replication_password.is_empty() {
+            return Ok(());
+        }
+        let line = pgpass_line(&self.cfg.replication_user, self.cfg.replication_password.expose());
+        self.write_owned(PASSFILE, &line)
     }
 
     async fn pg_ctl(&self, args: &[&str], limit: Duration) -> Result<String> {
@@ -326,6 +342,7 @@ impl Postgres {
 
     fn make_standby(&self, up: Option<&Upstream>) -> Result<()> {
         self.write_owned("standby.signal", "")?;
+        self.write_passfile()?;
         let conninfo = up.map(|u| self.conninfo(u)).unwrap_or_default();
         self.set_auto_conf("primary_conninfo", &conninfo)?;
         self.set_auto_conf("recovery_target_timeline", "latest")
@@ -467,6 +484,19 @@ pub fn conn_quote(v: &str) -> String {
 }
 
 /// Extracts host:port from a `primary_conninfo` string.
+/// The file in the data directory that holds the replication password for
+/// the WAL receiver (libpq's `passfile`).
+pub const PASSFILE: &str = "vigil.pgpass";
+
+/// One `.pgpass` line for `user` on any host, port and database; `:` and
+/// `\` in the fields are escaped as libpq expects, and a line break (which
+/// would end the line) cannot occur in a secret read from a file's first
+/// line.
+pub fn pgpass_line(user: &str, password: &str) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", esc(user), esc(password))
+}
+
 pub fn conninfo_target(conninfo: &str) -> Option<String> {
     let mut host = None;
     let mut port = None;
@@ -682,6 +712,7 @@ impl Engine for Postgres {
     }
 
     async fn follow(&self, up: &Upstream, obs: &Observation) -> Result<FollowOutcome> {
+        self.write_passfile()?;
         let want = self.conninfo(up);
         let pointed = obs.upstream.as_deref() == Some(&format!("{}:{}", up.host, up.port));
         // Before re-pointing, the position is on the timeline the WAL
@@ -803,6 +834,12 @@ mod tests {
         assert_eq!(conn_quote("it's"), r"'it\'s'");
         assert_eq!(conn_quote(""), "''");
         assert_eq!(conn_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn the_pgpass_line_escapes_what_libpq_reads_as_separators() {
+        assert_eq!(pgpass_line("replicator", "s3cret"), "*:*:*:replicator:s3cret\n");
+        assert_eq!(pgpass_line("rep", r"a:b\c"), "*:*:*:rep:a\\:b\\\\c\n");
     }
 
     #[test]

@@ -354,13 +354,25 @@ impl Lab {
             ]),
             "pg_ctl start",
         )?;
+        let password = format!("repl-{}", crate::dcs::now_ms());
+        if self.tls {
+            let file = self.replication_password_file();
+            std::fs::write(&file, format!("{password}\n"))?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            sh(
+                as_postgres("psql").args(["-h", &run_dir.display().to_string(), "-p", &primary.db_port.to_string(), "-U", "postgres", "-qc"]).arg(
+                    format!("ALTER USER postgres PASSWORD '{password}'"),
+                ),
+                "set the replication password",
+            )?;
+        }
         for n in &lab.nodes[1..] {
             say(&format!("pg_basebackup {} from {}", n.name, primary.name));
             std::fs::create_dir_all(&n.dir)?;
             chown_postgres(&n.dir)?;
             let mut cmd = as_postgres("pg_basebackup");
             if self.tls {
-                cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", self.ca_file());
+                cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", self.ca_file()).env("PGPASSWORD", &password);
             }
             sh(
                 cmd.arg("-D").arg(&n.data_dir).args([

@@ -127,10 +127,23 @@ impl Lab {
         let (ca, cert, key) = (self.ca_file(), self.cert_file(), self.key_file());
         match section {
             "etcd" => format!("ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n", ca.display(), cert.display(), key.display()),
+            // MariaDB's lab has its replication password anyway.
+            "database" if self.engine == crate::config::EngineKind::Postgres => format!(
+                "tls = \"verify-full\"\nca_file = \"{}\"\nreplication_password_file = \"{}\"\n",
+                ca.display(),
+                self.replication_password_file().display()
+            ),
             "database" => format!("tls = \"verify-full\"\nca_file = \"{}\"\n", ca.display()),
             "api" => format!("cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n", cert.display(), key.display(), ca.display()),
             _ => String::new(),
         }
+    }
+
+    /// The TLS lab's replication password (PostgreSQL): replication over
+    /// TCP needs it, as in production, so the replicas' password path
+    /// (libpq's `passfile`) is exercised.
+    pub(super) fn replication_password_file(&self) -> PathBuf {
+        self.dir.join("replication-password")
     }
 
     /// postgresql.conf lines and the pg_hba.conf rules put first: TCP
@@ -146,7 +159,9 @@ impl Lab {
                 self.key_file_for("postgres").display(),
                 self.ca_file().display()
             ),
-            "# vigil lab: TLS only over TCP\nhostnossl all all 0.0.0.0/0 reject\nhostnossl replication all 0.0.0.0/0 reject\n".into(),
+            "# vigil lab: TLS only over TCP; replication needs the password\nhostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl replication all 0.0.0.0/0 reject\nhostssl replication all 0.0.0.0/0 scram-sha-256\n"
+                .into(),
         )
     }
 
