@@ -143,7 +143,8 @@ fn http(port: u16, method: &str, path: &str, token: Option<&[u8]>, body: &str) -
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len()).into_bytes();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len()).into_bytes();
     if let Some(t) = token {
         req.extend_from_slice(b"Authorization: Bearer ");
         req.extend_from_slice(t);

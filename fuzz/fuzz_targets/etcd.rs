@@ -6,7 +6,7 @@
 //! their key, and one report per ignored value.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::dcs::decode::{decode, valid_name, RawCluster, RawKv, UNREADABLE_LEADER};
+use vigil::dcs::decode::{decode, valid_name, RawCluster, RawKv, Reader, UNREADABLE_LEADER};
 
 const KEYS: [&str; 9] =
     ["leader", "members/pg1", "members/pg2", "pause", "switchover", "history/00000000000000000002", "history/00000000000000000001", "incident", "sync"];
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         .count()
         + raw.members.len()
         + raw.history.len();
-    let st = decode(raw, 42, "pg1");
+    let st = decode(raw, Reader { node: "pg1", leader_lease: 42, member_lease: 43 });
     if let Some(l) = &st.leader {
         assert!(valid_name(&l.node) || l.node == UNREADABLE_LEADER, "leader {:?}", l.node);
     }

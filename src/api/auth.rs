@@ -37,11 +37,10 @@ pub enum Refused {
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
-            Refused::NoTokenConfigured => (
-                StatusCode::FORBIDDEN,
-                Json(json!({"error": "no api token configured (api.token_file); this endpoint is disabled"})),
-            )
-                .into_response(),
+            Refused::NoTokenConfigured => {
+                (StatusCode::FORBIDDEN, Json(json!({"error": "no api token configured (api.token_file); this endpoint is disabled"})))
+                    .into_response()
+            }
             Refused::WrongToken => (StatusCode::UNAUTHORIZED, Json(json!({"error": "missing or wrong bearer token"}))).into_response(),
         }
     }

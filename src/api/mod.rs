@@ -344,4 +344,3 @@ async fn resume<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Re
     }
     outcome(crate::ops::resume(&*s.dcs).await.map(|_| "resumed"))
 }
-

@@ -15,7 +15,9 @@
 //!   is fenced as usual.
 //! - `members/<name>`: that member is left out (it looks departed). A record
 //!   whose `node` differs from its key's name is refused, so no record can
-//!   speak for another node.
+//!   speak for another node. This node's own key written under another
+//!   lease than its own is refused and named: two sidecars configured with
+//!   the same node name (they would overwrite each other's record).
 //! - `sync`: the synchronous set is *unknown*, not absent: in synchronous
 //!   mode nobody is promoted automatically until the leader rewrites it.
 //! - `pause`, `switchover`, `incident`: as if absent; a bad `history/`
@@ -105,9 +107,18 @@ impl MemberRecord {
     }
 }
 
-/// Decodes and checks every value. `my_leader_lease` is the lease this
-/// process holds the leader key with (0: none); `me` is this node's name.
-pub fn decode(raw: RawCluster, my_leader_lease: i64, me: &str) -> ClusterState {
+/// Who is reading: this node's name and the leases this process holds its
+/// keys with (0: none, or not known at this moment).
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub node: &'a str,
+    pub leader_lease: i64,
+    pub member_lease: i64,
+}
+
+/// Decodes and checks every value, as `me` reads them.
+pub fn decode(raw: RawCluster, me: Reader) -> ClusterState {
+    let Reader { node: me, leader_lease: my_leader_lease, member_lease: my_member_lease } = me;
     let mut st = ClusterState::default();
     let mut bad_values = vec![];
     let mut report = |b: BadValue| bad_values.push(b);
@@ -127,6 +138,17 @@ pub fn decode(raw: RawCluster, my_leader_lease: i64, me: &str) -> ClusterState {
     }
     for kv in &raw.members {
         let name = kv.key.strip_prefix("members/").unwrap_or(&kv.key);
+        if name == me && my_member_lease != 0 && kv.lease != my_member_lease {
+            report(st_bad(
+                &kv.key,
+                format!(
+                    "this node's member key was written by another process (lease {:x}, ours {my_member_lease:x}): \
+                     is node = {me:?} configured on two machines?",
+                    kv.lease
+                ),
+            ));
+            continue;
+        }
         match json::<MemberRecord>(kv).and_then(|m| m.check(name).map(|_| m)) {
             Ok(m) => {
                 st.members.insert(m.node.clone(), m);
@@ -206,6 +228,27 @@ mod tests {
         RawKv { key: key.into(), value: value.as_bytes().to_vec(), create_revision: 42, lease: 7 }
     }
 
+    fn reader(node: &str, leader_lease: i64) -> Reader<'_> {
+        Reader { node, leader_lease, member_lease: 0 }
+    }
+
+    /// Two sidecars with one node name: each sees its key under the other's
+    /// lease at times, and says so instead of reading the other's record
+    /// as its own.
+    #[test]
+    fn this_nodes_key_under_another_lease_is_named() {
+        let raw = RawCluster { members: vec![kv("members/pg1", &member("pg1")), kv("members/pg2", &member("pg2"))], ..Default::default() };
+        let st = decode(raw.clone(), Reader { node: "pg1", leader_lease: 0, member_lease: 9 });
+        assert_eq!(st.members.keys().collect::<Vec<_>>(), vec!["pg2"]);
+        assert!(st.bad_values[0].problem.contains("configured on two machines"), "{:?}", st.bad_values);
+        // Its own lease (7, as written by `kv`), or not known yet: read as usual.
+        for member_lease in [7, 0] {
+            let st = decode(raw.clone(), Reader { node: "pg1", leader_lease: 0, member_lease });
+            assert_eq!(st.members.len(), 2);
+            assert!(st.bad_values.is_empty());
+        }
+    }
+
     fn member(node: &str) -> String {
         serde_json::json!({
             "node": node, "api_url": "http://127.0.0.1:8008", "db_host": "127.0.0.1", "db_port": 5432,
@@ -226,8 +269,7 @@ mod tests {
                 pause: Some(kv("pause", r#"{"paused_ms":1,"by":"me"}"#)),
                 ..Default::default()
             },
-            0,
-            "pg2",
+            reader("pg2", 0),
         );
         assert_eq!(st.leader.unwrap().node, "pg1");
         assert_eq!(st.term, Some(42));
@@ -248,8 +290,7 @@ mod tests {
                 request: Some(kv("switchover", r#"{"to": 3}"#)),
                 ..Default::default()
             },
-            0,
-            "pg2",
+            reader("pg2", 0),
         );
         assert!(st.pause.is_none() && st.request.is_none());
         assert_eq!(st.leader.unwrap().node, "pg1");
@@ -260,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_member_record_must_agree_with_its_key() {
-        let st = decode(RawCluster { members: vec![kv("members/pg2", &member("pg1"))], ..Default::default() }, 0, "pg3");
+        let st = decode(RawCluster { members: vec![kv("members/pg2", &member("pg1"))], ..Default::default() }, reader("pg3", 0));
         assert!(st.members.is_empty());
         assert!(st.bad_values[0].problem.contains("stored under members/pg2"), "{:?}", st.bad_values);
     }
@@ -277,8 +318,7 @@ mod tests {
                 )),
                 ..Default::default()
             },
-            0,
-            "pg3",
+            reader("pg3", 0),
         );
         assert!(st.members.is_empty());
         assert!(st.request.is_none());
@@ -288,16 +328,16 @@ mod tests {
     #[test]
     fn an_unreadable_leader_key_is_still_held() {
         let raw = RawCluster { leader: Some(kv("leader", r#"{"node":"x{reason};touch CANARY;","since_ms":1}"#)), ..Default::default() };
-        let other = decode(raw.clone(), 0, "pg2");
+        let other = decode(raw.clone(), reader("pg2", 0));
         assert_eq!(other.leader.unwrap().node, UNREADABLE_LEADER);
         // The holder recognises its own lease and keeps leading.
-        let holder = decode(raw, 7, "pg1");
+        let holder = decode(raw, reader("pg1", 7));
         assert_eq!(holder.leader.unwrap().node, "pg1");
     }
 
     #[test]
     fn an_unreadable_sync_key_is_unknown_not_absent() {
-        let st = decode(RawCluster { sync: Some(kv("sync", "[]")), ..Default::default() }, 0, "pg1");
+        let st = decode(RawCluster { sync: Some(kv("sync", "[]")), ..Default::default() }, reader("pg1", 0));
         assert!(st.sync.is_none());
         assert!(st.sync_unreadable);
     }

@@ -259,7 +259,11 @@ impl Dcs for EtcdDcs {
             incident: first(5),
             sync: first(6),
         };
-        let st = decode::decode(raw, self.leader_id.load(Ordering::Relaxed), &self.node);
+        // The member lease is read without waiting: a renewal in flight
+        // holds it, and then this one read skips the duplicate-name check.
+        let member_lease = self.member_lease.try_lock().ok().and_then(|g| g.as_ref().map(|l| l.id)).unwrap_or(0);
+        let me = decode::Reader { node: &self.node, leader_lease: self.leader_id.load(Ordering::Relaxed), member_lease };
+        let st = decode::decode(raw, me);
         Ok(st)
     }
 

@@ -295,7 +295,12 @@ impl Dcs for MemoryDcs {
                 sync: MemoryStore::raw(i, "sync"),
             })
             .await?;
-        Ok(decode::decode(raw, self.leader_lease.load(Ordering::Relaxed), &self.node))
+        let me = decode::Reader {
+            node: &self.node,
+            leader_lease: self.leader_lease.load(Ordering::Relaxed),
+            member_lease: self.member_lease.load(Ordering::Relaxed),
+        };
+        Ok(decode::decode(raw, me))
     }
 
     async fn put_member(&self, rec: &MemberRecord) -> Result<()> {

@@ -360,9 +360,9 @@ impl Lab {
             std::fs::write(&file, format!("{password}\n"))?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             sh(
-                as_postgres("psql").args(["-h", &run_dir.display().to_string(), "-p", &primary.db_port.to_string(), "-U", "postgres", "-qc"]).arg(
-                    format!("ALTER USER postgres PASSWORD '{password}'"),
-                ),
+                as_postgres("psql")
+                    .args(["-h", &run_dir.display().to_string(), "-p", &primary.db_port.to_string(), "-U", "postgres", "-qc"])
+                    .arg(format!("ALTER USER postgres PASSWORD '{password}'")),
                 "set the replication password",
             )?;
         }

@@ -203,7 +203,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("args");
         let h = Hooks::new(HooksConfig::default(), "lab", "pg2");
-        let ev = HookEvent { old_primary: Some("x{reason};touch CANARY;".into()), reason: "$(touch CANARY) a b".into(), ..Default::default() };
+        let ev =
+            HookEvent { old_primary: Some("x{reason};touch CANARY;".into()), reason: "$(touch CANARY) a b".into(), ..Default::default() };
         let cmd = HookCommand::Argv(vec![
             "sh".into(),
             "-c".into(),
@@ -218,7 +219,8 @@ mod tests {
         assert!(status.success());
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "--old=x{reason};touch CANARY;\n$(touch CANARY) a b\n");
         assert!(!dir.path().join("CANARY").exists(), "a value ran as shell code");
-        let toml: crate::config::HooksConfig = toml::from_str("pre_promote = [\"/bin/fence\", \"{old_primary}\"]\npost_failover = \"page {node}\"").unwrap();
+        let toml: crate::config::HooksConfig =
+            toml::from_str("pre_promote = [\"/bin/fence\", \"{old_primary}\"]\npost_failover = \"page {node}\"").unwrap();
         assert!(matches!(toml.pre_promote, Some(HookCommand::Argv(_))) && matches!(toml.post_failover, Some(HookCommand::Shell(_))));
     }
 
