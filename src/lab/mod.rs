@@ -126,6 +126,40 @@ pub(crate) fn sh(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The lab's directory, made ours: created here with mode 0711 (the
+/// database users pass through it to their own directories, nobody else
+/// can list or write it); if it exists (`vigil lab down` keeps it), only
+/// when it is a real directory of this user's that nobody else can write.
+/// The default path is predictable (`/tmp/vigil-lab`): another local user
+/// could have made it first and planted links for root to follow.
+fn own_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(dir)?;
+            let me = rustix::process::geteuid().as_raw();
+            if !m.file_type().is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+                bail!(
+                    "{} exists but is not a directory of this user's that only it can write (owner uid {}, mode {:o}): \
+                     remove it or choose another --dir",
+                    dir.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
+    }
+}
+
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(program));
@@ -236,8 +270,7 @@ impl Lab {
         if let Some(p) = ports.iter().find(|p| !port_free(**p)) {
             bail!("port {p} is in use; choose another --base-port");
         }
-        std::fs::create_dir_all(&spec.dir)?;
-        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o755))?;
+        own_dir(&spec.dir)?;
         let run_dir = spec.dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
         chown_postgres(&run_dir)?;
@@ -756,5 +789,24 @@ token_file = "{token}"
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("remove {}", self.dir.display()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_directory_someone_else_could_write_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let fresh = base.path().join("lab");
+        own_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o711);
+        own_dir(&fresh).expect("our own directory again");
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(own_dir(&fresh).is_err(), "a directory others can write");
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(own_dir(&link).is_err(), "a link");
     }
 }
