@@ -29,9 +29,18 @@ fn del(t: &TestLab, c: &mut etcd_client::Client, key: &str) {
 
 #[test]
 fn bad_values_in_etcd_are_ignored_alone_and_named() {
+    // Hooks in both forms write what they are given; the hostile names put
+    // in etcd below must never reach them, let alone run as shell code.
     let mut t = TestLab::up("bad-values", |s| {
         *s = s.clone().fast();
         s.with_sync = false;
+        let (argv_out, shell_out) = (s.dir.join("hook-argv.out"), s.dir.join("hook-shell.out"));
+        s.extra_config = format!(
+            "\n[hooks]\npost_failover = [\"sh\", \"-c\", \"printf '%s\\\\n' \\\"$@\\\" >> {}\", \"hook\", \"{{old_primary}}\", \"{{new_primary}}\", \"{{reason}}\"]\n\
+             on_role_change = \"echo {{event}} {{old_primary}} {{new_primary}} >> {}\"\n",
+            argv_out.display(),
+            shell_out.display()
+        );
     });
     let leader = t.leader().expect("a leader");
     let term = t.state().term;
@@ -39,6 +48,12 @@ fn bad_values_in_etcd_are_ignored_alone_and_named() {
     put(&t, &mut c, "pause", "{not json");
     put(&t, &mut c, "switchover", r#"{"to": 3}"#);
     put(&t, &mut c, "sync", r#"{"leader": "x{reason};touch CANARY;", "standbys": []}"#);
+    put(
+        &t,
+        &mut c,
+        "incident",
+        r#"{"node": "x{reason};touch CANARY;", "reason": "$(touch CANARY)", "failure_seen_ms": 1, "released_ms": 2}"#,
+    );
     // A record under another node's name: it must not speak for pg1.
     let mut fake = serde_json::to_value(t.state().members.get(&leader).expect("leader record")).unwrap();
     fake["db_host"] = serde_json::json!("127.0.0.1\nprimary_conninfo = 'host=evil'");
@@ -58,9 +73,9 @@ fn bad_values_in_etcd_are_ignored_alone_and_named() {
     // Named, key by key, in what vigil reads and in `vigil status`.
     let mut bad: Vec<String> = t.state().bad_values.iter().map(|b| b.key.clone()).collect();
     bad.sort();
-    assert_eq!(bad, vec!["members/pg9", "pause", "switchover", "sync"]);
+    assert_eq!(bad, vec!["incident", "members/pg9", "pause", "switchover", "sync"]);
     let status = common::out(&t.vigil(&["status"]));
-    for key in ["pause", "switchover", "sync", "members/pg9"] {
+    for key in ["incident", "pause", "switchover", "sync", "members/pg9"] {
         assert!(status.contains(&format!("IGNORED etcd key {key}:")), "vigil status does not name {key}:\n{status}");
     }
     // A failover still works while the values are there.
@@ -69,7 +84,17 @@ fn bad_values_in_etcd_are_ignored_alone_and_named() {
     t.lab.kill_db(l);
     let new = t.wait_new_primary(&leader, Duration::from_secs(30));
     eprintln!("new primary {new} with garbage in etcd");
-    for key in ["pause", "switchover", "sync", "members/pg9"] {
+    // The new primary's hooks ran with plain names; no value ran as code.
+    let argv_out = t.lab.dir.join("hook-argv.out");
+    let got = t.wait_file(&argv_out, Duration::from_secs(30));
+    let args: Vec<&str> = got.lines().take(2).collect();
+    assert_eq!(args, vec![leader.as_str(), new.as_str()], "the argv hook's arguments: {got:?}");
+    let shell = t.wait_file(&t.lab.dir.join("hook-shell.out"), Duration::from_secs(30));
+    assert!(!shell.contains("CANARY") && !got.contains("CANARY"), "a hostile value reached a hook: {shell:?} {got:?}");
+    for dir in [std::env::current_dir().unwrap(), t.lab.dir.clone()] {
+        assert!(!dir.join("CANARY").exists() && !dir.join("CANARY;").exists(), "a value ran as shell code in {}", dir.display());
+    }
+    for key in ["incident", "pause", "switchover", "sync", "members/pg9"] {
         del(&t, &mut c, key);
     }
     t.lab.start_sidecar(l).expect("restart the old primary's sidecar");

@@ -113,6 +113,18 @@ impl TestLab {
     }
 
     /// `node` streams from the current leader.
+    /// Waits for a file to exist with content; returns the content.
+    pub fn wait_file(&self, path: &std::path::Path, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            match std::fs::read_to_string(path) {
+                Ok(s) if !s.is_empty() => return s,
+                _ if started.elapsed() > limit => panic!("{} did not appear within {limit:?}", path.display()),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     pub fn wait_streaming(&self, node: &str, limit: Duration) {
         self.wait_for(&format!("{node} streaming"), limit, |c| c.members.get(node).is_some_and(|m| m.streaming));
     }
