@@ -961,8 +961,12 @@ fn header_at(text: &str, line: usize) -> Option<String> {
     t.starts_with('[').then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
 }
 
+/// The 1-based line of a byte offset; an error at the very end of a file
+/// that ends with a newline is on its last line, not on one past it (the
+/// fuzzer found "line 133" in a file of 132 lines).
 fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    let line = text.get(..offset.min(text.len())).unwrap_or(text).matches('\n').count() + 1;
+    line.min(text.lines().count().max(1))
 }
 
 /// The dotted field name defined at a line (`[section]` context + key).
@@ -1035,6 +1039,16 @@ data_dir = "/var/lib/postgresql/15/main"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/vigil/test.toml"), text)
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_file_is_on_its_last_line() {
+        let text = format!("{GOOD}[[service]]\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.line.is_some_and(|l| l <= text.lines().count()), "{e}");
+        assert_eq!(line_of_offset("a\nb\n", 4), 2);
+        assert_eq!(line_of_offset("a\nb", 3), 2);
+        assert_eq!(line_of_offset("", 0), 1);
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! The HA loop: once per `loop` (or at once when etcd's leader key changes
+//! or the local database process dies) it observes, asks the decision core
+//! what to do, does it, and publishes the result.
+//!
+//! ```text
+//! observe own db ─┐
+//! read etcd ──────┼─> core::decide ─> execute actions ─> put member key
+//! renew lease ────┤                                   └> status snapshot (API)
+//! probe peers* ───┘        (* only while the leader key is vacant)
+//! ```
+//!
+//! This file holds the loop itself (observe, read etcd, decide, remember
+//! what was seen); the rooms around it:
+//! - `leadership`: the lease, renewed by the loop and beside long actions,
+//!   the watchdog that fences when it lapses, the etcd failsafe;
+//! - `executor`: each action the core decides, on the database and in etcd;
+//! - `probes`: fresh looks at the peers while the key is vacant;
+//! - `history`: the record of each change of primary;
+//! - `sync`: the synchronous set (synchronous mode);
+//! - `publishing`: alerts, hooks, DNS, the member record, the snapshot.
+
+mod executor;
+mod history;
+mod leadership;
+mod probes;
+mod publishing;
+mod sync;
+
+use crate::alerts::{Evaluator, Notifier};
+use crate::clock::Instant;
+use crate::config::Config;
+use crate::core::{self, CrashState, Decision, Inputs, LeaderKey, LeaseState, PeerObs, Policy, Request, View};
+use crate::dcs::{now_ms, ClusterState, Dcs, HistoryRecord, MemberRecord, Step};
+use crate::engine::{Engine, Observation};
+use crate::peers::{HttpPeers, PeerApi};
+use crate::position::{Lsn, Position};
+use crate::publish::dns::{DnsTarget, Published};
+use crate::publish::hooks::Hooks;
+use crate::status::Shared;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A finished DNS publication: term, outcome, when (ms).
+type DnsResult = (i64, Result<Published, String>, u64);
+
+/// Per silent peer: its database's last answer to "do you accept writes?"
+/// (None: not yet known; inner None: unreachable) and when that probe began.
+type SilentProbes = std::collections::HashMap<String, (Option<Option<bool>>, Instant)>;
+
+pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
+    cfg: Config,
+    policy: Policy,
+    engine: Arc<E>,
+    dcs: Arc<D>,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    peers_api: P,
+    /// Consecutive observations with the database running (for `rise`).
+    /// Consecutive (good, failed) checks of the local database.
+    checks: (u32, u32),
+    /// etcd is unreachable and every member vouched for this leader in the
+    /// last failsafe round.
+    failsafe_active: bool,
+    /// Every member seen, so that a vanished leader can still be probed,
+    /// with when its record was last in etcd (`core::members`: a departed
+    /// member is forgotten after an hour).
+    known: BTreeMap<String, MemberRecord>,
+    known_seen: BTreeMap<String, Instant>,
+    last_leader: Option<String>,
+    last_primary_position: Option<Position>,
+    /// When the leader lease was last renewed; shared with the lease watchdog.
+    last_renewal: Arc<std::sync::Mutex<Option<Instant>>>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    term: Option<i64>,
+    leader_lost_ms: Option<u64>,
+    /// When this node first saw the leader key vacant (monotonic clock).
+    leader_lost_at: Option<Instant>,
+    /// The leader's member record as last seen changing: (node, its
+    /// `updated_ms`, when this node saw that value first).
+    leader_record_seen: Option<(String, u64, Instant)>,
+    /// Rejoins that failed in a row, and when the last one ended (backoff).
+    rejoin_failures: u32,
+    last_rejoin_failure: Option<Instant>,
+    /// Bad etcd values already logged, so each is logged once.
+    bad_values_logged: Vec<crate::dcs::BadValue>,
+    restart_started: Option<Instant>,
+    not_streaming_since: Option<Instant>,
+    last_state: String,
+    last_refusal: Option<String>,
+    /// The heartbeat write of this iteration succeeded (leader only).
+    heartbeat_ok: bool,
+    /// Rejoins since this node last streamed; escalates rewind to base backup.
+    rejoin_attempts: u32,
+    /// Silent peers' databases as last probed in the background: answer
+    /// (None: not yet known) and when the probe started.
+    silent_probes: Arc<std::sync::Mutex<SilentProbes>>,
+    notifier: Notifier,
+    evaluator: Evaluator,
+    dcs_down_since: Option<u64>,
+    last_resend: Instant,
+    /// When this leader first saw its database fail (for the incident record).
+    failure_seen_ms: Option<u64>,
+    /// The history record of this node's promotion, until every replica follows.
+    pending_history: Option<HistoryRecord>,
+    /// The newest history record this node wrote (later steps are appended).
+    my_history: Option<HistoryRecord>,
+    hooks: Hooks,
+    dns: Option<DnsTarget>,
+    dns_results: (tokio::sync::mpsc::UnboundedSender<DnsResult>, tokio::sync::mpsc::UnboundedReceiver<DnsResult>),
+    vetoed_at: Option<Instant>,
+    /// Held while anything drives the database (the loop's actions, the
+    /// lease watchdog's fence): one actor at a time.
+    db_owner: Arc<tokio::sync::Mutex<()>>,
+    /// Synchronous mode: departed members and the primary's position when
+    /// each was first seen disconnected (see `core::sync_set`).
+    sync_marks: BTreeMap<String, Lsn>,
+}
+
+impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
+    pub fn new(cfg: Config, engine: Arc<E>, dcs: Arc<D>, peers_api: P, shared: Arc<Shared>, wake: Arc<Notify>, notifier: Notifier) -> Self {
+        let evaluator = Evaluator::new(&cfg.cluster, &cfg.node, crate::alerts::rules::Thresholds::from_config(&cfg.alerts));
+        let policy = Policy {
+            ttl: cfg.timing.ttl,
+            loop_wait: cfg.timing.loop_wait,
+            safety_margin: cfg.timing.safety_margin,
+            hold_down: cfg.timing.hold_down,
+            fall: cfg.timing.fall,
+            priority: cfg.failover.priority,
+            max_lag_on_failover: cfg.failover.max_lag_on_failover,
+            on_primary_crash: cfg.failover.on_primary_crash,
+            restart_budget: cfg.failover.restart_budget,
+            switchover_timeout: cfg.failover.switchover_timeout,
+            synchronous: cfg.failover.synchronous,
+            rise: cfg.timing.rise,
+        };
+        let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
+        let dns_target = cfg.dns.as_ref().map(DnsTarget::from_config);
+        Ha {
+            cfg,
+            policy,
+            engine,
+            dcs,
+            shared,
+            wake,
+            peers_api,
+            checks: (0, 0),
+            failsafe_active: false,
+            known: BTreeMap::new(),
+            known_seen: BTreeMap::new(),
+            last_leader: None,
+            last_primary_position: None,
+            last_renewal: Arc::default(),
+            paused: Arc::default(),
+            term: None,
+            leader_lost_ms: None,
+            leader_lost_at: None,
+            leader_record_seen: None,
+            rejoin_failures: 0,
+            last_rejoin_failure: None,
+            bad_values_logged: vec![],
+            restart_started: None,
+            not_streaming_since: None,
+            last_state: String::new(),
+            last_refusal: None,
+            heartbeat_ok: false,
+            rejoin_attempts: 0,
+            silent_probes: Arc::default(),
+            notifier,
+            evaluator,
+            dcs_down_since: None,
+            last_resend: Instant::now(),
+            failure_seen_ms: None,
+            pending_history: None,
+            my_history: None,
+            hooks: Hooks::new(cfg_hooks, &cfg_cluster, &cfg_node),
+            dns: dns_target,
+            dns_results: tokio::sync::mpsc::unbounded_channel(),
+            vetoed_at: None,
+            sync_marks: BTreeMap::new(),
+            db_owner: Arc::default(),
+        }
+    }
+
+    /// Runs until the process is told to stop.
+    ///
+    /// The helper tasks (process watcher, lease watchdog) belong to this
+    /// future: when it is dropped (the process stops, or the simulation
+    /// crashes this sidecar) they end with it.
+    pub async fn run(self) {
+        let mut helpers = tokio::task::JoinSet::new();
+        helpers.spawn(self.process_watch());
+        helpers.spawn(self.lease_watchdog());
+        self.run_loop().await
+    }
+
+    /// The same loop and helpers as [`run`](Self::run), polled together
+    /// as one future instead of as separate tasks: the simulation freezes
+    /// (SIGSTOP) and crashes a whole sidecar by holding or dropping it.
+    pub async fn run_joined(self) {
+        let (watch, watchdog) = (self.process_watch(), self.lease_watchdog());
+        tokio::join!(watch, watchdog, self.run_loop());
+    }
+
+    async fn run_loop(mut self) {
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.iterate().await {
+                tracing::warn!(error = %format!("{e:#}"), "loop iteration failed");
+            }
+            // While the database is starting (restart in place, rejoin), look
+            // again soon, so that /primary turns 200 as soon as it can.
+            let busy = self.shared.get().me.as_ref().is_some_and(|m| m.health == crate::core::DbHealth::Starting);
+            let wait = if busy { Duration::from_millis(100) } else { self.cfg.timing.loop_wait };
+            let rest = wait.saturating_sub(started.elapsed());
+            // `biased`: a fixed order, so that a seed of the simulation
+            // replays exactly (an unbiased select picks at random when both
+            // are ready); a pending wake-up is consumed, not kept for an
+            // extra iteration.
+            tokio::select! {
+                biased;
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(rest) => {}
+            }
+        }
+    }
+
+    async fn iterate(&mut self) -> Result<()> {
+        self.heartbeat_ok = false;
+        let mut obs = self.engine.observe().await;
+        self.checks = crate::core::count_checks(obs.local.health, self.checks);
+        (obs.local.good_checks, obs.local.failed_checks) = self.checks;
+        let loaded = self.dcs.load().await;
+        let (cluster, dcs_error) = match loaded {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        if cluster.is_some() {
+            self.dcs_down_since = None;
+        } else if self.dcs_down_since.is_none() {
+            self.dcs_down_since = Some(now_ms());
+        }
+        let leading = cluster.as_ref().and_then(|c| c.leader.as_ref()).is_some_and(|l| l.node == self.cfg.node);
+        if leading && matches!(obs.local.health, crate::core::DbHealth::Down | crate::core::DbHealth::Unresponsive) {
+            self.failure_seen_ms.get_or_insert_with(now_ms);
+        } else if obs.local.health == crate::core::DbHealth::Running {
+            self.failure_seen_ms = None;
+        }
+        if let Some(c) = &cluster {
+            self.remember(c);
+        }
+        if let Some(c) = &cluster {
+            self.paused.store(c.pause.is_some(), std::sync::atomic::Ordering::Relaxed);
+            self.renew_lease(c).await;
+            self.failsafe_active = false;
+        } else if self.cfg.failover.failsafe && self.renewal().is_some() && obs.local.writable() {
+            self.failsafe_round().await;
+        }
+
+        let vacant = cluster.as_ref().is_some_and(|c| c.leader.is_none());
+        if vacant && self.leader_lost_ms.is_none() {
+            self.leader_lost_ms = Some(now_ms());
+            self.leader_lost_at = Some(Instant::now());
+        }
+        if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
+            self.leader_lost_ms = None;
+            self.leader_lost_at = None;
+        }
+        let last_primary = cluster.as_ref().and_then(|c| c.last_history.as_ref()).map(|h| h.new_primary.as_str());
+        let probe = vacant && core::needs_peer_probes(&obs.local, last_primary, &self.cfg.node);
+        let peers = if probe { self.probe_peers(obs.upstream.as_deref()).await } else { vec![] };
+        let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
+        let decision = core::decide(&inputs);
+        self.log_decision(&decision);
+
+        let mut outcome = Ok(());
+        let owner = Arc::clone(&self.db_owner);
+        let owner_guard = if decision.actions.is_empty() { None } else { Some(owner.lock().await) };
+        for action in &decision.actions {
+            // Long actions never hold up the lease and the member record:
+            // they are renewed beside the action, and a lease that lapses
+            // anyway cancels it (the database is fenced next).
+            let beside = self.keep_alive_beside(action);
+            let result = tokio::select! {
+                biased;
+                r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => r,
+                why = beside => Err(anyhow::anyhow!(why)),
+            };
+            if let Err(e) = result {
+                tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
+                outcome = Err(e);
+                break;
+            }
+        }
+        drop(owner_guard);
+        if obs.local.health == crate::core::DbHealth::Running {
+            self.restart_started = None;
+        }
+        if obs.local.streaming || obs.local.writable() {
+            self.rejoin_attempts = 0;
+        }
+        if self.dcs.holds_leader() && obs.local.writable() {
+            if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref()).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not update the synchronous standbys");
+            }
+        } else if self.cfg.failover.synchronous && obs.local.role == Some(crate::core::DbRole::Replica) {
+            // A replica acknowledges commits only while the current leader
+            // names it in the synchronous set.
+            let member = cluster.as_ref().is_some_and(|c| {
+                c.leader.as_ref().zip(c.sync.as_ref()).is_some_and(|(l, s)| s.leader == l.node && s.standbys.contains(&self.cfg.node))
+            });
+            if let Err(e) = self.engine.set_sync_member(member).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not change this replica's synchronous acknowledgements");
+            }
+        }
+        let silent = self.silent_peers(cluster.as_ref());
+        self.publish(&obs, cluster, dcs_error, &decision).await;
+        self.raise_alerts(&decision, silent);
+        self.drain_dns().await;
+        self.track_following().await;
+        outcome
+    }
+
+    fn inputs(&self, obs: &Observation, cluster: Option<&ClusterState>, peers: Vec<PeerObs>) -> Inputs {
+        let view = cluster.map(|c| View {
+            leader: c.leader.as_ref().map(|l| LeaderKey { node: l.node.clone(), term: c.term.unwrap_or(0) }),
+            paused: c.pause.is_some(),
+            request: c.request.as_ref().filter(|r| r.refused.is_none()).map(|r| Request {
+                kind: r.kind,
+                from: r.from.clone(),
+                to: r.to.clone(),
+                allow_data_loss: r.allow_data_loss,
+                age: Duration::from_millis(now_ms().saturating_sub(r.requested_ms)),
+            }),
+            last_failover_age: c
+                .last_history
+                .as_ref()
+                .filter(|h| h.is_automatic_failover())
+                .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
+            last_primary: c.last_history.as_ref().map(|h| h.new_primary.clone()),
+            released_by: c.incident.as_ref().map(|i| i.node.clone()).filter(|n| !n.is_empty()),
+            last_primary_position: self.last_primary_position,
+            sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
+            sync_leader: c.sync.as_ref().map(|s| s.leader.clone()),
+            sync_unreadable: c.sync_unreadable,
+            leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
+        });
+        Inputs {
+            me: self.cfg.node.clone(),
+            policy: self.policy.clone(),
+            local: obs.local.clone(),
+            view,
+            lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) },
+            peers,
+            crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
+            vetoed_ago: self.vetoed_at.map(|t| t.elapsed()),
+            vouched_ago: self.shared.get().last_vouch.map(|t| t.elapsed()),
+        }
+    }
+
+    fn log_decision(&mut self, d: &Decision) {
+        if d.state != self.last_state {
+            tracing::info!(state = %d.state, "state");
+            self.last_state = d.state.clone();
+        }
+        if d.refusal != self.last_refusal {
+            if let Some(r) = &d.refusal {
+                tracing::warn!(reason = %r, "refusing to fail over");
+            }
+            self.last_refusal = d.refusal.clone();
+        }
+    }
+
+    fn remember(&mut self, c: &ClusterState) {
+        let now = Instant::now();
+        for (name, m) in &c.members {
+            self.known.insert(name.clone(), m.clone());
+            self.known_seen.insert(name.clone(), now);
+        }
+        let seen = &self.known_seen;
+        let forget: Vec<String> = self
+            .known
+            .keys()
+            .filter(|n| {
+                let absent_for = (!c.members.contains_key(*n)).then(|| seen.get(*n).map_or(Duration::MAX, |t| now.duration_since(*t)));
+                !core::members::keep_member(absent_for)
+            })
+            .cloned()
+            .collect();
+        for name in forget {
+            tracing::info!(member = %name, "forgetting a member absent from etcd for an hour");
+            self.known.remove(&name);
+            self.known_seen.remove(&name);
+        }
+        // A record's `updated_ms` is another node's clock: only whether it
+        // changes is used, timed on this node's own clock.
+        let leader_rec = c
+            .leader
+            .as_ref()
+            .and_then(|l| c.members.get(&l.node))
+            .filter(|m| m.health == crate::core::DbHealth::Running && m.role == Some(crate::core::DbRole::Primary));
+        self.leader_record_seen = match (leader_rec, self.leader_record_seen.take()) {
+            (Some(m), Some(seen)) if seen.0 == m.node && seen.1 == m.updated_ms => Some(seen),
+            (Some(m), _) => Some((m.node.clone(), m.updated_ms, Instant::now())),
+            (None, _) => None,
+        };
+        for b in &c.bad_values {
+            if !self.bad_values_logged.contains(b) {
+                tracing::error!(key = %b.key, problem = %b.problem, "ignoring a bad value in etcd (only this key; everything else goes on)");
+            }
+        }
+        self.bad_values_logged = c.bad_values.clone();
+        if let Some(l) = &c.leader {
+            self.last_leader = Some(l.node.clone());
+            if let Some(m) = c.members.get(&l.node) {
+                if m.role == Some(crate::core::DbRole::Primary) && m.position.is_some() {
+                    self.last_primary_position = m.position;
+                }
+            }
+        } else if self.last_leader.is_none() {
+            // This sidecar started after the leader key went away: the old
+            // leader is the node that recorded the incident, or else the
+            // primary the newest history record names.
+            self.last_leader = c
+                .incident
+                .as_ref()
+                .map(|i| i.node.clone())
+                .filter(|n| !n.is_empty())
+                .or_else(|| c.last_history.as_ref().map(|h| h.new_primary.clone()));
+        }
+    }
+
+    /// Completes the history record of this node's promotion with the
+    /// moment every other live member streams from it.
+    async fn track_following(&mut self) {
+        let Some(rec) = self.pending_history.take() else { return };
+        let snap = self.shared.get();
+        let me = format!("{}:{}", self.cfg.database.host, self.cfg.database.port);
+        let others: Vec<&MemberRecord> = snap.cluster.members.values().filter(|m| m.node != self.cfg.node).collect();
+        let all = !others.is_empty() && others.iter().all(|m| m.streaming && m.upstream.as_deref() == Some(me.as_str()));
+        if !all {
+            if now_ms().saturating_sub(rec.at_ms) < 600_000 {
+                self.pending_history = Some(rec);
+            }
+            return;
+        }
+        let step = Step {
+            name: "all replicas following".into(),
+            at_ms: now_ms(),
+            detail: Some(others.iter().map(|m| m.node.clone()).collect::<Vec<_>>().join(", ")),
+        };
+        let mut rec = self.my_history.clone().filter(|r| r.term == rec.term).unwrap_or(rec);
+        rec.steps.push(step);
+        self.my_history = Some(rec.clone());
+        if let Err(e) = self.dcs.put_history(&rec).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not update the history record");
+        }
+    }
+
+    /// Watches the local server process and wakes the loop the moment it
+    /// dies, so a crash is handled in milliseconds rather than after polls.
+    /// It waits on a pidfd (readable when the process exits), so an idle
+    /// sidecar does not poll; without pidfd support it polls every 50 ms.
+    fn process_watch(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let engine = Arc::clone(&self.engine);
+        let wake = Arc::clone(&self.wake);
+        async move {
+            loop {
+                if engine.wait_server_exit().await {
+                    wake.notify_one();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Fresh looks at the other members while the leader key is vacant (their
+//! databases and sidecars, in parallel) and the background probes of
+//! silent members for alerts.
+
+use super::Ha;
+use crate::clock::Instant;
+use crate::core::{Candidate, PeerObs};
+use crate::dcs::{ClusterState, Dcs, MemberRecord};
+use crate::engine::Engine;
+use crate::peers::PeerApi;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
+    /// Fresh looks at every other member: its database (writable?) and its
+    /// sidecar (position, eligibility), in parallel.
+    ///
+    /// The database this replica streams from is probed too when no known
+    /// member has its address: after an etcd outage every member key may
+    /// have lapsed (a sidecar started during the outage knows nobody), and
+    /// a primary kept writable by the failsafe must still be seen before a
+    /// replica promotes (found by the simulation, seed 1000092).
+    pub(super) async fn probe_peers(&self, upstream: Option<&str>) -> Vec<PeerObs> {
+        let unknown_upstream = upstream
+            .filter(|u| !self.known.values().any(|m| format!("{}:{}", m.db_host, m.db_port) == *u))
+            .and_then(|u| u.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
+        let upstream_probe = async {
+            match &unknown_upstream {
+                Some((host, port)) => Some(PeerObs {
+                    node: format!("{host}:{port} (the upstream)"),
+                    db_writable: self.engine.probe_writable(host, *port).await,
+                    answered: false,
+                    candidate: None,
+                }),
+                None => None,
+            }
+        };
+        let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
+            let m = m.clone();
+            async move {
+                let writable = self.engine.probe_writable(&m.db_host, m.db_port).await;
+                let fresh = self.fetch_member(&m.api_url).await;
+                let answered = fresh.is_some();
+                let rec = fresh.or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
+                PeerObs {
+                    node: m.node.clone(),
+                    db_writable: writable,
+                    answered,
+                    candidate: rec.map(|r| Candidate {
+                        position: r.position,
+                        priority: r.priority,
+                        eligible: r.eligible,
+                        is_primary: r.role == Some(crate::core::DbRole::Primary) && r.health == crate::core::DbHealth::Running,
+                    }),
+                }
+            }
+        });
+        let (mut peers, up) = tokio::join!(futures_util::future::join_all(futs), upstream_probe);
+        peers.extend(up);
+        peers
+    }
+
+    pub(super) async fn fetch_member(&self, api_url: &str) -> Option<MemberRecord> {
+        self.peers_api.member(api_url).await
+    }
+
+    /// Members seen before whose member key is gone, and whether their
+    /// database still answers. Only the sidecar that evaluates cluster-wide
+    /// alerts asks, and the probes run in the background (at most every
+    /// 5 s per peer), so a dead host never slows the loop.
+    pub(super) fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, Option<bool>)> {
+        let Some(c) = cluster else { return vec![] };
+        let evaluator = c.leader.as_ref().map(|l| l.node.clone()).or_else(|| c.members.keys().next().cloned());
+        if evaluator.as_deref() != Some(self.cfg.node.as_str()) {
+            return vec![];
+        }
+        let mut probes = self.silent_probes.lock().unwrap_or_else(|e| e.into_inner());
+        probes.retain(|node, _| !c.members.contains_key(node));
+        let mut out = vec![];
+        for m in self.known.values().filter(|m| m.node != self.cfg.node && !c.members.contains_key(&m.node)) {
+            let entry = probes.get(&m.node).copied();
+            if let Some((Some(db), _)) = entry {
+                out.push((m.node.clone(), db));
+            }
+            if entry.is_none_or(|(_, started)| started.elapsed() > Duration::from_secs(5)) {
+                probes.insert(m.node.clone(), (entry.and_then(|e| e.0), Instant::now()));
+                let (engine, cache, wake, m) =
+                    (Arc::clone(&self.engine), Arc::clone(&self.silent_probes), Arc::clone(&self.wake), m.clone());
+                tokio::spawn(async move {
+                    let db = engine.probe_writable(&m.db_host, m.db_port).await;
+                    if let Some(e) = cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&m.node) {
+                        let first = e.0.is_none();
+                        e.0 = Some(db);
+                        if first {
+                            wake.notify_one();
+                        }
+                    }
+                });
+            }
+        }
+        out
+    }
+}

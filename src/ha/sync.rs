@@ -1,0 +1,63 @@
+//! Synchronous mode: the set of replicas that must acknowledge commits,
+//! kept by the leader (`core::sync_set` decides).
+
+use super::Ha;
+use crate::core::{self};
+use crate::dcs::{now_ms, ClusterState, Dcs, SyncRecord};
+use crate::engine::{Engine, Observation};
+use crate::peers::PeerApi;
+use crate::position::Lsn;
+use anyhow::{Context, Result};
+
+impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
+    /// Synchronous mode, on the leader: keeps the `sync` key and the
+    /// database's synchronous standbys in step. A replica is added to the
+    /// key before the database counts its acknowledgements; one that left
+    /// the cluster is dropped only once a remaining member of the set has
+    /// flushed all the WAL the primary has now (so it has everything the
+    /// dropped one could have acknowledged). `obs` is None just before a
+    /// promotion (nothing is connected yet).
+    pub(super) async fn manage_sync(&mut self, obs: Option<&Observation>, cluster: Option<&ClusterState>) -> Result<()> {
+        use std::collections::{BTreeMap, BTreeSet};
+        if !self.cfg.failover.synchronous {
+            return Ok(());
+        }
+        let Some(c) = cluster else { return Ok(()) };
+        let me = self.cfg.node.clone();
+        let desired: BTreeSet<String> = c.members.values().filter(|m| m.node != me && m.priority > 0).map(|m| m.node.clone()).collect();
+        let mine = c.sync.as_ref().filter(|s| s.leader == me);
+        let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
+        let mut connected: BTreeMap<&str, Lsn> =
+            obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
+        // MariaDB names its connected replicas by server_id only, and any
+        // of them that has semi-sync on may acknowledge: map them to
+        // members (also departed ones, whose last record is kept), with
+        // the received position of their latest record (never ahead of
+        // what they have now).
+        if let Some(ids) = obs.and_then(|o| o.gtid.as_ref()).map(|g| &g.connected_replicas) {
+            for m in self.known.values().filter(|m| m.node != me) {
+                if m.gtid.as_ref().is_some_and(|g| ids.contains(&g.server_id)) {
+                    let latest = c.members.get(&m.node).unwrap_or(m);
+                    connected.insert(m.node.as_str(), latest.receive_lsn.unwrap_or(Lsn(0)));
+                }
+            }
+        }
+        let step = core::sync_set::next_sync_set(&core::sync_set::SyncSetInputs {
+            current: current.clone(),
+            desired,
+            connected: connected.into_iter().map(|(n, l)| (n.to_string(), l)).collect(),
+            primary_position: obs.and_then(|o| o.local.position).map(|p| p.lsn),
+            marks: std::mem::take(&mut self.sync_marks),
+        });
+        for gone in &step.dropped {
+            tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all it could have acknowledged)");
+        }
+        self.sync_marks = step.marks;
+        let next = step.next;
+        if mine.is_none() || next != current {
+            let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms() };
+            self.dcs.set_sync(&rec).await.context("write the sync key")?;
+        }
+        self.engine.set_synchronous(&next.into_iter().collect::<Vec<_>>()).await
+    }
+}
