@@ -126,7 +126,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         };
         let rec = HistoryRecord {
             term,
-            kind: kind.into(),
+            kind,
             reason,
             old_primary: self.last_leader.clone().filter(|l| *l != self.cfg.node),
             new_primary: self.cfg.node.clone(),
