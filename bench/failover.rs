@@ -26,17 +26,19 @@ use vigil::workload::{lost_writes_db, Db, Endpoint, Writer};
 struct Bench {
     lab: Lab,
     rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
 }
 
 impl Bench {
     fn up(name: &str, f: impl FnOnce(&mut LabSpec)) -> Bench {
-        let dir = std::env::temp_dir().join(format!("vigil-bench-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new().prefix(&format!("vigil-bench-{name}-")).tempdir().expect("a private temporary directory");
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
+        let dir = tmp.path().join("lab");
         let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil"));
         f(&mut spec);
         let lab = Lab::up(&spec, &|_| {}).expect("lab up");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        Bench { lab, rt }
+        Bench { lab, rt, _dir: tmp }
     }
     fn db(&self) -> Db {
         self.lab.workload_db()

@@ -62,8 +62,10 @@ fn nft(args: &str) {
 fn main() {
     let faults: usize = std::env::var("VIGIL_SOAK_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let seed: u64 = std::env::var("VIGIL_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_1234);
-    let dir = std::env::temp_dir().join(format!("vigil-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::Builder::new().prefix("vigil-soak-").tempdir().expect("a private temporary directory");
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
+    // Kept after the run: a failed soak leaves its lab's logs there.
+    let dir = tmp.keep().join("lab");
     let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil")).fast();
     spec.synchronous = true;
     spec.with_sync = false;

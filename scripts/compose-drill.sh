@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# The failover drill of the docker-compose lab: kills the container of the
-# PostgreSQL primary (database and sidecar together, as a lost node), then
-# prints how long until HAProxy's primary port served the new primary, the
-# cluster table, and starts the old node again (it rejoins as a replica).
-# Run `docker compose up -d --build` first. CLUSTER=mdb drills the MariaDB one.
+# A quick failover drill on the running docker-compose lab: kills the
+# container of the PostgreSQL primary (database and sidecar together: a
+# lost node), prints how long until another node's /primary answered 200,
+# the cluster table, then starts the old node again (it rejoins as a
+# replica). Works with docker-compose 1.29 and compose v2; needs nothing
+# but bash and Docker. Start the lab first: bash scripts/compose-lab.sh up.
+# The full drills (a frozen container, partitions, client-view recovery
+# through /primary, HAProxy and DNS, writes lost) are in
+# tests/compose_drills.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-prefix=${CLUSTER:-pg}
-api() { docker compose exec -T "$1" vigil "${@:2}"; }
-primary=$(api "${prefix}1" status --json | sed -n 's/.*"leader": *"\([^"]*\)".*/\1/p' | head -1)
-[ -n "$primary" ] || { echo "no primary: is the lab up (docker compose ps)?" >&2; exit 1; }
+lab() { bash scripts/compose-lab.sh compose "$@"; }
+leader_of() { # node to ask
+  lab exec -T "$1" vigil status --json 2>/dev/null | sed -n 's/^ *"leader": *"\([^"]*\)".*/\1/p' | head -1
+}
+now_ms() { date +%s%3N; }
+
+primary=$(leader_of pg1 || true)
+[ -n "$primary" ] || primary=$(leader_of pg2 || true)
+[ -n "$primary" ] || { echo "no primary: is the lab up (bash scripts/compose-lab.sh status)?" >&2; exit 1; }
+other=pg1
+[ "$primary" = pg1 ] && other=pg2
 echo "primary is $primary; killing its container"
-start=$(date +%s.%N)
-docker compose kill "$primary" >/dev/null
-other=$(for n in 1 2 3; do [ "${prefix}$n" != "$primary" ] && echo "${prefix}$n"; done | head -1)
+start=$(now_ms)
+lab kill "$primary" >/dev/null 2>&1
 while :; do
-  leader=$(api "$other" status --json | sed -n 's/.*"leader": *"\([^"]*\)".*/\1/p' | head -1)
-  if [ -n "$leader" ] && [ "$leader" != "$primary" ] && api "$other" check primary --url "http://$leader:8008" >/dev/null 2>&1; then
+  leader=$(leader_of "$other" || true)
+  # pgN's API is at 172.28.0.1N:8008 (docker-compose.yml).
+  if [ -n "$leader" ] && [ "$leader" != "$primary" ] &&
+     lab exec -T "$other" vigil check primary --url "http://172.28.0.1${leader#pg}:8008" >/dev/null 2>&1; then
     break
   fi
-  if (( $(echo "$(date +%s.%N) - $start > 60" | bc) )); then echo "no new primary after 60 s" >&2; exit 1; fi
+  if (( $(now_ms) - start > 60000 )); then echo "no new primary after 60 s" >&2; exit 1; fi
   sleep 0.2
 done
-echo "new primary accepting writes after $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s"
-api "$other" status
+elapsed=$(( $(now_ms) - start ))
+printf 'new primary %s accepting writes after %d.%03d s\n' "$leader" $((elapsed / 1000)) $((elapsed % 1000))
+lab exec -T "$other" vigil status
 echo "starting $primary again: it rejoins as a replica"
-docker compose start "$primary" >/dev/null
+lab start "$primary" >/dev/null 2>&1

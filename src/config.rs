@@ -1080,7 +1080,8 @@ data_dir = "/var/lib/postgresql/15/main"
         assert_eq!(e.field.as_deref(), Some("api.ca_file"), "{e}");
         // Files are read at load time: a wrong path or a key others can read
         // is a config error naming the field.
-        let dir = std::env::temp_dir().join(format!("vigil-config-tls-{}", std::process::id()));
+        let dir_tmp = tempfile::Builder::new().prefix("vigil-config-tls-").tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let not_pem = dir.join("ca.pem");
         std::fs::write(&not_pem, "not a certificate\n").unwrap();
@@ -1191,7 +1192,8 @@ data_dir = "/var/lib/postgresql/15/main"
 
     #[test]
     fn dns_ttl_above_60s_needs_an_override() {
-        let dir = std::env::temp_dir().join(format!("vigil-dns-cfg-{}", std::process::id()));
+        let dir_tmp = tempfile::Builder::new().prefix("vigil-dns-cfg-").tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("k.key");
         std::fs::write(&key, "key \"k\" { algorithm hmac-sha256; secret \"AAAA\"; };").unwrap();
@@ -1218,7 +1220,8 @@ data_dir = "/var/lib/postgresql/15/main"
         std::env::set_var("VIGIL_EXAMPLE_REPL_PASSWORD", "x");
         std::env::set_var("VIGIL_EXAMPLE_API_TOKEN", "x");
         // The example points at /etc/vigil/tsig.key; check it with a real key file.
-        let dir = std::env::temp_dir().join(format!("vigil-example-{}", std::process::id()));
+        let dir_tmp = tempfile::Builder::new().prefix("vigil-example-").tempdir().unwrap();
+        let dir = dir_tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("tsig.key");
         std::fs::write(&key, "key \"vigil-key\" { algorithm hmac-sha256; secret \"AAAA\"; };").unwrap();

@@ -24,21 +24,19 @@ pub struct Endpoint {
 pub enum Db {
     Postgres {
         user: String,
+        /// For servers that ask for one (the compose lab's scram-sha-256).
+        password: Option<String>,
         tls: DbTls,
     },
     /// An application user without administrative rights, so that
     /// `read_only` stops its writes.
-    MySql {
-        user: String,
-        password: String,
-        tls: DbTls,
-    },
+    MySql { user: String, password: String, tls: DbTls },
 }
 
 impl Db {
     /// PostgreSQL as `user`, without TLS.
     pub fn postgres(user: &str) -> Db {
-        Db::Postgres { user: user.to_string(), tls: DbTls::default() }
+        Db::Postgres { user: user.to_string(), password: None, tls: DbTls::default() }
     }
 }
 
@@ -51,7 +49,9 @@ enum Session {
 impl Session {
     async fn open(db: &Db, eps: &[Endpoint], read_write: bool, timeout: Duration) -> Option<Session> {
         match db {
-            Db::Postgres { user, tls } => connect(eps, user, tls, read_write, timeout).await.map(Session::Pg),
+            Db::Postgres { user, password, tls } => {
+                connect(eps, user, password.as_deref(), tls, read_write, timeout).await.map(Session::Pg)
+            }
             Db::MySql { user, password, tls } => {
                 for e in eps {
                     let opts = mysql_async::OptsBuilder::default()
@@ -144,7 +144,7 @@ const CREATE_MY: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS vigil_drill.writes (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
 ];
 
-async fn connect(eps: &[Endpoint], user: &str, tls: &DbTls, read_write: bool, timeout: Duration) -> Option<Client> {
+async fn connect(eps: &[Endpoint], user: &str, password: Option<&str>, tls: &DbTls, read_write: bool, timeout: Duration) -> Option<Client> {
     let mut c = tokio_postgres::Config::new();
     for e in eps {
         c.host(&e.host).port(e.port);
@@ -153,6 +153,9 @@ async fn connect(eps: &[Endpoint], user: &str, tls: &DbTls, read_write: bool, ti
     let socket_only = eps.iter().all(|e| e.host.starts_with('/'));
     c.ssl_mode(tls.pg_ssl_mode(if socket_only { "/" } else { "tcp" }));
     c.user(user).dbname("postgres").connect_timeout(timeout).application_name("vigil-workload");
+    if let Some(p) = password {
+        c.password(p);
+    }
     if read_write {
         c.target_session_attrs(TargetSessionAttrs::ReadWrite);
     }
@@ -165,7 +168,7 @@ async fn connect(eps: &[Endpoint], user: &str, tls: &DbTls, read_write: bool, ti
 
 /// How the writer finds the primary for a new connection.
 #[derive(Clone, Debug)]
-enum Discovery {
+pub enum Discovery {
     /// libpq's `target_session_attrs=read-write` over every node (MariaDB:
     /// the first node with `read_only = OFF`).
     ReadWrite,
@@ -173,6 +176,9 @@ enum Discovery {
     /// APIs in the same order as the endpoints), as HAProxy or a
     /// service-discovery client does.
     Api(Vec<String>),
+    /// The address the DNS record names at the authoritative server, asked
+    /// again for each new connection (no cache), on `port`.
+    Dns { server: std::net::SocketAddr, name: String, port: u16 },
 }
 
 async fn open_discovered(db: &Db, eps: &[Endpoint], how: &Discovery, timeout: Duration) -> Option<Session> {
@@ -187,6 +193,10 @@ async fn open_discovered(db: &Db, eps: &[Endpoint], how: &Discovery, timeout: Du
             let answers = futures_util::future::join_all(asks).await;
             let i = answers.iter().position(|ok| *ok)?;
             Session::open(db, std::slice::from_ref(&eps[i]), false, timeout).await
+        }
+        Discovery::Dns { server, name, port } => {
+            let ip = crate::publish::dns::resolve(*server, name, Duration::from_millis(300)).await.ok().flatten()?;
+            Session::open(db, &[Endpoint { host: ip.to_string(), port: *port }], false, timeout).await
         }
     }
 }
@@ -204,6 +214,28 @@ pub struct Ack {
 
 async fn server_port(c: &Client) -> u16 {
     c.query_one("SELECT inet_server_port()", &[]).await.ok().and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0) as u16
+}
+
+/// The ids one writer uses: those equal to `index` modulo `of`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lane {
+    pub index: i64,
+    pub of: i64,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane { index: 0, of: 1 }
+    }
+}
+
+impl Lane {
+    /// The id before this lane's first id above `max` (the writer adds
+    /// `of` before each insert).
+    fn first_after(&self, max: i64) -> i64 {
+        let next = (max / self.of + 1) * self.of + self.index;
+        next - self.of
+    }
 }
 
 pub struct Writer {
@@ -232,11 +264,24 @@ impl Writer {
         Self::start_with(db, eps, Discovery::Api(apis), interval).await
     }
 
+    /// Starts inserting a row every `interval`, each new connection going
+    /// to the address the DNS record `name` names at `server` (the
+    /// authoritative server, asked anew each time), on `port`.
+    pub async fn start_via_dns(db: Db, server: std::net::SocketAddr, name: &str, port: u16, interval: Duration) -> anyhow::Result<Writer> {
+        Self::start_with(db, vec![], Discovery::Dns { server, name: name.to_string(), port }, interval).await
+    }
+
     async fn start_with(db: Db, eps: Vec<Endpoint>, how: Discovery, interval: Duration) -> anyhow::Result<Writer> {
+        Self::start_in_lane(db, eps, how, interval, Lane::default()).await
+    }
+
+    /// Starts a writer that uses only the ids of `lane`, so that several
+    /// writers (one per way of finding the primary) share one table.
+    pub async fn start_in_lane(db: Db, eps: Vec<Endpoint>, how: Discovery, interval: Duration, lane: Lane) -> anyhow::Result<Writer> {
         let mut c =
             open_discovered(&db, &eps, &how, Duration::from_secs(2)).await.ok_or_else(|| anyhow::anyhow!("writer: no writable node"))?;
         c.batch(CREATE_PG, CREATE_MY).await?;
-        let start = c.max_id().await?;
+        let start = lane.first_after(c.max_id().await?);
         let acks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (Arc::clone(&acks), Arc::clone(&stop));
@@ -257,7 +302,7 @@ impl Writer {
                     }
                 }
                 let (c, port) = client.as_mut().expect("connected");
-                id += 1;
+                id += lane.of;
                 let r = tokio::time::timeout(Duration::from_secs(1), c.insert(id)).await;
                 match r {
                     Ok(Ok(())) => a.lock().unwrap().push(Ack { id, at: Instant::now(), port: *port, conn }),

@@ -50,7 +50,8 @@ fn exec(t: &TestLab, node: &str, sql: &str) {
 #[test]
 fn lag_alert_reaches_alertmanager_and_resolves() {
     let am_port = vigil::lab::free_base_port(2);
-    let am_dir = std::env::temp_dir().join(format!("vigil-am-{}", std::process::id()));
+    let am_dir_tmp = tempfile::Builder::new().prefix("vigil-am-").tempdir().unwrap();
+    let am_dir = am_dir_tmp.path().to_path_buf();
     let _am = start_alertmanager(&am_dir, am_port);
     let t = TestLab::up("lagalert", |s| s.extra_config = format!("\n[alerts]\nalertmanager = [\"http://127.0.0.1:{am_port}\"]\n"));
     let url = format!("http://127.0.0.1:{am_port}/api/v2/alerts?filter=alertname%3D%22ReplicationLag%22");
@@ -71,8 +72,20 @@ fn lag_alert_reaches_alertmanager_and_resolves() {
     assert_eq!(alert["labels"]["severity"], "warning");
     assert!(alert["annotations"]["summary"].as_str().unwrap().contains("pg3"));
     assert!(alert["annotations"]["runbook_url"].as_str().unwrap().ends_with("lag.md"));
-    let m = get_json(&format!("http://127.0.0.1:{}/metrics", t.lab.nodes[2].api_port).replace("/metrics", "/cluster"));
-    assert!(m["members"].as_array().unwrap().iter().any(|x| x["node"] == "pg3" && x["lag_seconds"].as_f64().unwrap() > 29.0));
+    // The alert is raised from this loop's observation; the cluster view
+    // shows the member record once it has been written and read back (a
+    // loop later), so wait for it rather than expect it at this instant.
+    let cluster = format!("http://127.0.0.1:{}/cluster", t.lab.nodes[2].api_port);
+    let shown = Instant::now();
+    while !get_json(&cluster)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["node"] == "pg3" && x["lag_seconds"].as_f64().is_some_and(|l| l > 29.0))
+    {
+        assert!(shown.elapsed() < Duration::from_secs(15), "the cluster view never showed pg3's lag past 29s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     exec(&t, "pg3", "SELECT pg_wal_replay_resume()");
     let resumed = Instant::now();

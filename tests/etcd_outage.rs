@@ -126,7 +126,8 @@ fn etcd_outage_without_every_member_fences_the_mariadb_leader_and_never_promotes
 
 #[test]
 fn sidecar_started_without_etcd_serves_503_and_does_nothing() {
-    let dir = std::env::temp_dir().join(format!("vigil-noetcd-{}", std::process::id()));
+    let dir_tmp = tempfile::Builder::new().prefix("vigil-noetcd-").tempdir().unwrap();
+    let dir = dir_tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let base = vigil::lab::free_base_port(3);
     let cfg = dir.join("vigil.toml");

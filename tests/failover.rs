@@ -201,7 +201,8 @@ fn e_old_primary_with_damaged_data_rejoins_through_a_base_backup() {
 /// A config error names the file, the line and the field, and exits 2.
 #[test]
 fn config_errors_name_file_line_and_field() {
-    let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", std::process::id()));
+    let dir_tmp = tempfile::Builder::new().prefix("vigil-cfg-").tempdir().unwrap();
+    let dir = dir_tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "cluster = \"x\"\nnode = \"n1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n[timing]\nttl = \"3s\"\nretry = \"2s\"\n[database]\nport = 5\ndata_dir = \"/x\"\n").unwrap();

@@ -103,7 +103,8 @@ fn dns_follows_the_primary_through_a_failover() {
 
 #[test]
 fn a_wrong_tsig_key_is_reported_clearly() {
-    let dir = std::env::temp_dir().join(format!("vigil-bind-{}", std::process::id()));
+    let dir_tmp = tempfile::Builder::new().prefix("vigil-bind-").tempdir().unwrap();
+    let dir = dir_tmp.path().to_path_buf();
     let port = vigil::lab::free_base_port(2);
     let (_named, key) = start_bind(&dir, port);
     let mut k = TsigKey::load(&key).unwrap();

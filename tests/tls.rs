@@ -46,7 +46,7 @@ fn plain_clients_are_refused(t: &TestLab) {
     assert!(cluster["leader"].is_string(), "{cluster}");
     // The database: a session without TLS fails at once.
     let plain_db = match t.lab.workload_db() {
-        vigil::workload::Db::Postgres { user, .. } => vigil::workload::Db::Postgres { user, tls: Default::default() },
+        vigil::workload::Db::Postgres { user, password, .. } => vigil::workload::Db::Postgres { user, password, tls: Default::default() },
         vigil::workload::Db::MySql { user, password, .. } => vigil::workload::Db::MySql { user, password, tls: Default::default() },
     };
     let r = t.rt.block_on(Writer::start_db(plain_db, t.eps(), Duration::from_millis(10)));

@@ -205,7 +205,7 @@ impl Lab {
     pub fn workload_db(&self) -> crate::workload::Db {
         let tls = self.db_tls();
         match self.engine {
-            crate::config::EngineKind::Postgres => crate::workload::Db::Postgres { user: "postgres".into(), tls },
+            crate::config::EngineKind::Postgres => crate::workload::Db::Postgres { user: "postgres".into(), password: None, tls },
             _ => crate::workload::Db::MySql { user: super::mariadb::APP_USER.into(), password: super::mariadb::APP_PASSWORD.into(), tls },
         }
     }

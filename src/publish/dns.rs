@@ -102,6 +102,27 @@ fn fqdn(s: &str) -> Result<Name> {
     Ok(n)
 }
 
+/// What `name` resolves to at `server` now (an A or AAAA record), asked
+/// without a signature and without a cache: how a client that looks the
+/// primary up on each new connection sees the record (a caching resolver
+/// adds up to the record's TTL).
+pub async fn resolve(server: SocketAddr, name: &str, timeout: Duration) -> Result<Option<IpAddr>> {
+    let stream = UdpClientStream::builder(server, TokioRuntimeProvider::default()).with_timeout(Some(timeout)).build();
+    let (mut client, bg) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(bg);
+    for t in [RecordType::A, RecordType::AAAA] {
+        let resp = client.query(fqdn(name)?, DNSClass::IN, t).await.map_err(|e| anyhow!("query: {e}"))?;
+        for r in &resp.answers {
+            match &r.data {
+                RData::A(a) => return Ok(Some(IpAddr::V4(a.0))),
+                RData::AAAA(a) => return Ok(Some(IpAddr::V6(a.0))),
+                _ => continue,
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn rdata_for(address: &str) -> Result<RData> {
     Ok(match address.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => RData::A(A(v4)),

@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn marker_states() {
-        let dir = std::env::temp_dir().join(format!("vigil-files-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("vigil-files-").tempdir().unwrap();
+        let dir = tmp.path().join("files");
         let cfg = FileSyncConfig { dir: dir.clone(), marker: ".vigil-sync".into(), max_age: Duration::from_secs(10), lsyncd_status: None };
         assert_eq!(read_marker(&cfg, 0).state, "dir_missing");
         std::fs::create_dir_all(&dir).unwrap();
