@@ -9,8 +9,9 @@
 #   bash scripts/compose-lab.sh down     # remove the lab (and its volumes); stop dockerd
 #                                        # if `up` started it
 #
-# Environment: VIGIL_BINARY (a vigil binary inside the repository to put in
-# the images; default target/release/vigil, built when missing),
+# Environment: VIGIL_BINARY (the vigil binary packaged for the images;
+# default target/release/vigil, built when missing), VIGIL_BUILDER
+# (rust:1.89-bookworm: compile inside the build instead, registry needed),
 # VIGIL_MARIADB=1 (start the MariaDB cluster too), VIGIL_LAB_WAIT (seconds
 # to wait for the cluster, default 240).
 set -euo pipefail
@@ -107,17 +108,18 @@ case "${1:-}" in
     start_dockerd
     bash scripts/compose-base.sh
     binary=${VIGIL_BINARY:-target/release/vigil}
-    if [ ! -x "$binary" ]; then
+    if [ ! -x "$binary" ] && [ -z "${VIGIL_BUILDER:-}" ]; then
       echo "compose-lab: building $binary"
       cargo build --release --locked --bin vigil
     fi
-    case $(realpath -m "$binary") in
-      "$PWD"/*) ;;
-      *) echo "compose-lab: VIGIL_BINARY must be inside the repository (the build context): $binary" >&2; exit 2 ;;
-    esac
-    binary=$(realpath --relative-to=. "$binary")
-    VIGIL_BINARY=$binary compose build -q
-    VIGIL_BINARY=$binary compose up -d
+    # The nodes install vigil's Debian package, made here from that binary.
+    if [ -z "${VIGIL_BUILDER:-}" ]; then
+      mkdir -p target/compose
+      deb=$(bash scripts/package-deb.sh "$binary" target/compose)
+      cp "$deb" target/compose/vigil.deb
+    fi
+    compose build -q
+    compose up -d
     wait_ready
     compose exec -T pg1 vigil status
     ;;

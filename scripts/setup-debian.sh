@@ -17,6 +17,7 @@ packages=(
   openssl                  # the TLS lab's private CA and certificates (vigil lab up --tls)
   systemd                  # systemd-analyze verify judges the shipped unit
   docker.io docker-compose debootstrap  # the compose lab (Docker 20.10, compose 1.29; its base image made offline)
+  binutils lintian         # the Debian package: strip, and lintian judges it
 )
 
 missing=()

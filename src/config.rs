@@ -39,6 +39,9 @@ pub struct Config {
     /// File, session and configuration sync status.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// The node watchdog device, armed while this node leads.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -460,6 +463,35 @@ pub enum ServiceCheck {
     Tcp { port: u16 },
 }
 
+/// `[watchdog]`: a Linux watchdog device (hardware, or the `softdog`
+/// module) that resets this node if its sidecar stops renewing the leader
+/// lease, before another node may promote (see `core::watchdog`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    pub mode: WatchdogMode,
+    pub device: PathBuf,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig { mode: WatchdogMode::Off, device: PathBuf::from("/dev/watchdog") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchdogMode {
+    /// Never used.
+    #[default]
+    Off,
+    /// Used when the device can be opened; a leader without it is logged.
+    Automatic,
+    /// The sidecar does not start when the device cannot be used, and a
+    /// failure to arm it is logged as an error.
+    Required,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
@@ -738,6 +770,17 @@ impl Config {
         }
         if t.fall == 0 {
             return err("timing.fall", "must be at least 1".into());
+        }
+        if self.watchdog.mode != WatchdogMode::Off && crate::core::watchdog::timeout(t.ttl, t.safety_margin, t.loop_wait).is_none() {
+            return err(
+                "watchdog.mode",
+                format!(
+                    "ttl - safety_margin ({} - {}) leaves less than two loops ({}) for the watchdog's timeout: a healthy leader would be reset",
+                    hd(t.ttl),
+                    hd(t.safety_margin),
+                    hd(t.loop_wait)
+                ),
+            );
         }
         if t.rise == 0 {
             return err("timing.rise", "must be at least 1".into());

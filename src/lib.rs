@@ -30,4 +30,5 @@ pub mod status;
 pub mod sync;
 pub mod tls;
 pub mod units;
+pub mod watchdog;
 pub mod workload;

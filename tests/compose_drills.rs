@@ -2,8 +2,10 @@
 //!
 //! `scripts/compose-lab.sh up` installs Docker when it is missing, starts
 //! dockerd when it is not running, builds the base image offline, builds
-//! the lab's images from Debian packages with the vigil binary this test
-//! was built with, and waits for a leader and two streaming replicas. Then,
+//! the lab's images from Debian packages, the database nodes installing
+//! vigil's own package made from the binary this test was built with
+//! (`scripts/package-deb.sh`), and waits for a leader and two streaming
+//! replicas. Then,
 //! one after another, on the PostgreSQL cluster (synchronous mode):
 //!
 //! - `kill`: the primary's container is killed (database and sidecar: a
@@ -67,12 +69,11 @@ struct ComposeLab {
 
 impl ComposeLab {
     fn script(args: &[&str]) -> Output {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_vigil"));
-        let rel = bin.strip_prefix(root()).expect("the vigil binary is inside the repository (the image's build context)");
+        // The nodes install the Debian package made from this test's binary.
         Command::new("bash")
             .arg(root().join("scripts/compose-lab.sh"))
             .args(args)
-            .env("VIGIL_BINARY", rel)
+            .env("VIGIL_BINARY", env!("CARGO_BIN_EXE_vigil"))
             .stdin(Stdio::null())
             .output()
             .expect("bash")

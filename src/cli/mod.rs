@@ -544,6 +544,14 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }
+    if cfg.watchdog.mode != crate::config::WatchdogMode::Off {
+        if let Err(e) = crate::watchdog::preflight(&cfg.watchdog.device) {
+            if cfg.watchdog.mode == crate::config::WatchdogMode::Required {
+                anyhow::bail!("watchdog.mode = \"required\" but the device cannot be used: {e}");
+            }
+            tracing::warn!("watchdog: {e}; this node will lead without it");
+        }
+    }
     crate::proc::become_subreaper();
     match cfg.engine {
         crate::config::EngineKind::Postgres => {
@@ -599,6 +607,8 @@ async fn run_with<E: crate::engine::Engine>(cfg: Config, engine: Arc<E>) -> Resu
     let peers = crate::peers::HttpPeers::new(&cfg.api)?;
     let ha = crate::ha::Ha::new(cfg, engine, Arc::clone(&dcs), peers, shared, wake, notifier);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // systemd (Type=notify): started; the loop's WATCHDOG=1 follow.
+    crate::watchdog::sd_notify("READY=1");
     tokio::select! {
         _ = ha.run() => {}
         _ = tokio::signal::ctrl_c() => {}

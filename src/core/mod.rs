@@ -28,6 +28,7 @@ pub mod rejoin;
 pub mod sync_set;
 #[cfg(test)]
 mod tests;
+pub mod watchdog;
 
 /// The thresholds `decide` applies, taken from the config.
 #[derive(Debug, Clone)]

@@ -9,8 +9,45 @@ use crate::core::{self, Action};
 use crate::dcs::{now_ms, ClusterState, Dcs, MemberRecord};
 use crate::engine::Engine;
 use crate::peers::PeerApi;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// When the leader lease was last known renewed (always the moment the
+/// request was sent), shared by the loop, the renewals beside long actions
+/// and the lease watchdog. Each renewal feeds, and each loss disarms, the
+/// node watchdog device (`core::watchdog` decides).
+pub(super) struct Renewals {
+    last: Mutex<Option<Instant>>,
+    device: Mutex<crate::watchdog::NodeWatchdog>,
+}
+
+impl Renewals {
+    pub(super) fn new(device: crate::watchdog::NodeWatchdog) -> Renewals {
+        Renewals { last: Mutex::new(None), device: Mutex::new(device) }
+    }
+
+    /// A renewal sent at `sent` succeeded (its answer is in now).
+    pub(super) fn renewed(&self, sent: Instant) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
+        let event = core::watchdog::LeaseEvent::Renewed { answer_delay: sent.elapsed() };
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).on(event);
+    }
+
+    /// This node no longer holds the lease.
+    pub(super) fn dropped(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).on(core::watchdog::LeaseEvent::Dropped);
+    }
+
+    pub(super) fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Not renewed within `limit` (or never).
+    pub(super) fn older_than(&self, limit: Duration) -> bool {
+        self.last().is_none_or(|t| t.elapsed() >= limit)
+    }
+}
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Runs beside a long action: every `loop` it renews the leader lease
@@ -21,7 +58,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// to finish promoting or handing over without a lease.
     pub(super) fn keep_alive_beside(&self, action: &Action) -> impl std::future::Future<Output = String> + Send + 'static {
         let (dcs, shared, renewal, paused) =
-            (Arc::clone(&self.dcs), Arc::clone(&self.shared), Arc::clone(&self.last_renewal), Arc::clone(&self.paused));
+            (Arc::clone(&self.dcs), Arc::clone(&self.shared), Arc::clone(&self.renewals), Arc::clone(&self.paused));
         let (every, limit) = (self.cfg.timing.loop_wait, self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin));
         let what = action.doing();
         let started = Instant::now();
@@ -34,9 +71,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
-                    if dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit)
-                    {
+                    if dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.older_than(limit) {
                         return format!("the leader lease was not renewed for {limit:?} while {what}; cancelled");
                     }
                 }
@@ -48,11 +83,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 if dcs.holds_leader() {
                     let sent = Instant::now();
                     match dcs.renew_leader().await {
-                        Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent),
+                        Ok(true) => renewal.renewed(sent),
                         Ok(false) => return format!("the leader lease expired while {what}; cancelled"),
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not renew the leader lease while {what}"),
                     }
                 }
+                // systemd's watchdog: the sidecar is alive beside the action.
+                crate::watchdog::sd_notify("WATCHDOG=1");
                 if let Some(mut me) = shared.get().me {
                     me.state = format!("{what} since {:.0}s", started.elapsed().as_secs_f64());
                     me.updated_ms = now_ms();
@@ -79,11 +116,14 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// lapsed lease look fresh (found by the simulation, seed 5012989,
     /// once its replay no longer depended on a random `select!` order).
     pub(super) fn set_renewal(&self, at: Option<Instant>) {
-        *self.last_renewal.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        match at {
+            Some(sent) => self.renewals.renewed(sent),
+            None => self.renewals.dropped(),
+        }
     }
 
     pub(super) fn renewal(&self) -> Option<Instant> {
-        *self.last_renewal.lock().unwrap_or_else(|e| e.into_inner())
+        self.renewals.last()
     }
 
     /// The lease watchdog: the loop can be slowed by etcd calls running
@@ -100,12 +140,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// renewed or released the lease meanwhile.
     pub(super) fn lease_watchdog(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (engine, dcs, shared) = (Arc::clone(&self.engine), Arc::clone(&self.dcs), Arc::clone(&self.shared));
-        let (renewal, paused, owner) = (Arc::clone(&self.last_renewal), Arc::clone(&self.paused), Arc::clone(&self.db_owner));
+        let (renewal, paused, owner) = (Arc::clone(&self.renewals), Arc::clone(&self.paused), Arc::clone(&self.db_owner));
         let limit = self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin);
-        let lapsed = move || {
-            let last = *renewal.lock().unwrap_or_else(|e| e.into_inner());
-            dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && last.is_none_or(|t| t.elapsed() >= limit)
-        };
+        let renewals = Arc::clone(&renewal);
+        let lapsed = move || dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.older_than(limit);
         let dcs = Arc::clone(&self.dcs);
         async move {
             loop {
@@ -120,8 +158,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 tracing::error!("leader lease not renewed for {limit:?} (ttl - safety_margin): fencing the database");
                 shared.update(|s| s.writable_leader = false);
                 dcs.forget_leader();
-                if let Err(e) = engine.fence().await {
-                    tracing::error!(error = %format!("{e:#}"), "fencing failed");
+                match engine.fence().await {
+                    // Fenced: the node watchdog need not reset the node.
+                    Ok(()) => renewals.dropped(),
+                    // Not fenced: an armed node watchdog resets the node
+                    // before the lease can expire.
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "fencing failed"),
                 }
             }
         }

@@ -71,8 +71,10 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     known_seen: BTreeMap<String, Instant>,
     last_leader: Option<String>,
     last_primary_position: Option<Position>,
-    /// When the leader lease was last renewed; shared with the lease watchdog.
-    last_renewal: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// When the leader lease was last renewed; shared with the lease
+    /// watchdog and the renewals beside long actions; drives the node
+    /// watchdog device.
+    renewals: Arc<leadership::Renewals>,
     paused: Arc<std::sync::atomic::AtomicBool>,
     term: Option<i64>,
     leader_lost_ms: Option<u64>,
@@ -138,6 +140,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         };
         let (cfg_hooks, cfg_cluster, cfg_node) = (cfg.hooks.clone(), cfg.cluster.clone(), cfg.node.clone());
         let dns_target = cfg.dns.as_ref().map(DnsTarget::from_config);
+        let node_watchdog =
+            crate::watchdog::NodeWatchdog::new(&cfg.watchdog, cfg.timing.ttl, cfg.timing.safety_margin, cfg.timing.loop_wait);
         Ha {
             cfg,
             policy,
@@ -152,7 +156,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             known_seen: BTreeMap::new(),
             last_leader: None,
             last_primary_position: None,
-            last_renewal: Arc::default(),
+            renewals: Arc::new(leadership::Renewals::new(node_watchdog)),
             paused: Arc::default(),
             term: None,
             leader_lost_ms: None,
@@ -210,6 +214,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             if let Err(e) = self.iterate().await {
                 tracing::warn!(error = %format!("{e:#}"), "loop iteration failed");
             }
+            // systemd's watchdog (`WatchdogSec=`): the loop went round.
+            crate::watchdog::sd_notify("WATCHDOG=1");
             // While the database is starting (restart in place, rejoin), look
             // again soon, so that /primary turns 200 as soon as it can.
             let busy = self.shared.get().me.as_ref().is_some_and(|m| m.health == crate::core::DbHealth::Starting);
