@@ -28,12 +28,20 @@ fn lab_of(name: &str, engine: EngineKind) -> TestLab {
 /// Restarts sidecar `i` with the fault point armed, and waits until it is a
 /// candidate again (a restarted sidecar must see `rise` good checks and
 /// streaming first; killing the primary before that tests something else).
+///
+/// The member record must be one the restarted sidecar wrote: the killed
+/// one's last record says "eligible" too, and a test that read it killed
+/// the primary before the restarted replicas had streamed (they then, and
+/// rightly, refused to take the key).
 fn arm(t: &mut TestLab, i: usize, point: &str) {
     t.lab.kill_sidecar(i);
+    let restarted_ms = vigil::dcs::now_ms();
     t.lab.start_sidecar_with(i, &[("VIGIL_FAULT", point)]).unwrap();
     t.lab.wait_healthy(Duration::from_secs(30)).unwrap();
     let name = t.lab.nodes[i].name.clone();
-    t.wait_for(&format!("{name} eligible"), Duration::from_secs(30), |c| c.members.get(&name).is_some_and(|m| m.eligible));
+    t.wait_for(&format!("{name} eligible"), Duration::from_secs(30), |c| {
+        c.members.get(&name).is_some_and(|m| m.eligible && m.updated_ms > restarted_ms)
+    });
 }
 
 /// Waits until one of the sidecars `of` exits; returns its index and status.
