@@ -103,6 +103,17 @@ sys.exit(0 if leader and len(streaming) == 2 else 1)' 2>/dev/null; then
 }
 
 case "${1:-}" in
+  prewarm)
+    # Everything that does not need vigil: Docker, the base image, every
+    # stage of contrib/compose/Dockerfile up to the database nodes'
+    # packages (the classic builder, as docker-compose 1.29 uses, so that
+    # its cache serves `up`). scripts/test.sh runs this while Rust compiles.
+    install_docker
+    start_dockerd
+    bash scripts/compose-base.sh
+    DOCKER_BUILDKIT=0 docker build -q --target node-base -f contrib/compose/Dockerfile . >/dev/null
+    echo "compose-lab: images up to node-base built"
+    ;;
   up)
     install_docker
     start_dockerd

@@ -20,33 +20,110 @@ use std::time::Duration;
 /// `WDIOC_SETTIMEOUT`: `_IOWR('W', 6, int)` in linux/watchdog.h.
 const WDIOC_SETTIMEOUT: u64 = 0xC004_5706;
 
-/// The node watchdog device as this sidecar drives it.
+/// Where the node watchdog's bytes go: the Linux device (`FileDevice`), or
+/// the simulation's model of one (`sim::world`).
+pub trait WatchdogDevice: Send {
+    /// Opens the device (it starts counting) with `timeout_s`.
+    fn open(&mut self, timeout_s: u32) -> anyhow::Result<()>;
+    /// `b"1"` feeds it; `b"V"` (the magic character) lets the next close
+    /// stop it.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Closes it: stopped after a magic character, still counting
+    /// otherwise.
+    fn close(&mut self);
+}
+
+/// A Linux watchdog device file, or a plain file standing in for one in
+/// tests (it only records what is written).
+pub struct FileDevice {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl FileDevice {
+    pub fn new(path: &Path) -> FileDevice {
+        FileDevice { path: path.to_path_buf(), file: None }
+    }
+}
+
+impl WatchdogDevice for FileDevice {
+    fn open(&mut self, timeout_s: u32) -> anyhow::Result<()> {
+        // Append: a device ignores it; the fake device keeps every write.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        if std::os::unix::fs::FileTypeExt::is_char_device(&f.metadata()?.file_type()) {
+            let mut t: libc::c_int = timeout_s as libc::c_int;
+            // SAFETY: the fd is open for the call's duration and `t` is a
+            // valid c_int the driver reads and writes back.
+            let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), WDIOC_SETTIMEOUT as _, &mut t) };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                // Leave the device as it was: stop it before reporting.
+                let _ = f.write_all(b"V");
+                anyhow::bail!("setting the timeout to {timeout_s}s: {e}");
+            }
+            if t as u32 != timeout_s {
+                tracing::warn!(asked = timeout_s, got = t, "the watchdog device chose another timeout");
+            }
+        }
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => Err(std::io::Error::other("not open")),
+        }
+    }
+
+    fn close(&mut self) {
+        self.file = None;
+    }
+}
+
+/// The node watchdog as this sidecar drives it.
 pub struct NodeWatchdog {
     mode: WatchdogMode,
-    device: PathBuf,
+    /// Shown in logs.
+    name: String,
+    device: Box<dyn WatchdogDevice>,
     /// Seconds; `None` when ttl and safety margin leave too little (the
     /// config refuses that with the watchdog on).
     timeout: Option<u32>,
     safety_margin: Duration,
-    open: Option<File>,
+    armed: bool,
     /// The last arming failure, logged once until arming works again.
     failure: Option<String>,
 }
 
 impl NodeWatchdog {
+    /// The device the config names.
     pub fn new(cfg: &WatchdogConfig, ttl: Duration, safety_margin: Duration, loop_wait: Duration) -> NodeWatchdog {
+        let name = cfg.device.display().to_string();
+        Self::with_device(cfg.mode, name, Box::new(FileDevice::new(&cfg.device)), ttl, safety_margin, loop_wait)
+    }
+
+    pub fn with_device(
+        mode: WatchdogMode,
+        name: String,
+        device: Box<dyn WatchdogDevice>,
+        ttl: Duration,
+        safety_margin: Duration,
+        loop_wait: Duration,
+    ) -> NodeWatchdog {
         NodeWatchdog {
-            mode: cfg.mode,
-            device: cfg.device.clone(),
+            mode,
+            name,
+            device,
             timeout: watchdog::timeout(ttl, safety_margin, loop_wait),
             safety_margin,
-            open: None,
+            armed: false,
             failure: None,
         }
     }
 
     pub fn armed(&self) -> bool {
-        self.open.is_some()
+        self.armed
     }
 
     /// The lease changed: arm, feed or disarm as the core decides.
@@ -54,11 +131,11 @@ impl NodeWatchdog {
         if self.mode == WatchdogMode::Off {
             return;
         }
-        match watchdog::step(event, self.armed(), self.safety_margin) {
+        match watchdog::step(event, self.armed, self.safety_margin) {
             WatchdogStep::Arm => match self.arm() {
-                Ok(f) => {
-                    tracing::info!(device = %self.device.display(), timeout_s = ?self.timeout, "watchdog armed: this node resets if the lease is not renewed in time");
-                    self.open = Some(f);
+                Ok(()) => {
+                    tracing::info!(device = %self.name, timeout_s = ?self.timeout, "watchdog armed: this node resets if the lease is not renewed in time");
+                    self.armed = true;
                     self.failure = None;
                     self.feed();
                 }
@@ -69,9 +146,9 @@ impl NodeWatchdog {
                         // guarded; say so loudly. Automatic: go on unguarded.
                         match self.mode {
                             WatchdogMode::Required => {
-                                tracing::error!(device = %self.device.display(), error = %e, "watchdog required but it cannot be armed: this leader is not guarded against a frozen sidecar")
+                                tracing::error!(device = %self.name, error = %e, "watchdog required but it cannot be armed: this leader is not guarded against a frozen sidecar")
                             }
-                            _ => tracing::warn!(device = %self.device.display(), error = %e, "watchdog not available; leading without it"),
+                            _ => tracing::warn!(device = %self.name, error = %e, "watchdog not available; leading without it"),
                         }
                         self.failure = Some(e);
                     }
@@ -83,53 +160,35 @@ impl NodeWatchdog {
         }
     }
 
-    fn arm(&self) -> anyhow::Result<File> {
+    fn arm(&mut self) -> anyhow::Result<()> {
         let timeout = self.timeout.ok_or_else(|| anyhow::anyhow!("ttl - safety_margin leaves less than two loops for the timeout"))?;
-        // Append: a device ignores it; the fake device keeps every write.
-        let f = std::fs::OpenOptions::new().append(true).open(&self.device)?;
-        // A character device takes the timeout; a plain file (the tests'
-        // fake device) only records what is written.
-        if std::os::unix::fs::FileTypeExt::is_char_device(&f.metadata()?.file_type()) {
-            let mut t: libc::c_int = timeout as libc::c_int;
-            // SAFETY: the fd is open for the call's duration and `t` is a
-            // valid c_int the driver reads and writes back.
-            let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), WDIOC_SETTIMEOUT as _, &mut t) };
-            if r != 0 {
-                let e = std::io::Error::last_os_error();
-                // Leave the device as it was: disarm before reporting.
-                let mut f = f;
-                let _ = f.write_all(b"V");
-                anyhow::bail!("setting the timeout to {timeout}s: {e}");
-            }
-            if t as u32 != timeout {
-                tracing::warn!(asked = timeout, got = t, "the watchdog device chose another timeout");
-            }
-        }
-        Ok(f)
+        self.device.open(timeout)
     }
 
     fn feed(&mut self) {
-        if let Some(f) = self.open.as_mut() {
-            if let Err(e) = f.write_all(b"1") {
-                tracing::error!(error = %e, "could not feed the watchdog");
-            }
+        if let Err(e) = self.device.write(b"1") {
+            tracing::error!(error = %e, "could not feed the watchdog");
         }
     }
 
     /// Magic close: the device stops counting.
     fn disarm(&mut self) {
-        if let Some(mut f) = self.open.take() {
-            match f.write_all(b"V") {
-                Ok(()) => tracing::info!(device = %self.device.display(), "watchdog disarmed: this node no longer leads"),
-                Err(e) => tracing::error!(error = %e, "could not disarm the watchdog"),
-            }
+        self.armed = false;
+        match self.device.write(b"V") {
+            Ok(()) => tracing::info!(device = %self.name, "watchdog disarmed: this node no longer leads"),
+            Err(e) => tracing::error!(error = %e, "could not disarm the watchdog"),
         }
+        self.device.close();
     }
 }
 
+/// A sidecar that goes away while leading (killed, crashed, or stopped)
+/// closes the device without the magic character: it keeps counting, and
+/// the node is reset unless a sidecar comes back and feeds it in time. A
+/// primary must not outlive its supervisor's lease.
 impl Drop for NodeWatchdog {
     fn drop(&mut self) {
-        self.disarm();
+        self.device.close();
     }
 }
 
@@ -191,15 +250,15 @@ mod tests {
         wd.on(renewed(5));
         assert!(wd.armed());
         wd.on(renewed(5));
-        wd.on(renewed(1500));
-        wd.on(renewed(900));
+        wd.on(renewed(2500));
+        wd.on(renewed(1900));
         assert_eq!(std::fs::read_to_string(&dev).unwrap(), "111");
         wd.on(LeaseEvent::Dropped);
         assert!(!wd.armed());
         assert_eq!(std::fs::read_to_string(&dev).unwrap(), "111V");
         wd.on(renewed(5));
         drop(wd);
-        assert_eq!(std::fs::read_to_string(&dev).unwrap(), "111V1V", "dropped (the sidecar stops): magic close");
+        assert_eq!(std::fs::read_to_string(&dev).unwrap(), "111V1", "a sidecar that goes away leaves it counting (no magic close)");
     }
 
     #[test]

@@ -8,7 +8,12 @@
 //! - `VIGIL_SIM_PROFILE=fast`, `VIGIL_SIM_SYNC=1` pick the profile and mode
 //!   of a replay (a run covers all four combinations, seed by seed);
 //!   `VIGIL_SIM_EXTRA=0` leaves out the faults added to the harness later
-//!   (kept seeds run so, to replay the scenario that found them).
+//!   (kept seeds run so, to replay the scenario that found them);
+//!   `VIGIL_SIM_WATCHDOG=1` gives every node a watchdog device;
+//! - `VIGIL_SIM_WATCHDOG_SEEDS=N` (default 300) seeds after those with a
+//!   watchdog device on every node: the windows the other seeds leave to
+//!   it (a resumed frozen or orphaned primary writable beside the primary)
+//!   must then be closed;
 //! - `tests/sim-seeds.txt`: seeds that once found a defect, kept for ever.
 
 use std::time::Instant;
@@ -32,15 +37,17 @@ fn options_for(seed: u64) -> SimOptions {
         _ => seed % 4 >= 2,
     };
     let extra_faults = std::env::var("VIGIL_SIM_EXTRA").as_deref() != Ok("0");
-    SimOptions { profile, synchronous, extra_faults, ..SimOptions::default() }
+    let watchdog = std::env::var("VIGIL_SIM_WATCHDOG").as_deref() == Ok("1");
+    SimOptions { profile, synchronous, extra_faults, watchdog, ..SimOptions::default() }
 }
 
 fn replay_hint(seed: u64, o: &SimOptions) -> String {
     format!(
-        "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={} cargo test --test sim -- --nocapture",
+        "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={} VIGIL_SIM_WATCHDOG={} cargo test --test sim -- --nocapture",
         if o.profile == Profile::Fast { "fast" } else { "default" },
         u8::from(o.synchronous),
-        u8::from(o.extra_faults)
+        u8::from(o.extra_faults),
+        u8::from(o.watchdog)
     )
 }
 
@@ -78,9 +85,17 @@ fn sim() {
     let n = env_u64("VIGIL_SIM_SEEDS").unwrap_or(2000);
     // Kept seeds replay the scenario that found their defect: without the
     // faults added to the harness since.
-    let mut seeds: Vec<(u64, bool)> = kept_seeds();
-    seeds.extend((first..first + n).map(|s| (s, true)));
-    let opts = |seed: u64, extra: bool| SimOptions { extra_faults: extra && options_for(seed).extra_faults, ..options_for(seed) };
+    let mut seeds: Vec<(u64, bool, bool)> = kept_seeds().into_iter().map(|(s, extra)| (s, extra, false)).collect();
+    seeds.extend((first..first + n).map(|s| (s, true, false)));
+    // Then seeds where every node has a watchdog device: the windows the
+    // others leave to it (a resumed frozen or orphaned primary) must close.
+    let with_watchdog = env_u64("VIGIL_SIM_WATCHDOG_SEEDS").unwrap_or(300);
+    seeds.extend((first + n..first + n + with_watchdog).map(|s| (s, true, true)));
+    let opts = |seed: u64, extra: bool, watchdog: bool| SimOptions {
+        extra_faults: extra && options_for(seed).extra_faults,
+        watchdog: watchdog || options_for(seed).watchdog,
+        ..options_for(seed)
+    };
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -89,8 +104,8 @@ fn sim() {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&(seed, extra)) = seeds.get(k) else { break };
-                let o = opts(seed, extra);
+                let Some(&(seed, extra, watchdog)) = seeds.get(k) else { break };
+                let o = opts(seed, extra, watchdog);
                 let r = run_seed(seed, &o);
                 results.lock().unwrap().push((r, o));
             });
@@ -98,7 +113,18 @@ fn sim() {
     });
     let all = results.into_inner().unwrap();
     let hint: std::collections::HashMap<u64, String> = all.iter().map(|(r, o)| (r.seed, replay_hint(r.seed, o))).collect();
-    let results: Vec<_> = all.into_iter().map(|(r, _)| r).collect();
+    let (guarded, results): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, o)| o.watchdog);
+    let guarded: Vec<_> = guarded.into_iter().map(|(r, _)| r).collect();
+    let mut results: Vec<_> = results.into_iter().map(|(r, _)| r).collect();
+    let windows: usize = results.iter().map(|r| r.watchdog_windows).sum();
+    let guarded_windows: usize = guarded.iter().map(|r| r.watchdog_windows).sum();
+    eprintln!(
+        "with a node watchdog ({} seeds): {} nodes reset by it; checks with a resumed frozen or orphaned primary writable beside the primary: {guarded_windows}",
+        guarded.len(),
+        guarded.iter().map(|r| r.watchdog_resets).sum::<usize>(),
+    );
+    let unclosed: Vec<u64> = guarded.iter().filter(|r| r.watchdog_windows > 0).map(|r| r.seed).collect();
+    results.extend(guarded);
     let faults: usize = results.iter().map(|r| r.faults).sum();
     let hours: f64 = results.iter().map(|r| r.simulated.as_secs_f64()).sum::<f64>() / 3600.0;
     let failed: Vec<_> = results.iter().filter(|r| !r.violations.is_empty()).collect();
@@ -120,7 +146,7 @@ fn sim() {
             rec[rec.len() - 1],
             results.iter().map(|r| r.acknowledged).sum::<usize>(),
             results.iter().map(|r| r.lost_async).sum::<usize>(),
-            results.iter().map(|r| r.watchdog_windows).sum::<usize>()
+            windows
         );
     }
     println!(
@@ -130,4 +156,5 @@ fn sim() {
     );
     let bad: Vec<String> = failed.iter().map(|r| format!("{} ({})", r.seed, hint[&r.seed])).collect();
     assert!(failed.is_empty(), "failing seeds: {}", bad.join("; "));
+    assert!(unclosed.is_empty(), "seeds where the node watchdog left a window open: {unclosed:?}");
 }

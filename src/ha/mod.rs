@@ -188,6 +188,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         }
     }
 
+    /// Drives `watchdog` instead of the device the config names (the
+    /// simulation's model of a watchdog device).
+    pub fn with_node_watchdog(mut self, watchdog: crate::watchdog::NodeWatchdog) -> Self {
+        self.renewals = Arc::new(leadership::Renewals::new(watchdog));
+        self
+    }
+
     /// Runs until the process is told to stop.
     ///
     /// The helper tasks (process watcher, lease watchdog) belong to this

@@ -68,6 +68,9 @@ pub struct SimOptions {
     /// and with it every kept seed's scenario, stays as it was. Kept seeds
     /// run without them.
     pub extra_faults: bool,
+    /// Every node has a watchdog device (`[watchdog] mode = "automatic"`),
+    /// modelled in the world: it resets a node not fed for its timeout.
+    pub watchdog: bool,
 }
 
 impl Default for SimOptions {
@@ -79,6 +82,7 @@ impl Default for SimOptions {
             max_faults: 4,
             fault_window: Duration::from_secs(60),
             extra_faults: true,
+            watchdog: false,
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct SeedReport {
     /// Checks that saw a resumed frozen primary, or one whose sidecar was
     /// dead, writable beside the primary (the node watchdog's cases).
     pub watchdog_windows: usize,
+    /// Nodes reset by their watchdog (the `watchdog` option).
+    pub watchdog_resets: usize,
     /// Seconds from the end of the faults to a writable primary.
     pub recovered_in: Option<f64>,
 }
@@ -260,6 +266,20 @@ advertise_url = "{url}"
             Arc::clone(&self.wakes[i]),
             crate::alerts::Notifier::none(),
         );
+        let ha = if self.opts.watchdog {
+            let device = world::SimWatchdogDevice { world: Arc::clone(&self.world), node: i };
+            let t = &cfg.timing;
+            ha.with_node_watchdog(crate::watchdog::NodeWatchdog::with_device(
+                crate::config::WatchdogMode::Automatic,
+                format!("{}:/dev/watchdog", self.names[i]),
+                Box::new(device),
+                t.ttl,
+                t.safety_margin,
+                t.loop_wait,
+            ))
+        } else {
+            ha
+        };
         let fut = NODE_OFFSET_MS
             .scope(Arc::clone(&self.offsets[i]), Frozen { inner: Box::pin(ha.run_joined()), freeze: Arc::clone(&self.freeze[i]) });
         let task = tokio::spawn(fut);
@@ -516,6 +536,7 @@ impl Sim {
             acknowledged: w.acks.len(),
             lost_async: w.lost_async,
             watchdog_windows: w.resume_window + w.orphan_window,
+            watchdog_resets: w.watchdog_resets,
             recovered_in,
         }
     }
@@ -557,6 +578,8 @@ impl Sim {
                     let mut w = c.world.lock();
                     w.stop_process(f.node, "node lost");
                     w.host_down[f.node] = true;
+                    // Power gone: the watchdog device with it.
+                    w.watchdogs[f.node] = world::SimWatchdog::default();
                     c.dcs_cut[f.node].store(true, Ordering::Relaxed);
                 } else {
                     {
@@ -655,6 +678,33 @@ impl Sim {
 
 /// The world's clockwork: replication, the client's writes, lease expiry,
 /// the safety check, leader changes for the trace, crash requests.
+/// A node's watchdog device went unfed for its timeout: the machine
+/// resets (database and sidecar gone at once, the device stopped) and
+/// boots again 5 s later (its sidecar starts; the database with it).
+fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
+    c.note(format!("{} reset by its watchdog", c.names[i]));
+    c.stop_sidecar(i);
+    {
+        let mut w = c.world.lock();
+        w.stop_process(i, "watchdog reset");
+        w.dbs[i].frozen = false;
+        w.host_down[i] = true;
+        w.watchdogs[i] = world::SimWatchdog::default();
+        w.watchdog_resets += 1;
+    }
+    c.freeze[i].set(false);
+    c.dcs_cut[i].store(true, Ordering::Relaxed);
+    let c2 = Arc::clone(c);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c2.world.lock().host_down[i] = false;
+        c2.dcs_cut[i].store(false, Ordering::Relaxed);
+        if !c2.sidecar_up(i) {
+            c2.start_sidecar(i);
+        }
+    });
+}
+
 async fn tick(c: Arc<Cluster>) {
     let mut last_leader = None;
     let mut states = vec![String::new(); c.opts.nodes];
@@ -673,6 +723,14 @@ async fn tick(c: Arc<Cluster>) {
             }
             (0..c.opts.nodes).filter(|i| std::mem::take(&mut w.crash_requests[*i])).collect()
         };
+        let now = Instant::now();
+        let expired: Vec<usize> = {
+            let w = c.world.lock();
+            (0..c.opts.nodes).filter(|i| w.watchdogs[*i].expired(now) && !w.host_down[*i]).collect()
+        };
+        for i in expired {
+            watchdog_reset(&c, i);
+        }
         for i in crash {
             c.note(format!("{} sidecar crashed", c.names[i]));
             c.stop_sidecar(i);

@@ -129,6 +129,72 @@ pub struct WorldInner {
     /// Which nodes' sidecars run (kept by the harness).
     pub sidecar_up: Vec<bool>,
     pub sidecar_started: Vec<Option<Instant>>,
+    /// Each node's watchdog device (the `watchdog` option): it counts on
+    /// the simulated clock whatever its sidecar does, frozen or gone.
+    pub watchdogs: Vec<SimWatchdog>,
+    /// Nodes the watchdog reset.
+    pub watchdog_resets: usize,
+}
+
+/// A node's watchdog device, as the harness sees it.
+#[derive(Debug, Clone, Default)]
+pub struct SimWatchdog {
+    /// Counting: opened, not stopped by a magic close.
+    pub counting: bool,
+    pub timeout: Duration,
+    pub last_feed: Option<Instant>,
+    /// A magic character came: the next close stops it.
+    magic: bool,
+}
+
+impl SimWatchdog {
+    /// Counting and not fed for its timeout: the node resets now.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.counting && self.last_feed.is_some_and(|t| now.duration_since(t) >= self.timeout)
+    }
+}
+
+/// The watchdog device one sidecar opens: a view on its node's
+/// `SimWatchdog` in the world (so that a sidecar crash or freeze does not
+/// stop it, as a real device is not stopped).
+pub struct SimWatchdogDevice {
+    pub world: Arc<World>,
+    pub node: usize,
+}
+
+impl crate::watchdog::WatchdogDevice for SimWatchdogDevice {
+    fn open(&mut self, timeout_s: u32) -> anyhow::Result<()> {
+        let mut w = self.world.lock();
+        let d = &mut w.watchdogs[self.node];
+        d.counting = true;
+        d.magic = false;
+        d.timeout = Duration::from_secs(timeout_s as u64);
+        d.last_feed = Some(Instant::now());
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut w = self.world.lock();
+        let d = &mut w.watchdogs[self.node];
+        for b in bytes {
+            match b {
+                b'V' => d.magic = true,
+                _ => {
+                    d.magic = false;
+                    d.last_feed = Some(Instant::now());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        let mut w = self.world.lock();
+        let d = &mut w.watchdogs[self.node];
+        if d.magic {
+            d.counting = false;
+        }
+    }
 }
 
 /// How long a restarted sidecar may take to fence a writable primary it
@@ -196,6 +262,8 @@ impl World {
                 orphan_window: 0,
                 sidecar_up: vec![false; n],
                 sidecar_started: vec![None; n],
+                watchdogs: vec![SimWatchdog::default(); n],
+                watchdog_resets: 0,
             }),
             crash_wake: Notify::new(),
         })
