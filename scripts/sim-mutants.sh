@@ -25,8 +25,8 @@ mutants=(
   "sync-mark-from-now|src/core/sync_set.rs|s/let Some\(mark\) = i\.marks\.get\(gone\)\.copied\(\)\.or\(i\.primary_position\) else/let Some(mark) = i.primary_position else/|defect 2: a departed member leaves the synchronous set only when another has the primary's current position"
   "bad-value-fails-the-read|src/dcs/memory.rs|s/        Ok\(decode::decode\(raw, me\)\)/        let st = decode::decode(raw, me);\n        if let Some(b) = st.bad_values.first() {\n            anyhow::bail!(\"etcd key {} holds invalid JSON\", b.key);\n        }\n        Ok(st)/|defect 3: one malformed value makes the whole read fail"
   "unresponsive-never-rejoined|src/core/mod.rs|s/DbHealth::Unresponsive if i\.local\.failed_checks >= i\.policy\.fall => \{/DbHealth::Unresponsive if false => {/|defect 4: a replica whose server stopped answering is never rejoined"
-  "watchdog-without-owner|src/ha.rs|s/                let _owner = owner\.lock\(\)\.await;\n//|defect 5: the lease watchdog fences without the database's owner lock, beside the loop's own actions"
-  "renewal-from-answer|src/ha.rs|s/Ok\(true\) => \*renewal\.lock\(\)\.unwrap_or_else\(\|e\| e\.into_inner\(\)\) = Some\(sent\)/Ok(true) => *renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now())/|the lease renewal beside an action counted from its answer, not its send"
+  "watchdog-without-owner|src/ha/leadership.rs|s/                let _owner = owner\.lock\(\)\.await;\n//|defect 5: the lease watchdog fences without the database's owner lock, beside the loop's own actions"
+  "renewal-from-answer|src/ha/leadership.rs|s/Ok\(true\) => renewal\.renewed\(sent\),/Ok(true) => renewal.renewed(Instant::now()),/|the lease renewal beside an action counted from its answer, not its send"
 )
 
 only=${1:-}
@@ -43,7 +43,9 @@ for m in "${mutants[@]}"; do
     continue
   fi
   log="$work/$name.log"
-  (cd "$work/tree" && cargo test -q --features fault-injection --test sim -- --nocapture >"$log" 2>&1) || true
+  # Without the seeds that give every node a watchdog device: the defects
+  # are the sidecar's, and those seeds test the device.
+  (cd "$work/tree" && VIGIL_SIM_WATCHDOG_SEEDS=0 cargo test -q --features fault-injection --test sim -- --nocapture >"$log" 2>&1) || true
   summary=$(grep -m1 '^simulation:' "$log" || echo "simulation: did not run (build failed?)")
   mapfile -t found < <(grep -m1 'failing seeds:' "$log" | grep -o '[0-9]* (VIGIL_SIM_SEED' | cut -d' ' -f1 || true)
   if ((${#found[@]})); then
