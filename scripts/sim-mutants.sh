@@ -18,38 +18,31 @@ trap 'git -C "$root" worktree remove --force "$work/tree" >/dev/null 2>&1 || tru
 git worktree add --detach "$work/tree" HEAD >/dev/null 2>&1
 export CARGO_TARGET_DIR="$work/target"
 
-# name | file | perl substitution (must match exactly once) | the defect
-mutants=(
-  "stale-window-from-now|src/core/mod.rs|s/match leader_lost_ago \{/match { let _ = leader_lost_ago; None::<Duration> } {/|trust issue defect 1c: the streamed-recently window measured from now, not from the leader's loss"
-  "stuck-without-live-leader|src/core/rejoin.rs|s/let leader_live = s\.leader_refreshed_ago\.is_some_and\(\|a\| a <= p\.loop_wait \* 3\);/let leader_live = true;/|defect 1b: the stuck-replica rule rewinds against a leader whose record no longer changes"
-  "sync-mark-from-now|src/core/sync_set.rs|s/let Some\(mark\) = i\.marks\.get\(gone\)\.copied\(\)\.or\(i\.primary_position\) else/let Some(mark) = i.primary_position else/|defect 2: a departed member leaves the synchronous set only when another has the primary's current position"
-  "bad-value-fails-the-read|src/dcs/memory.rs|s/        Ok\(decode::decode\(raw, me\)\)/        let st = decode::decode(raw, me);\n        if let Some(b) = st.bad_values.first() {\n            anyhow::bail!(\"etcd key {} holds invalid JSON\", b.key);\n        }\n        Ok(st)/|defect 3: one malformed value makes the whole read fail"
-  "unresponsive-never-rejoined|src/core/mod.rs|s/DbHealth::Unresponsive if i\.local\.failed_checks >= i\.policy\.fall => \{/DbHealth::Unresponsive if false => {/|defect 4: a replica whose server stopped answering is never rejoined"
-  "watchdog-without-owner|src/ha/leadership.rs|s/                let _owner = owner\.lock\(\)\.await;\n//|defect 5: the lease watchdog fences without the database's owner lock, beside the loop's own actions"
-  "renewal-from-answer|src/ha/leadership.rs|s/Ok\(true\) => renewal\.renewed\(sent\),/Ok(true) => renewal.renewed(Instant::now()),/|the lease renewal beside an action counted from its answer, not its send"
-)
-
 only=${1:-}
 status=0
-for m in "${mutants[@]}"; do
-  IFS='|' read -r name file subst what <<<"$m"
-  [ -z "$only" ] || [ "$only" = "$name" ] || continue
+
+# One mutant: NAME FILE PERL-SUBSTITUTION (must match exactly once) DEFECT.
+mutant() {
+  local name=$1 file=$2 subst=$3 what=$4
+  [ -z "$only" ] || [ "$only" = "$name" ] || return 0
   git -C "$work/tree" checkout -q -- .
+  local before
   before=$(sha1sum "$work/tree/$file")
   perl -0pi -e "$subst" "$work/tree/$file"
   if [ "$(sha1sum "$work/tree/$file")" = "$before" ]; then
     echo "mutant $name: its text no longer matches $file; update it"
     status=1
-    continue
+    return 0
   fi
-  log="$work/$name.log"
+  local log="$work/$name.log"
   # Without the seeds that give every node a watchdog device: the defects
   # are the sidecar's, and those seeds test the device.
   (cd "$work/tree" && VIGIL_SIM_WATCHDOG_SEEDS=0 cargo test -q --features fault-injection --test sim -- --nocapture >"$log" 2>&1) || true
+  local summary found
   summary=$(grep -m1 '^simulation:' "$log" || echo "simulation: did not run (build failed?)")
   mapfile -t found < <(grep -m1 'failing seeds:' "$log" | grep -o '[0-9]* (VIGIL_SIM_SEED' | cut -d' ' -f1 || true)
   if ((${#found[@]})); then
-    kept=0 new=()
+    local kept=0 new=() s
     for s in "${found[@]}"; do
       if grep -qE "^$s( |$)" tests/sim-seeds.txt; then kept=$((kept + 1)); else new+=("$s"); fi
     done
@@ -58,5 +51,28 @@ for m in "${mutants[@]}"; do
     echo "mutant $name ($what): NOT FOUND; $summary"
     grep -q '^simulation:' "$log" || tail -20 "$log"
   fi
-done
+}
+
+mutant stale-window-from-now src/core/mod.rs \
+  's/match leader_lost_ago \{/match { let _ = leader_lost_ago; None::<Duration> } {/' \
+  'trust issue defect 1c: the streamed-recently window measured from now, not from the leader'\''s loss'
+mutant stuck-without-live-leader src/core/rejoin.rs \
+  's/let leader_live = s\.leader_refreshed_ago\.is_some_and\(\|a\| a <= p\.loop_wait \* 3\);/let leader_live = true;/' \
+  'defect 1b: the stuck-replica rule rewinds against a leader whose record no longer changes'
+mutant sync-mark-from-now src/core/sync_set.rs \
+  's/let Some\(mark\) = i\.marks\.get\(gone\)\.copied\(\)\.or\(i\.primary_position\) else/let Some(mark) = i.primary_position else/' \
+  'defect 2: a departed member leaves the synchronous set only when another has the primary'\''s current position'
+mutant bad-value-fails-the-read src/dcs/memory.rs \
+  's/        Ok\(decode::decode\(raw, me\)\)/        let st = decode::decode(raw, me);\n        if let Some(b) = st.bad_values.first() {\n            anyhow::bail!(\"etcd key {} holds invalid JSON\", b.key);\n        }\n        Ok(st)/' \
+  'defect 3: one malformed value makes the whole read fail'
+mutant unresponsive-never-rejoined src/core/mod.rs \
+  's/DbHealth::Unresponsive if i\.local\.failed_checks >= i\.policy\.fall => \{/DbHealth::Unresponsive if false => {/' \
+  'defect 4: a replica whose server stopped answering is never rejoined'
+mutant watchdog-without-owner src/ha/leadership.rs \
+  's/                let _owner = owner\.lock\(\)\.await;\n//' \
+  'defect 5: the lease watchdog fences without the database'\''s owner lock, beside the loop'\''s own actions'
+mutant renewal-from-answer src/ha/leadership.rs \
+  's/Ok\(true\) => renewal\.renewed\(sent\),/Ok(true) => renewal.renewed(Instant::now()),/' \
+  'the lease renewal beside an action counted from its answer, not its send'
+
 exit $status
