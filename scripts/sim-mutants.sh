@@ -6,7 +6,7 @@
 # prints the seeds that caught it, or "NOT FOUND".
 #
 #   bash scripts/sim-mutants.sh            every mutant
-#   bash scripts/sim-mutants.sh sync-mark  one
+#   bash scripts/sim-mutants.sh NAME...   only these
 #
 # A mutant whose text no longer matches the code says so: update it with
 # the code. Takes about 3 minutes per mutant on 2 cores.
@@ -18,13 +18,13 @@ trap 'git -C "$root" worktree remove --force "$work/tree" >/dev/null 2>&1 || tru
 git worktree add --detach "$work/tree" HEAD >/dev/null 2>&1
 export CARGO_TARGET_DIR="$work/target"
 
-only=${1:-}
+only=" $* "
 status=0
 
 # One mutant: NAME FILE PERL-SUBSTITUTION (must match exactly once) DEFECT.
 mutant() {
   local name=$1 file=$2 subst=$3 what=$4
-  [ -z "$only" ] || [ "$only" = "$name" ] || return 0
+  [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
   git -C "$work/tree" checkout -q -- .
   local before
   before=$(sha1sum "$work/tree/$file")
