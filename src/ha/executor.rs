@@ -377,10 +377,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         if !ready {
             tracing::warn!(%to, "switchover refused: target is not a streaming replica");
             let why = format!("switchover to {to} refused: it is not a healthy streaming replica");
-            if let Some(mut req) = c.request.clone() {
-                req.refused = Some(why.clone());
-                self.dcs.set_request(Some(req)).await?;
-            }
+            self.refuse_request(c, &why).await?;
             bail!(why);
         }
         let target = target.expect("checked");
@@ -402,10 +399,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 tracing::error!(%to, "switchover abandoned: target did not receive the shutdown checkpoint; starting again as primary");
                 self.engine.resume_as_primary().await?;
                 let why = format!("switchover to {to} abandoned: it did not receive all WAL within switchover_timeout");
-                if let Some(mut req) = c.request.clone() {
-                    req.refused = Some(why.clone());
-                    self.dcs.set_request(Some(req)).await?;
-                }
+                self.refuse_request(c, &why).await?;
                 bail!(why);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -420,6 +414,16 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         self.dcs.release_leader().await?;
         self.set_renewal(None);
         tracing::info!(%to, "switchover: leader key released to the target");
+        Ok(())
+    }
+
+    /// Marks the operator's pending request as refused, with the reason,
+    /// for `vigil switchover` to print.
+    async fn refuse_request(&self, c: &ClusterState, why: &str) -> Result<()> {
+        if let Some(mut req) = c.request.clone() {
+            req.refused = Some(why.to_string());
+            self.dcs.set_request(Some(req)).await?;
+        }
         Ok(())
     }
 }
