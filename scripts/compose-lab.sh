@@ -73,7 +73,12 @@ stop_dockerd() {
   # Only the dockerd this script started: its PID, if it still runs dockerd.
   if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
     $sudo kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null && ((waited < 300)); do sleep 0.2; waited=$((waited + 1)); done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "compose-lab: dockerd (PID $pid) did not stop within 60 s; killing it" >&2
+      $sudo kill -KILL "$pid"
+    fi
     echo "compose-lab: stopped dockerd (PID $pid)"
   fi
   $sudo rm -f "$dockerd_note"
