@@ -559,6 +559,17 @@ impl Sim {
 
     fn fault(&self, f: &Fault, apply: bool) {
         let c = &self.c;
+        if f.kind != FaultKind::Garbage {
+            let mut w = c.world.lock();
+            if apply {
+                w.faults_in_force += 1;
+            } else {
+                w.faults_in_force = w.faults_in_force.saturating_sub(1);
+                if w.faults_in_force == 0 {
+                    w.quiet_since = Some(Instant::now());
+                }
+            }
+        }
         let (name, other) = (c.names[f.node].clone(), c.names[f.other].clone());
         let verb = if apply { "FAULT" } else { "heal " };
         c.note(format!(
@@ -719,6 +730,20 @@ async fn tick(c: Arc<Cluster>) {
             let leader = c.store.leader();
             if leader != last_leader {
                 w.note(format!("leader key: {}", leader.clone().unwrap_or_else(|| "(vacant)".into())));
+                // Liveness while faults run: a leader keeps its key unless
+                // something happened to it (a fault in force, or one that
+                // ended less than `quiet` ago). Bad values in etcd do not
+                // count: they must cost nothing.
+                let now = Instant::now();
+                let quiet = c.bounds().primary;
+                let quiet_for = now.duration_since(w.quiet_since.unwrap_or(w.start));
+                if let Some(old) = &last_leader {
+                    if w.faults_in_force == 0 && quiet_for > quiet {
+                        w.violation(format!(
+                            "{old} lost the leader key with no fault in force for {quiet_for:?} (bad values in etcd aside)"
+                        ));
+                    }
+                }
                 last_leader = leader;
             }
             (0..c.opts.nodes).filter(|i| std::mem::take(&mut w.crash_requests[*i])).collect()

@@ -134,6 +134,12 @@ pub struct WorldInner {
     pub watchdogs: Vec<SimWatchdog>,
     /// Nodes the watchdog reset.
     pub watchdog_resets: usize,
+    /// Faults in force other than bad values in etcd, and when the last
+    /// of them ended: a leader that loses its key with none in force for a
+    /// while lost it for nothing (or for a bad value, which must cost
+    /// nothing).
+    pub faults_in_force: usize,
+    pub quiet_since: Option<Instant>,
 }
 
 /// A node's watchdog device, as the harness sees it.
@@ -264,6 +270,8 @@ impl World {
                 sidecar_started: vec![None; n],
                 watchdogs: vec![SimWatchdog::default(); n],
                 watchdog_resets: 0,
+                faults_in_force: 0,
+                quiet_since: None,
             }),
             crash_wake: Notify::new(),
         })
