@@ -144,6 +144,12 @@ fn pre_promote_veto_hands_over_to_another_candidate() {
         s.on_primary_crash = "failover".into();
         s.extra_config = "\n[hooks]\npre_promote = \"echo fencing check on $VIGIL_NODE for term {term}; test \\\"$VIGIL_NODE\\\" != pg2\"\ntimeout = \"5s\"\n".into();
     });
+    // Both replicas must be candidates before the primary dies: a replica
+    // still counting its `rise` checks stands aside, and pg3 then wins
+    // without pg2 ever trying (the veto untested; seen in CI).
+    t.wait_for("pg2 and pg3 eligible", Duration::from_secs(30), |c| {
+        ["pg2", "pg3"].iter().all(|n| c.members.get(*n).is_some_and(|m| m.eligible))
+    });
     t.lab.kill_db(0).unwrap();
     let new = t.wait_new_primary("pg1", Duration::from_secs(30));
     assert_eq!(new, "pg3", "the vetoed pg2 must not lead");
