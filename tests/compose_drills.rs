@@ -39,6 +39,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use vigil::clock::now_ms;
 use vigil::workload::{lost_writes_db, Db, Discovery, Endpoint, Lane, SplitBrainChecker, Writer};
 
 fn root() -> PathBuf {
@@ -218,12 +219,6 @@ fn published(node: &str) -> Endpoint {
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 100.0).round() / 100.0
-}
-
-/// The wall clock in ms: the history record's steps are stamped with it
-/// (the containers share this machine's clock).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn drill(lab: &ComposeLab, fault: Fault) -> Report {
