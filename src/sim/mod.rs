@@ -145,6 +145,8 @@ pub struct Bounds {
     pub primary: Duration,
     /// After that: every other node streaming from it.
     pub streaming: Duration,
+    /// After a promotion, a second automatic failover waits this long.
+    pub hold_down: Duration,
 }
 
 /// What one seed did.
@@ -184,6 +186,8 @@ struct Cluster {
     wakes: Vec<Arc<Notify>>,
     offsets: Vec<Arc<AtomicI64>>,
     freeze: Vec<Arc<Freeze>>,
+    /// The liveness bounds, from the timing (computed once: a config parse).
+    bounds: Bounds,
 }
 
 fn timing(p: Profile) -> (&'static str, &'static str, &'static str, &'static str) {
@@ -236,10 +240,7 @@ advertise_url = "{url}"
     }
 
     fn bounds(&self) -> Bounds {
-        let c = self.config(0);
-        let t = &c.timing;
-        let base = t.ttl * 2 + t.loop_wait * (t.rise + 6) + c.etcd.request_timeout * 4 + Duration::from_secs(5);
-        Bounds { primary: base, streaming: t.ttl * 2 + Duration::from_secs(45) }
+        self.bounds
     }
 
     /// Starts (or restarts) node `i`'s sidecar: a new process with an
@@ -287,6 +288,7 @@ advertise_url = "{url}"
             let mut w = self.world.lock();
             w.sidecar_up[i] = true;
             w.sidecar_started[i] = Some(Instant::now());
+            w.changed_at = Instant::now();
         }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = Slot { cfg, shared, engine, task: Some(task) };
@@ -305,7 +307,9 @@ advertise_url = "{url}"
         if let Some(t) = slots[i].task.take() {
             t.abort();
         }
-        self.world.lock().sidecar_up[i] = false;
+        let mut w = self.world.lock();
+        w.sidecar_up[i] = false;
+        w.changed_at = Instant::now();
     }
 
     fn sidecar_up(&self, i: usize) -> bool {
@@ -416,7 +420,7 @@ impl Sim {
         let names: Vec<String> = (1..=opts.nodes).map(|i| format!("pg{i}")).collect();
         let n = names.len();
         let world = World::new(&names, opts.synchronous, Rng::new(seed));
-        let c = Arc::new(Cluster {
+        let mut cluster = Cluster {
             opts,
             names,
             world,
@@ -426,8 +430,13 @@ impl Sim {
             wakes: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             offsets: (0..n).map(|_| Arc::default()).collect(),
             freeze: (0..n).map(|_| Arc::new(Freeze { frozen: AtomicBool::new(false), waker: Mutex::new(None) })).collect(),
-        });
-        Sim { seed, c }
+            bounds: Bounds { primary: Duration::ZERO, streaming: Duration::ZERO, hold_down: Duration::ZERO },
+        };
+        let cfg = cluster.config(0);
+        let t = &cfg.timing;
+        let primary = t.ttl * 2 + t.loop_wait * (t.rise + 6) + cfg.etcd.request_timeout * 4 + Duration::from_secs(5);
+        cluster.bounds = Bounds { primary, streaming: t.ttl * 2 + Duration::from_secs(45), hold_down: t.hold_down };
+        Sim { seed, c: Arc::new(cluster) }
     }
 
     fn schedule(&self) -> Vec<Fault> {
@@ -486,7 +495,7 @@ impl Sim {
         events.sort_by_key(|e| (e.0, e.1, e.2));
         for (at, apply, k) in events {
             tokio::time::sleep_until(started + at).await;
-            self.fault(&faults[k], apply);
+            self.fault(k, &faults[k], apply);
         }
         let healed = Instant::now();
         c.note("faults over; every node up and connected");
@@ -557,18 +566,22 @@ impl Sim {
         }
     }
 
-    fn fault(&self, f: &Fault, apply: bool) {
+    fn fault(&self, k: usize, f: &Fault, apply: bool) {
         let c = &self.c;
         if f.kind != FaultKind::Garbage {
             let mut w = c.world.lock();
             if apply {
-                w.faults_in_force += 1;
+                let what = match f.kind {
+                    FaultKind::DcsDown | FaultKind::DcsSlow | FaultKind::ActionsHang => world::Impairs::Cluster,
+                    FaultKind::OneWayCut => world::Impairs::Nodes(f.node, f.other),
+                    FaultKind::Switchover => world::Impairs::Nothing,
+                    _ => world::Impairs::Nodes(f.node, f.node),
+                };
+                w.in_force.insert(k, what);
             } else {
-                w.faults_in_force = w.faults_in_force.saturating_sub(1);
-                if w.faults_in_force == 0 {
-                    w.quiet_since = Some(Instant::now());
-                }
+                w.in_force.remove(&k);
             }
+            w.changed_at = Instant::now();
         }
         let (name, other) = (c.names[f.node].clone(), c.names[f.other].clone());
         let verb = if apply { "FAULT" } else { "heal " };
@@ -702,13 +715,18 @@ fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
         w.host_down[i] = true;
         w.watchdogs[i] = world::SimWatchdog::default();
         w.watchdog_resets += 1;
+        w.changed_at = Instant::now();
     }
     c.freeze[i].set(false);
     c.dcs_cut[i].store(true, Ordering::Relaxed);
     let c2 = Arc::clone(c);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        c2.world.lock().host_down[i] = false;
+        {
+            let mut w = c2.world.lock();
+            w.host_down[i] = false;
+            w.changed_at = Instant::now();
+        }
         c2.dcs_cut[i].store(false, Ordering::Relaxed);
         if !c2.sidecar_up(i) {
             c2.start_sidecar(i);
@@ -719,6 +737,7 @@ fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
 async fn tick(c: Arc<Cluster>) {
     let mut last_leader = None;
     let mut states = vec![String::new(); c.opts.nodes];
+    let mut reported = Reported::default();
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         c.store.tick();
@@ -736,9 +755,9 @@ async fn tick(c: Arc<Cluster>) {
                 // count: they must cost nothing.
                 let now = Instant::now();
                 let quiet = c.bounds().primary;
-                let quiet_for = now.duration_since(w.quiet_since.unwrap_or(w.start));
+                let quiet_for = now.saturating_duration_since(w.changed_at);
                 if let Some(old) = &last_leader {
-                    if w.faults_in_force == 0 && quiet_for > quiet {
+                    if w.in_force.is_empty() && quiet_for > quiet {
                         w.violation(format!(
                             "{old} lost the leader key with no fault in force for {quiet_for:?} (bad values in etcd aside)"
                         ));
@@ -767,6 +786,7 @@ async fn tick(c: Arc<Cluster>) {
                 }
             });
         }
+        serving_while_one_node_is_down(&c, &mut reported);
         // Every ineligible member says why; state changes go to the trace.
         let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut silent = vec![];
@@ -792,6 +812,92 @@ async fn tick(c: Arc<Cluster>) {
         }
         for n in silent {
             w.violation(format!("{n} is not eligible and does not say why"));
+        }
+    }
+}
+
+/// Which liveness-while-faults checks already failed in this seed (each
+/// is reported once, with the first moment it failed).
+#[derive(Default)]
+struct Reported {
+    no_primary: bool,
+    not_streaming: bool,
+    sync_names_departed: bool,
+}
+
+/// Liveness while faults run: a cluster of three with one node down (lost,
+/// frozen, its database killed, its sidecar crashed, cut off, its clock
+/// jumped) and etcd healthy must keep serving. Once the faults in force
+/// have stayed the same for `bounds().primary` (measured from that change,
+/// from the end of a hung action, or from the end of the hold-down after
+/// the last promotion, within which a second failover needs a human, by
+/// design), one writable primary holds the key;
+/// `bounds().streaming` later every node not down streams from it; and in
+/// synchronous mode a lost node is no longer one the primary waits for
+/// (a synchronous set that never shrinks would refuse the next failover).
+fn serving_while_one_node_is_down(c: &Cluster, reported: &mut Reported) {
+    let b = c.bounds();
+    let (down, quiet_for) = {
+        let w = c.world.lock();
+        let Some(down) = w.impaired() else { return };
+        let held_down_until = w.promoted_at.map_or(w.start, |t| t + b.hold_down);
+        (down, Instant::now().saturating_duration_since(w.changed_at.max(w.hang_until).max(held_down_until)))
+    };
+    if down.len() > 1 || quiet_for <= b.primary {
+        return;
+    }
+    // A primary whose sidecar is dead takes writes out of vigil's reach:
+    // no replica may promote beside it. Only a node watchdog ends that.
+    if !c.opts.watchdog {
+        let w = c.world.lock();
+        let now = Instant::now();
+        if (0..c.opts.nodes).any(|i| !w.sidecar_up[i] && w.dbs[i].accepts_writes(now)) {
+            return;
+        }
+    }
+    let names = |set: &std::collections::BTreeSet<usize>| set.iter().map(|i| c.names[*i].clone()).collect::<Vec<_>>().join(", ");
+    let Some(p) = writable_leader(c) else {
+        if !std::mem::replace(&mut reported.no_primary, true) {
+            let key = c.store.leader();
+            c.world.lock().violation(format!(
+                "no writable primary holding the leader key (key: {key:?}) {quiet_for:?} into a fault on one node only ({}), etcd up (bound: {:?})",
+                names(&down),
+                b.primary
+            ));
+        }
+        return;
+    };
+    let w = c.world.lock();
+    if w.synchronous {
+        let lost: Vec<usize> = down.iter().copied().filter(|g| w.host_down[*g] && w.dbs[p].sync_names.contains(&w.dbs[*g].name)).collect();
+        if !lost.is_empty() && !std::mem::replace(&mut reported.sync_names_departed, true) {
+            let (who, primary) = (names(&lost.into_iter().collect()), w.dbs[p].name.clone());
+            drop(w);
+            c.world.lock().violation(format!(
+                "synchronous mode: {primary} still waits for {who}, lost {quiet_for:?} ago or more (bound: {:?})",
+                b.primary
+            ));
+            return;
+        }
+    }
+    if quiet_for <= b.primary + b.streaming {
+        return;
+    }
+    let stray = (0..c.opts.nodes).find(|i| *i != p && !down.contains(i) && !(w.dbs[*i].streaming && w.dbs[*i].conninfo == Some(p)));
+    if let Some(i) = stray {
+        if !std::mem::replace(&mut reported.not_streaming, true) {
+            let (d, primary) = (&w.dbs[i], w.dbs[p].name.clone());
+            let msg = format!(
+                "{} does not stream from {primary} {quiet_for:?} into a fault on {} only (bound: {:?}): {:?}, standby {}, upstream {:?}",
+                d.name,
+                if down.is_empty() { "no node".to_string() } else { names(&down) },
+                b.primary + b.streaming,
+                d.proc,
+                d.standby,
+                d.conninfo
+            );
+            drop(w);
+            c.world.lock().violation(msg);
         }
     }
 }

@@ -10,7 +10,7 @@
 use super::rng::Rng;
 use crate::clock::Instant;
 use crate::position::{Lsn, Position, TimelineSwitch};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -134,12 +134,46 @@ pub struct WorldInner {
     pub watchdogs: Vec<SimWatchdog>,
     /// Nodes the watchdog reset.
     pub watchdog_resets: usize,
-    /// Faults in force other than bad values in etcd, and when the last
-    /// of them ended: a leader that loses its key with none in force for a
-    /// while lost it for nothing (or for a bad value, which must cost
-    /// nothing).
-    pub faults_in_force: usize,
-    pub quiet_since: Option<Instant>,
+    /// The faults in force (bad values in etcd aside), by their index in
+    /// the schedule, with what each impairs.
+    pub in_force: BTreeMap<usize, Impairs>,
+    /// When the faults in force last changed, or a sidecar stopped or
+    /// started, or a node was reset: the liveness checks while faults run
+    /// give the cluster a bound from then.
+    pub changed_at: Instant,
+    /// The last promotion: within `hold_down` of it a second automatic
+    /// failover needs a human, by design.
+    pub promoted_at: Option<Instant>,
+}
+
+/// What a fault in force impairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impairs {
+    /// These nodes (one, or both ends of a one-way cut).
+    Nodes(usize, usize),
+    /// The whole cluster (etcd down or slow, actions that hang).
+    Cluster,
+    /// Nothing a healthy cluster needs (an operator's switchover).
+    Nothing,
+}
+
+impl WorldInner {
+    /// The nodes impaired by the faults in force, or None while one
+    /// impairs the whole cluster.
+    pub fn impaired(&self) -> Option<BTreeSet<usize>> {
+        let mut nodes = BTreeSet::new();
+        for f in self.in_force.values() {
+            match *f {
+                Impairs::Nodes(a, b) => {
+                    nodes.insert(a);
+                    nodes.insert(b);
+                }
+                Impairs::Cluster => return None,
+                Impairs::Nothing => {}
+            }
+        }
+        Some(nodes)
+    }
 }
 
 /// A node's watchdog device, as the harness sees it.
@@ -270,8 +304,9 @@ impl World {
                 sidecar_started: vec![None; n],
                 watchdogs: vec![SimWatchdog::default(); n],
                 watchdog_resets: 0,
-                faults_in_force: 0,
-                quiet_since: None,
+                in_force: BTreeMap::new(),
+                changed_at: Instant::now(),
+                promoted_at: None,
             }),
             crash_wake: Notify::new(),
         })
@@ -332,6 +367,7 @@ impl WorldInner {
     }
 
     pub fn promote(&mut self, i: usize) {
+        self.promoted_at = Some(Instant::now());
         let db = &mut self.dbs[i];
         db.history.push(TimelineSwitch { timeline: db.timeline, switch_lsn: Lsn(db.log.len() as u64) });
         db.timeline += 1;
