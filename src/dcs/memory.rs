@@ -113,6 +113,18 @@ impl MemoryStore {
         self.with(|_| ());
     }
 
+    /// etcd elected a new leader of its own: like etcd's lessor, the new
+    /// leader renews every lease for its full TTL from now, so a key can
+    /// outlive a dead holder by up to twice its TTL.
+    pub fn elect_new_leader(&self) {
+        self.with(|i| {
+            let now = Instant::now();
+            for l in i.leases.values_mut() {
+                l.expires = now + Duration::from_secs(l.granted_secs.max(0) as u64);
+            }
+        });
+    }
+
     fn notify_watchers(&self) {
         for (wake, cut) in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             if !cut.load(Ordering::Relaxed) && !self.faults.down.load(Ordering::Relaxed) {

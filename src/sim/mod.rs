@@ -11,12 +11,15 @@
 //! (SIGSTOP of sidecar and server); sidecar crash at a random moment or in
 //! the middle of a long action; etcd down; etcd slow (up to 2 s); a node cut
 //! from etcd; a node cut from its peers (one-way too); garbage in any key;
-//! clock jumps; long actions that hang.
+//! clock jumps; long actions that hang; an election inside etcd (every lease
+//! renewed for its TTL); operator switchovers.
 //!
 //! Checks, at every step: never two nodes that accept client writes; in
 //! synchronous mode every acknowledged write is on any node that starts
 //! accepting writes; no destructive step while a server runs in that data
-//! directory; every ineligible member says why. After the faults stop: one
+//! directory; every ineligible member says why. While faults run: a leader
+//! keeps its key when nothing is wrong, and a cluster with one node down
+//! keeps serving (`serving_while_one_node_is_down`). After the faults stop: one
 //! writable primary holding the key within `bounds().primary`, every other
 //! node streaming from it within `bounds().streaming`, and no more than a
 //! few rebuilds per node on the way.
@@ -106,6 +109,9 @@ pub enum FaultKind {
     /// An operator's planned switchover to `other` (written as `vigil
     /// switchover` writes it).
     Switchover,
+    /// etcd elects a new leader of its own, which renews every lease for
+    /// its full TTL: a dead holder's key lives up to twice its TTL.
+    EtcdElection,
 }
 
 /// The kinds drawn from the seed's main stream (their order and number
@@ -469,6 +475,10 @@ impl Sim {
             let at = Duration::from_millis(extra.range(0, window));
             faults.push(Fault { kind: FaultKind::Switchover, node, other, at, lasts: Duration::from_millis(500), param: 0 });
         }
+        if self.c.opts.extra_faults && extra.chance(0.3) {
+            let at = Duration::from_millis(extra.range(0, window + 20_000));
+            faults.push(Fault { kind: FaultKind::EtcdElection, node: 0, other: 0, at, lasts: Duration::from_millis(100), param: 0 });
+        }
         faults
     }
 
@@ -574,7 +584,7 @@ impl Sim {
                 let what = match f.kind {
                     FaultKind::DcsDown | FaultKind::DcsSlow | FaultKind::ActionsHang => world::Impairs::Cluster,
                     FaultKind::OneWayCut => world::Impairs::Nodes(f.node, f.other),
-                    FaultKind::Switchover => world::Impairs::Nothing,
+                    FaultKind::Switchover | FaultKind::EtcdElection => world::Impairs::Nothing,
                     _ => world::Impairs::Nodes(f.node, f.node),
                 };
                 w.in_force.insert(k, what);
@@ -681,6 +691,11 @@ impl Sim {
             FaultKind::ActionsHang => {
                 let mut w = c.world.lock();
                 w.hangs = apply;
+            }
+            FaultKind::EtcdElection => {
+                if apply {
+                    c.store.elect_new_leader();
+                }
             }
             FaultKind::Switchover => {
                 if apply {
