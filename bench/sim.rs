@@ -41,9 +41,10 @@ fn main() {
                         violations.fetch_add(r.violations.len() as u64, Ordering::Relaxed);
                         eprintln!("seed {seed}: {}", r.violations[0]);
                         failing.lock().unwrap().push(format!(
-                            "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA=1 cargo test --test sim -- --nocapture",
+                            "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={} cargo test --test sim -- --nocapture",
                             if o.profile == Profile::Fast { "fast" } else { "default" },
-                            u8::from(o.synchronous)
+                            u8::from(o.synchronous),
+                            o.extra_faults
                         ));
                     }
                 }

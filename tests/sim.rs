@@ -7,8 +7,9 @@
 //! - `VIGIL_SIM_SEED=S` replays one seed and prints its trace;
 //! - `VIGIL_SIM_PROFILE=fast`, `VIGIL_SIM_SYNC=1` pick the profile and mode
 //!   of a replay (a run covers all four combinations, seed by seed);
-//!   `VIGIL_SIM_EXTRA=0` leaves out the faults added to the harness later
-//!   (kept seeds run so, to replay the scenario that found them);
+//!   `VIGIL_SIM_EXTRA=G` runs with the first G generations of the faults
+//!   added to the harness later (0: none; kept seeds run with those they
+//!   were found with, to replay the scenario that found them);
 //!   `VIGIL_SIM_WATCHDOG=1` gives every node a watchdog device;
 //! - `VIGIL_SIM_WATCHDOG_SEEDS=N` (default 300) seeds after those with a
 //!   watchdog device on every node: the windows the other seeds leave to
@@ -17,7 +18,7 @@
 //! - `tests/sim-seeds.txt`: seeds that once found a defect, kept for ever.
 
 use std::time::Instant;
-use vigil::sim::{run_seed, Profile, SimOptions};
+use vigil::sim::{run_seed, Profile, SimOptions, EXTRA_GENERATIONS};
 
 fn env_u64(k: &str) -> Option<u64> {
     std::env::var(k).ok().and_then(|v| v.parse().ok())
@@ -36,7 +37,7 @@ fn options_for(seed: u64) -> SimOptions {
         Ok("0") => false,
         _ => seed % 4 >= 2,
     };
-    let extra_faults = std::env::var("VIGIL_SIM_EXTRA").as_deref() != Ok("0");
+    let extra_faults = env_u64("VIGIL_SIM_EXTRA").map_or(EXTRA_GENERATIONS, |g| g.min(u64::from(EXTRA_GENERATIONS)) as u8);
     let watchdog = std::env::var("VIGIL_SIM_WATCHDOG").as_deref() == Ok("1");
     SimOptions { profile, synchronous, extra_faults, watchdog, ..SimOptions::default() }
 }
@@ -46,20 +47,26 @@ fn replay_hint(seed: u64, o: &SimOptions) -> String {
         "VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={} VIGIL_SIM_WATCHDOG={} cargo test --test sim -- --nocapture",
         if o.profile == Profile::Fast { "fast" } else { "default" },
         u8::from(o.synchronous),
-        u8::from(o.extra_faults),
+        o.extra_faults,
         u8::from(o.watchdog)
     )
 }
 
 /// Seeds kept as regression cases: one per line, `#` comments; a seed
-/// found with the faults added later is followed by the word `extra`.
-fn kept_seeds() -> Vec<(u64, bool)> {
+/// found with faults added later is followed by `extra` (generation 1) or
+/// `extraG` (generations 1 to G).
+fn kept_seeds() -> Vec<(u64, u8)> {
     include_str!("sim-seeds.txt")
         .lines()
         .filter_map(|l| {
             let mut words = l.split('#').next()?.split_whitespace();
             let seed = words.next()?.parse().ok()?;
-            Some((seed, words.next() == Some("extra")))
+            let extra = match words.next() {
+                Some("extra") => 1,
+                Some(w) => w.strip_prefix("extra").and_then(|g| g.parse().ok()).unwrap_or(0),
+                None => 0,
+            };
+            Some((seed, extra))
         })
         .collect()
 }
@@ -85,14 +92,15 @@ fn sim() {
     let n = env_u64("VIGIL_SIM_SEEDS").unwrap_or(2000);
     // Kept seeds replay the scenario that found their defect: without the
     // faults added to the harness since.
-    let mut seeds: Vec<(u64, bool, bool)> = kept_seeds().into_iter().map(|(s, extra)| (s, extra, false)).collect();
-    seeds.extend((first..first + n).map(|s| (s, true, false)));
+    let newest = options_for(0).extra_faults;
+    let mut seeds: Vec<(u64, u8, bool)> = kept_seeds().into_iter().map(|(s, extra)| (s, extra, false)).collect();
+    seeds.extend((first..first + n).map(|s| (s, newest, false)));
     // Then seeds where every node has a watchdog device: the windows the
     // others leave to it (a resumed frozen or orphaned primary) must close.
     let with_watchdog = env_u64("VIGIL_SIM_WATCHDOG_SEEDS").unwrap_or(300);
-    seeds.extend((first + n..first + n + with_watchdog).map(|s| (s, true, true)));
-    let opts = |seed: u64, extra: bool, watchdog: bool| SimOptions {
-        extra_faults: extra && options_for(seed).extra_faults,
+    seeds.extend((first + n..first + n + with_watchdog).map(|s| (s, newest, true)));
+    let opts = |seed: u64, extra: u8, watchdog: bool| SimOptions {
+        extra_faults: extra.min(newest),
         watchdog: watchdog || options_for(seed).watchdog,
         ..options_for(seed)
     };

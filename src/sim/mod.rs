@@ -66,11 +66,13 @@ pub struct SimOptions {
     pub max_faults: usize,
     /// Faults start within this window after the cluster came up.
     pub fault_window: Duration,
-    /// Faults added after the first version of the harness (operator
-    /// switchovers), drawn from a second stream so that the main stream,
-    /// and with it every kept seed's scenario, stays as it was. Kept seeds
-    /// run without them.
-    pub extra_faults: bool,
+    /// Faults added after the first version of the harness, by
+    /// generation: 1 operator switchovers, 2 also elections inside etcd
+    /// ([`EXTRA_GENERATIONS`] is the newest). They are drawn from a second
+    /// stream so that the main stream, and with it every kept seed's
+    /// scenario, stays as it was; a kept seed runs with the generations
+    /// it was found with (0 for none).
+    pub extra_faults: u8,
     /// Every node has a watchdog device (`[watchdog] mode = "automatic"`),
     /// modelled in the world: it resets a node not fed for its timeout.
     pub watchdog: bool,
@@ -84,11 +86,15 @@ impl Default for SimOptions {
             synchronous: false,
             max_faults: 4,
             fault_window: Duration::from_secs(60),
-            extra_faults: true,
+            extra_faults: EXTRA_GENERATIONS,
             watchdog: false,
         }
     }
 }
+
+/// The newest generation of faults added to the harness after its first
+/// version (see [`SimOptions::extra_faults`]).
+pub const EXTRA_GENERATIONS: u8 = 2;
 
 /// The kinds of fault a seed can schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,13 +475,13 @@ impl Sim {
         drop(w);
         let mut faults = faults;
         let mut extra = Rng::new(self.seed ^ 0x5157_C0DE_5EED);
-        if self.c.opts.extra_faults && extra.chance(0.3) {
+        if self.c.opts.extra_faults >= 1 && extra.chance(0.3) {
             let node = extra.pick(n);
             let other = (node + 1 + extra.pick(n - 1)) % n;
             let at = Duration::from_millis(extra.range(0, window));
             faults.push(Fault { kind: FaultKind::Switchover, node, other, at, lasts: Duration::from_millis(500), param: 0 });
         }
-        if self.c.opts.extra_faults && extra.chance(0.3) {
+        if self.c.opts.extra_faults >= 2 && extra.chance(0.3) {
             let at = Duration::from_millis(extra.range(0, window + 20_000));
             faults.push(Fault { kind: FaultKind::EtcdElection, node: 0, other: 0, at, lasts: Duration::from_millis(100), param: 0 });
         }
