@@ -610,6 +610,17 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         d.state = "no leader; starting the database".into();
         return d.act(Action::Start);
     }
+    if i.local.health == DbHealth::Unresponsive && i.local.failed_checks >= p.fall && !view.paused {
+        // A hung server (dead-end backends after a freeze, a wedged
+        // postmaster) answers nobody, and while the key is vacant no leader
+        // will have it rejoined: fence it (stopped, escalating to SIGKILL,
+        // and started read-only). Its role and position are then known
+        // again and it can take part in the race; the last primary hung
+        // kept the cluster leaderless for good (found by the simulation,
+        // seed 877).
+        d.state = format!("no leader; database did not answer {} checks: restarting it read-only", i.local.failed_checks);
+        return d.act(Action::Fence { reason: format!("the database did not answer {} checks in a row", i.local.failed_checks) });
+    }
     let me_primary = i.local.role == Some(DbRole::Primary) && i.local.health == DbHealth::Running;
 
     let request = view.request.as_ref().filter(|r| r.age <= p.switchover_timeout);

@@ -210,6 +210,23 @@ fn a_replica_whose_database_stopped_answering_for_fall_checks_is_rejoined() {
     assert_eq!(actions(&i), vec![Action::Rejoin { leader: "pg1".into() }]);
 }
 
+/// With no leader nobody has a hung server rejoined: it is restarted
+/// read-only after `fall` checks (the simulation's seed 877: the last
+/// primary's server hung and the cluster stayed leaderless).
+#[test]
+fn a_hung_database_is_restarted_read_only_when_the_key_is_vacant() {
+    let mut local = replica(100);
+    local.health = DbHealth::Unresponsive;
+    local.failed_checks = 2;
+    assert_eq!(actions(&inputs("pg1", local.clone(), no_leader())), vec![]);
+    local.failed_checks = 3;
+    let fenced = actions(&inputs("pg1", local.clone(), no_leader()));
+    assert!(matches!(fenced[..], [Action::Fence { .. }]), "{fenced:?}");
+    // Paused: the operator owns the node.
+    let paused = View { paused: true, ..no_leader() };
+    assert_eq!(actions(&inputs("pg1", local, paused)), vec![]);
+}
+
 #[test]
 fn stopped_node_rejoins_the_leader() {
     let i = inputs("pg1", down(), View { leader: leader("pg2"), ..View::default() });

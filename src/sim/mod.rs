@@ -12,7 +12,8 @@
 //! the middle of a long action; etcd down; etcd slow (up to 2 s); a node cut
 //! from etcd; a node cut from its peers (one-way too); garbage in any key;
 //! clock jumps; long actions that hang; an election inside etcd (every lease
-//! renewed for its TTL); operator switchovers.
+//! renewed for its TTL); operator switchovers; a database server that hangs
+//! until it is killed.
 //!
 //! Checks, at every step: never two nodes that accept client writes; in
 //! synchronous mode every acknowledged write is on any node that starts
@@ -67,7 +68,8 @@ pub struct SimOptions {
     /// Faults start within this window after the cluster came up.
     pub fault_window: Duration,
     /// Faults added after the first version of the harness, by
-    /// generation: 1 operator switchovers, 2 also elections inside etcd
+    /// generation: 1 operator switchovers, 2 elections inside etcd, 3 a
+    /// database server that hangs until it is killed
     /// ([`EXTRA_GENERATIONS`] is the newest). They are drawn from a second
     /// stream so that the main stream, and with it every kept seed's
     /// scenario, stays as it was; a kept seed runs with the generations
@@ -94,7 +96,7 @@ impl Default for SimOptions {
 
 /// The newest generation of faults added to the harness after its first
 /// version (see [`SimOptions::extra_faults`]).
-pub const EXTRA_GENERATIONS: u8 = 2;
+pub const EXTRA_GENERATIONS: u8 = 3;
 
 /// The kinds of fault a seed can schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,11 @@ pub enum FaultKind {
     /// etcd elects a new leader of its own, which renews every lease for
     /// its full TTL: a dead holder's key lives up to twice its TTL.
     EtcdElection,
+    /// The database server alone stops answering (its postmaster
+    /// SIGSTOPped, a wedged server), the sidecar running, and stays so
+    /// until it is killed: the fault "ends" at once, and what is left is
+    /// for vigil to notice and repair.
+    DatabaseHung,
 }
 
 /// The kinds drawn from the seed's main stream (their order and number
@@ -485,6 +492,10 @@ impl Sim {
             let at = Duration::from_millis(extra.range(0, window + 20_000));
             faults.push(Fault { kind: FaultKind::EtcdElection, node: 0, other: 0, at, lasts: Duration::from_millis(100), param: 0 });
         }
+        if self.c.opts.extra_faults >= 3 && extra.chance(0.3) {
+            let (node, at) = (extra.pick(n), Duration::from_millis(extra.range(0, window)));
+            faults.push(Fault { kind: FaultKind::DatabaseHung, node, other: node, at, lasts: Duration::from_millis(100), param: 0 });
+        }
         faults
     }
 
@@ -645,6 +656,7 @@ impl Sim {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let mut w = world.lock();
                         w.dbs[i].frozen = false;
+                        w.dbs[i].hung = false;
                         w.dbs[i].resumed_at = Some(Instant::now());
                         w.check_writers();
                     });
@@ -698,6 +710,13 @@ impl Sim {
                 let mut w = c.world.lock();
                 w.hangs = apply;
             }
+            FaultKind::DatabaseHung => {
+                let mut w = c.world.lock();
+                if apply && w.dbs[f.node].running() {
+                    w.dbs[f.node].frozen = true;
+                    w.dbs[f.node].hung = true;
+                }
+            }
             FaultKind::EtcdElection => {
                 if apply {
                     c.store.elect_new_leader();
@@ -733,6 +752,7 @@ fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
         let mut w = c.world.lock();
         w.stop_process(i, "watchdog reset");
         w.dbs[i].frozen = false;
+        w.dbs[i].hung = false;
         w.host_down[i] = true;
         w.watchdogs[i] = world::SimWatchdog::default();
         w.watchdog_resets += 1;

@@ -32,8 +32,12 @@ pub struct Db {
     pub name: String,
     pub port: u16,
     pub proc: Proc,
-    /// The whole node is frozen (SIGSTOP): the server answers nothing.
+    /// The whole node is frozen (SIGSTOP), or the server alone hangs: it
+    /// answers nothing.
     pub frozen: bool,
+    /// The server alone hangs (`frozen` with its sidecar running): only a
+    /// kill ends it.
+    pub hung: bool,
     /// `standby.signal`: the server starts (and stays) a replica.
     pub standby: bool,
     /// The node `primary_conninfo` names.
@@ -263,6 +267,7 @@ impl World {
                 port: 5432 + i as u16,
                 proc: Proc::Stopped,
                 frozen: false,
+                hung: false,
                 // The first node was the primary; the others its replicas.
                 standby: i != 0,
                 conninfo: (i != 0).then_some(0),
@@ -360,6 +365,9 @@ impl WorldInner {
         }
         self.dbs[i].proc = Proc::Stopped;
         self.dbs[i].streaming = false;
+        if std::mem::take(&mut self.dbs[i].hung) {
+            self.dbs[i].frozen = false;
+        }
         self.dbs[i].exit.notify_waiters();
         self.dbs[i].exit.notify_one();
         self.pending.retain(|p| p.node != i);
