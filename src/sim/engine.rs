@@ -296,6 +296,10 @@ impl Engine for FakePostgres {
     async fn fence(&self) -> Result<()> {
         self.maybe_crash_during(Duration::from_millis(500));
         self.stop(false).await;
+        // The killed server's processes exit and `pg_ctl start` launches the
+        // new one: not instantaneous, and another actor driving the same
+        // database could act in between (defect 5 of the trust issue).
+        tokio::time::sleep(Duration::from_millis(100)).await;
         {
             let mut w = self.world.lock();
             w.dbs[self.me].standby = true;
