@@ -26,6 +26,7 @@ pub struct FakePostgres {
     me: usize,
     query_timeout: Duration,
     promote_timeout: Duration,
+    loop_wait: Duration,
     mem: Mutex<Mem>,
 }
 
@@ -35,8 +36,8 @@ pub fn db_host(name: &str) -> String {
 }
 
 impl FakePostgres {
-    pub fn new(world: Arc<World>, me: usize, query_timeout: Duration, promote_timeout: Duration) -> Self {
-        FakePostgres { world, me, query_timeout, promote_timeout, mem: Mutex::new(Mem::default()) }
+    pub fn new(world: Arc<World>, me: usize, query_timeout: Duration, promote_timeout: Duration, loop_wait: Duration) -> Self {
+        FakePostgres { world, me, query_timeout, promote_timeout, loop_wait, mem: Mutex::new(Mem::default()) }
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
@@ -337,6 +338,20 @@ impl Engine for FakePostgres {
 
     async fn rejoin(&self, up: &Upstream, attempt: u32) -> Result<String> {
         let ui = self.up_index(up)?;
+        {
+            // A replica that answers is not stopped to be rebuilt from a
+            // leader whose node is gone (its key can outlive it): that
+            // rebuild cannot succeed and leaves the replica stopped when
+            // the failover needs it (defect 1b of the trust issue). The
+            // leader's member record says it is alive for up to three loops
+            // after its node went down (and a loop to act on it).
+            let mut w = self.world.lock();
+            let gone_for = w.host_down_since[ui].map(|t| t.elapsed());
+            if gone_for.is_some_and(|d| d > self.loop_wait * 4) && w.dbs[self.me].running() && !w.dbs[self.me].frozen {
+                let (me, them) = (w.dbs[self.me].name.clone(), w.dbs[ui].name.clone());
+                w.violation(format!("{me}'s running server stopped to rejoin {them}, whose node has been down for {gone_for:?}"));
+            }
+        }
         self.maybe_crash_during(Duration::from_secs(2));
         self.stop(true).await;
         let what = if attempt >= 3 {

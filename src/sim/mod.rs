@@ -266,7 +266,13 @@ advertise_url = "{url}"
     /// empty memory, as after a crash.
     fn start_sidecar(self: &Arc<Self>, i: usize) {
         let cfg = self.config(i);
-        let engine = Arc::new(FakePostgres::new(Arc::clone(&self.world), i, cfg.database.query_timeout, cfg.failover.promote_timeout));
+        let engine = Arc::new(FakePostgres::new(
+            Arc::clone(&self.world),
+            i,
+            cfg.database.query_timeout,
+            cfg.failover.promote_timeout,
+            cfg.timing.loop_wait,
+        ));
         let dcs = Arc::new(MemoryDcs::new(
             Arc::clone(&self.store),
             &self.names[i],
@@ -628,14 +634,14 @@ impl Sim {
                     c.stop_sidecar(f.node);
                     let mut w = c.world.lock();
                     w.stop_process(f.node, "node lost");
-                    w.host_down[f.node] = true;
+                    w.set_host_down(f.node, true);
                     // Power gone: the watchdog device with it.
                     w.watchdogs[f.node] = world::SimWatchdog::default();
                     c.dcs_cut[f.node].store(true, Ordering::Relaxed);
                 } else {
                     {
                         let mut w = c.world.lock();
-                        w.host_down[f.node] = false;
+                        w.set_host_down(f.node, false);
                     }
                     c.dcs_cut[f.node].store(false, Ordering::Relaxed);
                     if !c.sidecar_up(f.node) {
@@ -753,7 +759,7 @@ fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
         w.stop_process(i, "watchdog reset");
         w.dbs[i].frozen = false;
         w.dbs[i].hung = false;
-        w.host_down[i] = true;
+        w.set_host_down(i, true);
         w.watchdogs[i] = world::SimWatchdog::default();
         w.watchdog_resets += 1;
         w.changed_at = Instant::now();
@@ -765,7 +771,7 @@ fn watchdog_reset(c: &Arc<Cluster>, i: usize) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         {
             let mut w = c2.world.lock();
-            w.host_down[i] = false;
+            w.set_host_down(i, false);
             w.changed_at = Instant::now();
         }
         c2.dcs_cut[i].store(false, Ordering::Relaxed);

@@ -99,6 +99,8 @@ pub struct WorldInner {
     pub cut: BTreeSet<(usize, usize)>,
     /// Nodes whose host is down (node lost): nothing reaches them.
     pub host_down: Vec<bool>,
+    /// Since when each down host is down.
+    pub host_down_since: Vec<Option<Instant>>,
     pub rng: Rng,
     next_pid: u32,
     next_write: u64,
@@ -162,6 +164,11 @@ pub enum Impairs {
 }
 
 impl WorldInner {
+    pub fn set_host_down(&mut self, i: usize, down: bool) {
+        self.host_down[i] = down;
+        self.host_down_since[i] = down.then(Instant::now);
+    }
+
     /// The nodes impaired by the faults in force, or None while one
     /// impairs the whole cluster.
     pub fn impaired(&self) -> Option<BTreeSet<usize>> {
@@ -287,6 +294,7 @@ impl World {
                 dbs,
                 cut: BTreeSet::new(),
                 host_down: vec![false; n],
+                host_down_since: vec![None; n],
                 rng,
                 next_pid: 1000,
                 next_write: 1,
