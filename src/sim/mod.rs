@@ -18,7 +18,8 @@
 //! Checks, at every step: never two nodes that accept client writes; in
 //! synchronous mode every acknowledged write is on any node that starts
 //! accepting writes; no destructive step while a server runs in that data
-//! directory; every ineligible member says why. While faults run: a leader
+//! directory; no running replica stopped to rejoin a leader whose node is
+//! gone; every ineligible member says why. While faults run: a leader
 //! keeps its key when nothing is wrong, and a cluster with one node down
 //! keeps serving (`serving_while_one_node_is_down`). After the faults stop: one
 //! writable primary holding the key within `bounds().primary`, every other
