@@ -62,6 +62,9 @@ docker_tests=(compose compose_drills package)
 mapfile -t other_tests < <(awk '{ print $1 }' "$logs/tests" | grep -vxF -e sim "${docker_tests[@]/#/-e}" | sort)
 
 cargo test --features fault-injection --lib --bins
+# The simulation alone: it keeps both cores busy (beside the compose lab's
+# tests it took twice as long).
+cargo test --features fault-injection --test sim -- --nocapture
 if ! wait "$prewarm"; then
   cat "$logs/prewarm.log" >&2
   echo "test.sh: the compose lab's images did not build" >&2
@@ -69,7 +72,6 @@ if ! wait "$prewarm"; then
 fi
 lane "${docker_tests[@]}" >"$logs/docker-lane.out" 2>&1 &
 docker_lane=$!
-cargo test --features fault-injection --test sim -- --nocapture
 status=0
 lane "${other_tests[@]}" || status=1
 wait "$docker_lane" || status=1
