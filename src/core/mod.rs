@@ -796,6 +796,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
 /// in the set and knows every other member's position to be no fresher.
 fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     let hint = "`vigil failover --to NODE --allow-data-loss` overrides";
+    // The primary that recorded the set, or the last recorded primary,
+    // made (or had) every acknowledged commit itself: taking its key back
+    // after a fence loses nothing, whatever the sync key holds (a bad
+    // value there kept a fenced last primary from retaking its key: the
+    // 30-minute simulation run, seed 7000511).
+    if view.sync_leader.as_deref() == Some(i.me.as_str()) || view.last_primary.as_deref() == Some(i.me.as_str()) {
+        return None;
+    }
     if view.sync_unreadable {
         return Some(format!(
             "synchronous mode: the sync key cannot be read, so it is unknown which members may hold acknowledged commits; {hint}"
@@ -805,12 +813,6 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     // member's acknowledgement: with no set recorded, no commit was ever
     // acknowledged synchronously (a new cluster), and the ordinary rules
     // choose.
-    // The primary that recorded the set, or the last recorded primary,
-    // made (or had) every acknowledged commit itself: taking its key back
-    // after a fence loses nothing.
-    if view.sync_leader.as_deref() == Some(i.me.as_str()) || view.last_primary.as_deref() == Some(i.me.as_str()) {
-        return None;
-    }
     let Some(set) = &view.sync_standbys else {
         // No set recorded: safe only for a cluster that never had a
         // primary. Once it had one, a missing key was deleted (by hand, or
@@ -900,7 +902,16 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
         ));
     }
     let was_last_primary = i.view.as_ref().is_some_and(|v| v.last_primary.as_deref() == Some(i.me.as_str()));
-    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago), was_last_primary) {
+    // In synchronous mode the recorded set, not the clock, says who holds
+    // every acknowledged commit: a member of it is a candidate however
+    // long ago it last streamed, and the synchronous rules below promote
+    // only the freshest member. (A fenced primary stops sending WAL; a
+    // member that saw the key vacant only once etcd answered again was
+    // refused for good as stale: the 30-minute simulation run, seed
+    // 7000207.)
+    let sync_member =
+        p.synchronous && i.view.as_ref().is_some_and(|v| !v.sync_unreadable && v.sync_standbys.as_ref().is_some_and(|s| s.contains(&i.me)));
+    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago), was_last_primary || sync_member) {
         return Eligibility::no(why);
     }
     if let Some(view) = &i.view {

@@ -295,6 +295,27 @@ fn replica_that_has_not_streamed_recently_is_not_eligible() {
     assert!(decide(&i).refusal.unwrap().contains("has not streamed"));
 }
 
+/// In synchronous mode a member of the recorded set is a candidate however
+/// long ago it streamed (the set says who has every acknowledged commit);
+/// a replica outside it, or in asynchronous mode, is not (the 30-minute
+/// simulation run, seed 7000207).
+#[test]
+fn a_synchronous_set_member_is_no_stale_replica() {
+    let mut local = replica(1000);
+    local.streaming = false;
+    local.last_streamed_ago = Some(Duration::from_secs(60));
+    let view =
+        View { sync_standbys: Some(vec!["pg2".into(), "pg3".into()]), leader_lost_ago: Some(Duration::from_secs(10)), ..no_leader() };
+    let mut i = inputs("pg2", local, view);
+    i.policy.synchronous = true;
+    assert!(decide(&i).eligibility.eligible, "{:?}", decide(&i).eligibility);
+    i.view.as_mut().unwrap().sync_standbys = Some(vec!["pg3".into()]);
+    assert!(!decide(&i).eligibility.eligible);
+    i.view.as_mut().unwrap().sync_standbys = Some(vec!["pg2".into(), "pg3".into()]);
+    i.policy.synchronous = false;
+    assert!(!decide(&i).eligibility.eligible);
+}
+
 /// Defect 1(c) of the trust issue: the window was measured from now, so a
 /// replica that streamed until the primary died became ineligible while it
 /// waited for the leader key to expire (fast profile: for ever). Measured
@@ -779,6 +800,18 @@ fn synchronous_mode_with_an_unreadable_sync_key_refuses() {
     let d = decide(&i);
     assert!(!d.actions.contains(&Action::AcquireLeader));
     assert!(d.refusal.unwrap().contains("sync key cannot be read"));
+}
+
+/// The last recorded primary, fenced, made every acknowledged commit
+/// itself: a bad value in the sync key does not keep it from retaking
+/// its key (the 30-minute simulation run, seed 7000511).
+#[test]
+fn the_last_primary_retakes_its_key_whatever_the_sync_key_holds() {
+    let view = View { sync_unreadable: true, last_primary: Some("pg1".into()), ..no_leader() };
+    let mut i = inputs("pg1", replica(1000), view);
+    i.policy.synchronous = true;
+    i.peers = vec![peer("pg2", 900), peer("pg3", 900)];
+    assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
 }
 
 /// Found by the simulation (seed 67, fast profile, etcd slow): the new

@@ -347,7 +347,10 @@ impl Engine for FakePostgres {
             // after its node went down (and a loop to act on it).
             let mut w = self.world.lock();
             let gone_for = w.host_down_since[ui].map(|t| t.elapsed());
-            if gone_for.is_some_and(|d| d > self.loop_wait * 4) && w.dbs[self.me].running() && !w.dbs[self.me].frozen {
+            // (A former primary on an older timeline must be rewound anyway;
+            // trying early costs nothing it could have served.)
+            let same_timeline = w.dbs[self.me].timeline == w.dbs[ui].timeline;
+            if gone_for.is_some_and(|d| d > self.loop_wait * 4) && same_timeline && w.dbs[self.me].running() && !w.dbs[self.me].frozen {
                 let (me, them) = (w.dbs[self.me].name.clone(), w.dbs[ui].name.clone());
                 w.violation(format!("{me}'s running server stopped to rejoin {them}, whose node has been down for {gone_for:?}"));
             }

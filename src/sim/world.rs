@@ -147,8 +147,9 @@ pub struct WorldInner {
     /// started, or a node was reset: the liveness checks while faults run
     /// give the cluster a bound from then.
     pub changed_at: Instant,
-    /// The last promotion: within `hold_down` of it a second automatic
-    /// failover needs a human, by design.
+    /// The last promotion, or a new node winning the leader key: within
+    /// `hold_down` of it a second automatic failover needs a human, by
+    /// design.
     pub promoted_at: Option<Instant>,
 }
 
@@ -432,6 +433,13 @@ impl WorldInner {
         } else {
             self.resume_window += 1;
         }
+    }
+
+    /// How many writes node `g` acknowledged that no other node has.
+    pub fn acked_only_on(&self, g: usize) -> usize {
+        let others: std::collections::HashSet<u64> =
+            self.dbs.iter().enumerate().filter(|(i, _)| *i != g).flat_map(|(_, d)| d.log.iter().copied()).collect();
+        self.acks.iter().filter(|a| a.node == g && !others.contains(&a.id)).count()
     }
 
     /// Synchronous mode: a node that starts accepting writes has every
