@@ -60,7 +60,7 @@ mutant stuck-without-live-leader src/core/rejoin.rs \
   's/let leader_live = s\.leader_refreshed_ago\.is_some_and\(\|a\| a <= p\.loop_wait \* 3\);/let leader_live = true;/' \
   'defect 1b: the stuck-replica rule rewinds against a leader whose record no longer changes'
 mutant sync-mark-from-now src/core/sync_set.rs \
-  's/let Some\(mark\) = i\.marks\.get\(gone\)\.copied\(\)\.or\(i\.primary_position\) else/let Some(mark) = i.primary_position else/' \
+  's/let Some\(mark\) = i\.marks\.get\(gone\)\.copied\(\)\.or\(i\.primary_position\.map\(\|p\| p\.lsn\)\) else/let Some(mark) = i.primary_position.map(|p| p.lsn) else/' \
   'defect 2: a departed member leaves the synchronous set only when another has the primary'\''s current position'
 mutant bad-value-fails-the-read src/dcs/memory.rs \
   's/        Ok\(decode::decode\(raw, me\)\)/        let st = decode::decode(raw, me);\n        if let Some(b) = st.bad_values.first() {\n            anyhow::bail!(\"etcd key {} holds invalid JSON\", b.key);\n        }\n        Ok(st)/' \

@@ -106,6 +106,12 @@ pub struct LocalObs {
     pub streaming: bool,
     /// Replica: how long ago the WAL receiver was last seen streaming.
     pub last_streamed_ago: Option<Duration>,
+    /// Replica: the age of the newest heartbeat row it holds (written by
+    /// a primary each loop, in that primary's clock), that is how old its
+    /// data is. It outlives the sidecar, where `last_streamed_ago` does
+    /// not.
+    #[serde(default)]
+    pub data_age: Option<Duration>,
     /// Primary: at the last observation some replica had flushed all WAL,
     /// so failing over now loses no acknowledged write.
     pub replica_caught_up: bool,
@@ -119,6 +125,10 @@ pub struct LocalObs {
     /// is its own, so not streaming does not make it ineligible.
     #[serde(default)]
     pub primary_at_rest: bool,
+    /// Starting: the server will open for writes once it is up (PostgreSQL
+    /// without `standby.signal`: a crash recovery that ends as a primary).
+    #[serde(default)]
+    pub starting_writable: bool,
 }
 
 impl LocalObs {
@@ -176,6 +186,9 @@ pub struct View {
     pub sync_standbys: Option<Vec<String>>,
     /// The leader that recorded that set.
     pub sync_leader: Option<String>,
+    /// Members of that set still joining it, with the leader's position
+    /// when it named them (see `sync_set`).
+    pub sync_joining: std::collections::BTreeMap<String, Position>,
     /// Synchronous mode: the `sync` key exists but could not be read, so
     /// the set is unknown (not absent: that would mean "none recorded").
     pub sync_unreadable: bool,
@@ -546,6 +559,13 @@ fn follow(i: &Inputs, view: &View, leader: &str, elig: &Eligibility) -> Decision
         return Decision::new(format!("fencing: {leader} holds the leader key"), elig)
             .act(Action::Fence { reason: format!("{leader} holds the leader key but this database accepts writes") });
     }
+    if i.local.health == DbHealth::Starting && i.local.starting_writable {
+        // A primary restarting in place whose sidecar died on the way: its
+        // crash recovery ends writable beside the new leader unless it is
+        // fenced first (the 30-minute simulation run, seed 7030328).
+        return Decision::new(format!("fencing: {leader} holds the leader key"), elig)
+            .act(Action::Fence { reason: format!("{leader} holds the leader key but this database is starting as a primary") });
+    }
     if view.paused {
         return Decision::new(format!("replica of {leader} (paused)"), elig);
     }
@@ -833,6 +853,17 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
         ));
     }
     let mine = i.local.position?;
+    // Named by a leader before it had all that leader had: commits
+    // acknowledged before it joined may be on the leader alone (seed
+    // 7084923: a leader whose promotion hung named a replica 13 commits
+    // behind it; the replica took over when the leader was lost).
+    if let Some(mark) = view.sync_joining.get(&i.me).filter(|mark| mine < **mark) {
+        return Some(format!(
+            "synchronous mode: {} joined the synchronous set when {} was at {mark} and has only {mine}, so it may lack commits acknowledged before it joined; {hint}",
+            i.me,
+            view.sync_leader.as_deref().unwrap_or("the leader"),
+        ));
+    }
     for n in set.iter().filter(|n| **n != i.me) {
         // Only a position the peer's sidecar reported just now counts.
         let peer = i.peers.iter().find(|p| &p.node == n).filter(|p| p.answered);
@@ -948,13 +979,20 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
 /// replica ineligible. While a leader holds the key, it is measured from now.
 /// The last recorded primary, fenced to a read-only standby, never
 /// streamed: its data is its own, like a MariaDB primary at rest.
+/// A sidecar that started after its replica stopped streaming never saw it
+/// stream; the heartbeat row's age then says how old the data is (without
+/// it, a replica whose sidecar restarted while the key was vacant was
+/// refused for good: the simulation's seed 7024881).
 pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>, was_last_primary: bool) -> Option<String> {
     if l.streaming || l.primary_at_rest || was_last_primary {
         return None;
     }
     let window = p.ttl * 2;
-    let Some(stopped_ago) = l.last_streamed_ago else {
-        return Some("has not streamed from a primary since its sidecar started, so its position cannot be trusted".into());
+    let Some(stopped_ago) = l.last_streamed_ago.or(l.data_age) else {
+        return Some(
+            "has not streamed from a primary since its sidecar started and holds no heartbeat row, so its position cannot be trusted"
+                .into(),
+        );
     };
     match leader_lost_ago {
         Some(lost) => {

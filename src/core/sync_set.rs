@@ -19,8 +19,19 @@
 //! from "now": comparing with the primary's *current* position never holds
 //! under continuous writes, because the other member's position is always a
 //! moment old (found by `tests/semisync.rs`, kept as a table test below).
+//!
+//! A member named while it lacks some of what the primary has (every
+//! member of a new leader's first set: commits acknowledged under the old
+//! leader may be on the new leader alone) is **joining**: the set records
+//! the primary's position when it was named, and until the member has
+//! flushed that much it may not take over (`core::synchronous_refusal`).
+//! Its first acknowledgement of a new commit implies it has it all (WAL is
+//! linear), and the next step records it as a full member. (Without this a
+//! new leader whose promotion hung named a replica 13 commits behind it,
+//! and that replica took over when the leader was lost: the 30-minute
+//! simulation run, seed 7084923.)
 
-use crate::position::Lsn;
+use crate::position::{Lsn, Position};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the leader knows this iteration.
@@ -33,10 +44,13 @@ pub struct SyncSetInputs {
     /// Replicas whose server is connected to the primary now, with the
     /// position each has flushed (PostgreSQL) or received (MariaDB).
     pub connected: BTreeMap<String, Lsn>,
-    /// The primary's own position now (None: unknown, e.g. just before promotion).
-    pub primary_position: Option<Lsn>,
+    /// The primary's own position now (just before a promotion: the
+    /// position it is promoted at).
+    pub primary_position: Option<Position>,
     /// Departed, disconnected members with their mark, from the last step.
     pub marks: BTreeMap<String, Lsn>,
+    /// Joining members and the position each must reach, as recorded.
+    pub joining: BTreeMap<String, Position>,
 }
 
 /// The set to record next, and the marks to remember until the next step.
@@ -44,6 +58,8 @@ pub struct SyncSetInputs {
 pub struct SyncSetStep {
     pub next: BTreeSet<String>,
     pub marks: BTreeMap<String, Lsn>,
+    /// Members still joining, to record with the set.
+    pub joining: BTreeMap<String, Position>,
     /// Members dropped in this step (for the log).
     pub dropped: Vec<String>,
 }
@@ -59,7 +75,7 @@ pub fn next_sync_set(i: &SyncSetInputs) -> SyncSetStep {
             // mark starts again when it disconnects.
             continue;
         }
-        let Some(mark) = i.marks.get(gone).copied().or(i.primary_position) else { continue };
+        let Some(mark) = i.marks.get(gone).copied().or(i.primary_position.map(|p| p.lsn)) else { continue };
         let covered = i.current.iter().chain(&i.desired).filter(|m| *m != gone).any(|m| i.connected.get(m).is_some_and(|p| *p >= mark));
         if covered {
             next.remove(gone);
@@ -68,7 +84,21 @@ pub fn next_sync_set(i: &SyncSetInputs) -> SyncSetStep {
             marks.insert(gone.clone(), mark);
         }
     }
-    SyncSetStep { next, marks, dropped }
+    // Joining: a new member, unless it has flushed all the primary has;
+    // a joining one until it has flushed its mark.
+    let has = |m: &String, at: Option<Position>| at.is_some_and(|at| i.connected.get(m).is_some_and(|l| *l >= at.lsn));
+    let mut joining = BTreeMap::new();
+    for m in &next {
+        let mark = match i.joining.get(m) {
+            Some(mark) => Some(*mark),
+            None if !i.current.contains(m) => i.primary_position,
+            None => None,
+        };
+        if let Some(mark) = mark.filter(|mark| !has(m, Some(*mark))) {
+            joining.insert(m.clone(), mark);
+        }
+    }
+    SyncSetStep { next, marks, joining, dropped }
 }
 
 #[cfg(test)]
@@ -89,13 +119,43 @@ mod tests {
         assert_eq!(s.next, set(&["b", "c"]));
     }
 
+    /// A new leader's first set (nothing recorded by it yet): every member
+    /// joins at the position it is promoted at, unless it has that much;
+    /// a joining member becomes a full one once it has flushed its mark
+    /// (on the new timeline its LSN goes on from the switch).
+    #[test]
+    fn members_join_at_the_leaders_position_until_they_have_it() {
+        type Row<'a> = (&'a [&'a str], &'a [(&'a str, u64)], &'a [(&'a str, u64)], &'a [(&'a str, u64)]);
+        let table: &[Row] = &[
+            // (current, joining recorded, connected) -> joining next
+            (&[], &[], &[], &[("b", 363), ("c", 363)]),
+            (&[], &[], &[("b", 363), ("c", 350)], &[("c", 363)]),
+            (&["b", "c"], &[("c", 363)], &[("b", 400), ("c", 362)], &[("c", 363)]),
+            (&["b", "c"], &[("c", 363)], &[("b", 400), ("c", 364)], &[]),
+            // A full member stays one, however far behind.
+            (&["b", "c"], &[], &[("b", 10)], &[]),
+        ];
+        for (current, joining, connected, want) in table {
+            let s = next_sync_set(&SyncSetInputs {
+                current: set(current),
+                desired: set(&["b", "c"]),
+                connected: at(connected),
+                primary_position: Some(Position::new(2, 363)),
+                joining: joining.iter().map(|(n, l)| (n.to_string(), Position::new(2, *l))).collect(),
+                ..Default::default()
+            });
+            let want: BTreeMap<String, Position> = want.iter().map(|(n, l)| (n.to_string(), Position::new(2, *l))).collect();
+            assert_eq!(s.joining, want, "current {current:?}, joining {joining:?}, connected {connected:?}");
+        }
+    }
+
     #[test]
     fn a_departed_member_still_connected_stays() {
         let s = next_sync_set(&SyncSetInputs {
             current: set(&["b", "c"]),
             desired: set(&["b"]),
             connected: at(&[("b", 500), ("c", 500)]),
-            primary_position: Some(Lsn(500)),
+            primary_position: Some(Position::new(1, 500)),
             ..Default::default()
         });
         assert_eq!(s.next, set(&["b", "c"]));
@@ -109,7 +169,7 @@ mod tests {
             current: set(&["b", "c"]),
             desired: set(&["b"]),
             connected: at(&[("b", 400)]),
-            primary_position: Some(Lsn(500)),
+            primary_position: Some(Position::new(1, 500)),
             ..Default::default()
         });
         assert_eq!(s.next, set(&["b", "c"]));
@@ -126,8 +186,9 @@ mod tests {
             current: set(&["b", "c"]),
             desired: set(&["b"]),
             connected: at(&[("b", 600)]),
-            primary_position: Some(Lsn(700)),
+            primary_position: Some(Position::new(1, 700)),
             marks: at(&[("c", 500)]),
+            ..Default::default()
         });
         assert_eq!(s.next, set(&["b"]));
         assert_eq!(s.dropped, vec!["c".to_string()]);
@@ -140,8 +201,9 @@ mod tests {
             current: set(&["b", "c"]),
             desired: set(&[]),
             connected: at(&[]),
-            primary_position: Some(Lsn(700)),
+            primary_position: Some(Position::new(1, 700)),
             marks: at(&[("b", 500), ("c", 500)]),
+            ..Default::default()
         });
         assert_eq!(s.next, set(&["b", "c"]));
     }
@@ -152,8 +214,9 @@ mod tests {
             current: set(&["b", "c"]),
             desired: set(&["b"]),
             connected: at(&[("b", 100), ("c", 100)]),
-            primary_position: Some(Lsn(700)),
+            primary_position: Some(Position::new(1, 700)),
             marks: at(&[("c", 500)]),
+            ..Default::default()
         });
         assert_eq!(s.next, set(&["b", "c"]));
         assert!(s.marks.is_empty());

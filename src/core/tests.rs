@@ -30,9 +30,11 @@ fn replica(lsn: u64) -> LocalObs {
         position: Some(Position::new(1, lsn)),
         streaming: true,
         last_streamed_ago: Some(Duration::ZERO),
+        data_age: None,
         replica_caught_up: false,
         blocker: None,
         primary_at_rest: false,
+        starting_writable: false,
     }
 }
 
@@ -124,6 +126,23 @@ fn writable_node_without_the_key_is_fenced_even_when_etcd_is_down() {
 fn writable_node_fences_when_another_holds_the_key_even_paused() {
     let i = inputs("pg1", primary(100), View { leader: leader("pg2"), paused: true, ..View::default() });
     assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
+}
+
+/// A server that will open for writes once its crash recovery ends is
+/// fenced while another holds the key, paused or not (seed 7030328: a
+/// sidecar died after restarting its primary in place; the new one waited
+/// for "database starting" and the server opened writable beside the new
+/// leader). One that starts as a replica is left to start.
+#[test]
+fn a_database_starting_as_a_primary_is_fenced_when_another_holds_the_key() {
+    for paused in [false, true] {
+        for (starting_writable, fenced) in [(true, true), (false, false)] {
+            let local =
+                LocalObs { health: DbHealth::Starting, role: None, position: None, streaming: false, starting_writable, ..replica(0) };
+            let i = inputs("pg3", local, View { leader: leader("pg1"), paused, ..View::default() });
+            assert_eq!(matches!(actions(&i)[..], [Action::Fence { .. }]), fenced, "paused {paused}, starting writable {starting_writable}");
+        }
+    }
 }
 
 #[test]
@@ -349,6 +368,30 @@ fn a_replica_that_never_streamed_since_its_sidecar_started_is_not_eligible() {
     assert!(d.refusal.unwrap().contains("since its sidecar started"));
 }
 
+/// A sidecar restarted while the key was vacant never saw its replica
+/// stream; the heartbeat row it replayed says how old its data is (seed
+/// 7024881: refused for good before).
+#[test]
+fn a_restarted_sidecar_judges_its_replica_by_the_heartbeat_rows_age() {
+    for (data_age, lost_ago, eligible) in [
+        // Streamed until the leader was lost 30 s ago: its data is 31 s old.
+        (31, 30, true),
+        // Stopped 25 s before the loss (more than 2 × ttl = 20 s).
+        (55, 30, false),
+        // The key held by nobody for the replica's whole life: no loss seen yet.
+        (5, 0, true),
+    ] {
+        let mut local = replica(1000);
+        local.streaming = false;
+        local.last_streamed_ago = None;
+        local.data_age = Some(Duration::from_secs(data_age));
+        let mut view = no_leader();
+        view.leader_lost_ago = Some(Duration::from_secs(lost_ago));
+        let d = decide(&inputs("pg2", local, view));
+        assert_eq!(d.refusal.is_none(), eligible, "data {data_age} s old, leader lost {lost_ago} s ago: {:?}", d.refusal);
+    }
+}
+
 #[test]
 fn replica_the_engine_blocks_is_not_eligible_unless_forced_with_data_loss() {
     let mut local = replica(1000);
@@ -536,9 +579,11 @@ fn arb_local() -> impl Strategy<Value = LocalObs> {
             position: pos.map(|(t, l)| Position::new(t, l)),
             streaming,
             last_streamed_ago: ago.map(Duration::from_secs),
+            data_age: None,
             replica_caught_up: caught,
             blocker: None,
             primary_at_rest: false,
+            starting_writable: false,
         })
 }
 
@@ -583,6 +628,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 last_primary_position: Some(Position::new(1, 1500)),
                 sync_standbys: None,
                 sync_leader: None,
+                sync_joining: Default::default(),
                 sync_unreadable: false,
                 leader_lost_ago: None,
             };
@@ -718,6 +764,24 @@ fn synchronous_mode_promotes_the_set_member_that_knows_it_is_freshest() {
     let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
     i.peers = vec![dead_peer("pg1"), peer("pg3", 900)];
     assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::Promote]);
+}
+
+/// A member the leader named before it had all the leader had takes over
+/// only once it has that much (seed 7084923).
+#[test]
+fn synchronous_mode_a_joining_member_takes_over_only_past_its_mark() {
+    for (mark, takes_over) in [(Position::new(1, 1363), false), (Position::new(1, 1000), true), (Position::new(1, 900), true)] {
+        let mut i = sync_inputs("pg2", &["pg2"]);
+        let view = i.view.as_mut().unwrap();
+        view.sync_leader = Some("pg3".into());
+        view.sync_joining = [("pg2".to_string(), mark)].into();
+        i.peers = vec![dead_peer("pg1"), dead_peer("pg3")];
+        let d = decide(&i);
+        assert_eq!(d.actions.contains(&Action::AcquireLeader), takes_over, "mark {mark}: {:?}", d.refusal);
+        if !takes_over {
+            assert!(d.refusal.unwrap().contains("joined the synchronous set when pg3 was at"));
+        }
+    }
 }
 
 #[test]

@@ -177,6 +177,12 @@ pub struct SyncRecord {
     pub leader: String,
     pub standbys: Vec<String>,
     pub updated_ms: u64,
+    /// Members named before they had everything the leader had when it
+    /// named them, with that position (the leader's, then): until one has
+    /// it, commits acknowledged before it joined may be on the leader
+    /// alone, so it may not take over.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub joining: std::collections::BTreeMap<String, crate::position::Position>,
 }
 
 /// Value of the `incident` key: what the old primary saw before it gave

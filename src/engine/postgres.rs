@@ -340,6 +340,12 @@ impl Postgres {
         self.write_owned("postgresql.auto.conf", &(out.join("\n") + "\n"))
     }
 
+    /// `standby.signal` is in the data directory (looked at, never
+    /// followed: the directory belongs to the database user).
+    fn has_standby_signal(&self) -> bool {
+        std::fs::symlink_metadata(self.cfg.data_dir.join("standby.signal")).is_ok()
+    }
+
     fn make_standby(&self, up: Option<&Upstream>) -> Result<()> {
         self.write_owned("standby.signal", "")?;
         self.write_passfile()?;
@@ -568,6 +574,7 @@ impl Engine for Postgres {
             if pid.is_none() {
                 let starting = m.start_issued.is_some_and(|t| t.elapsed() < START_GRACE);
                 obs.local.health = if starting { DbHealth::Starting } else { DbHealth::Down };
+                obs.local.starting_writable = starting && !self.has_standby_signal();
                 obs.error = Some("no server process".into());
                 return obs;
             }
@@ -578,6 +585,7 @@ impl Engine for Postgres {
                 let msg = format!("{e:#}");
                 if is_starting(&msg) {
                     obs.local.health = DbHealth::Starting;
+                    obs.local.starting_writable = !self.has_standby_signal();
                 } else {
                     obs.local.health = DbHealth::Unresponsive;
                 }
@@ -639,6 +647,7 @@ impl Engine for Postgres {
         if in_recovery && has_heartbeat {
             if let Ok(row) = self.query_one(LAG_SQL).await {
                 obs.lag_seconds = row.get::<_, Option<f64>>(0).map(|s| s.max(0.0));
+                obs.local.data_age = obs.lag_seconds.map(Duration::from_secs_f64);
             }
         }
         obs
@@ -748,7 +757,7 @@ impl Engine for Postgres {
             return Ok(format!("{what}; streaming from {}", up.node));
         }
         let cd = self.controldata().await?;
-        let standby = self.cfg.data_dir.join("standby.signal").exists();
+        let standby = self.has_standby_signal();
         let needs_rewind = (cd.was_primary() && !standby) || up.timeline.is_some_and(|t| t != cd.timeline) || attempt >= 2;
         let mut what = String::from("restarted as a replica");
         if needs_rewind {

@@ -145,7 +145,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 }
                 // Synchronous mode: name the standbys before the database
                 // accepts its first write (allowed during recovery).
-                self.manage_sync(None, cluster).await.context("set the synchronous standbys before promotion")?;
+                self.manage_sync(None, cluster, obs.local.position).await.context("set the synchronous standbys before promotion")?;
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");

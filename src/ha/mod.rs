@@ -315,7 +315,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.rejoin_attempts = 0;
         }
         if self.dcs.holds_leader() && obs.local.writable() {
-            if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref()).await {
+            if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref(), None).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not update the synchronous standbys");
             }
         } else if self.cfg.failover.synchronous && obs.local.role == Some(crate::core::DbRole::Replica) {
@@ -357,6 +357,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             last_primary_position: self.last_primary_position,
             sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
             sync_leader: c.sync.as_ref().map(|s| s.leader.clone()),
+            sync_joining: c.sync.as_ref().map(|s| s.joining.clone()).unwrap_or_default(),
             sync_unreadable: c.sync_unreadable,
             leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
         });

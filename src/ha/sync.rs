@@ -6,7 +6,7 @@ use crate::core::{self};
 use crate::dcs::{now_ms, ClusterState, Dcs, SyncRecord};
 use crate::engine::{Engine, Observation};
 use crate::peers::PeerApi;
-use crate::position::Lsn;
+use crate::position::{Lsn, Position};
 use anyhow::{Context, Result};
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
@@ -16,8 +16,14 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// the cluster is dropped only once a remaining member of the set has
     /// flushed all the WAL the primary has now (so it has everything the
     /// dropped one could have acknowledged). `obs` is None just before a
-    /// promotion (nothing is connected yet).
-    pub(super) async fn manage_sync(&mut self, obs: Option<&Observation>, cluster: Option<&ClusterState>) -> Result<()> {
+    /// promotion (nothing is connected yet), and `promoted_at` is then the
+    /// position the database is promoted at: every member joins there.
+    pub(super) async fn manage_sync(
+        &mut self,
+        obs: Option<&Observation>,
+        cluster: Option<&ClusterState>,
+        promoted_at: Option<Position>,
+    ) -> Result<()> {
         use std::collections::{BTreeMap, BTreeSet};
         if !self.cfg.failover.synchronous {
             return Ok(());
@@ -46,16 +52,17 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             current: current.clone(),
             desired,
             connected: connected.into_iter().map(|(n, l)| (n.to_string(), l)).collect(),
-            primary_position: obs.and_then(|o| o.local.position).map(|p| p.lsn),
+            primary_position: obs.map_or(promoted_at, |o| o.local.position),
             marks: std::mem::take(&mut self.sync_marks),
+            joining: mine.map(|s| s.joining.clone()).unwrap_or_default(),
         });
         for gone in &step.dropped {
             tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all it could have acknowledged)");
         }
         self.sync_marks = step.marks;
         let next = step.next;
-        if mine.is_none() || next != current {
-            let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms() };
+        if mine.is_none() || next != current || mine.is_some_and(|s| s.joining != step.joining) {
+            let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms(), joining: step.joining };
             self.dcs.set_sync(&rec).await.context("write the sync key")?;
         }
         self.engine.set_synchronous(&next.into_iter().collect::<Vec<_>>()).await

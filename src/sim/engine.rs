@@ -140,13 +140,16 @@ impl FakePostgres {
             bail!("{what}: could not connect to the source server");
         }
         let (log, tl, hist) = (w.dbs[up].log.clone(), w.dbs[up].timeline, w.dbs[up].history.clone());
+        let heartbeat = w.dbs[up].heartbeat;
         let me = &mut w.dbs[self.me];
         if base_backup {
             me.log = log;
+            me.heartbeat = heartbeat;
             me.base_backups += 1;
         } else {
             let common = me.log.iter().zip(&log).take_while(|(a, b)| a == b).count();
             me.log.truncate(common);
+            me.heartbeat = None;
             me.rewinds += 1;
         }
         me.timeline = tl;
@@ -207,6 +210,7 @@ impl Engine for FakePostgres {
         let d = &w.dbs[self.me];
         if !d.ready(now) {
             obs.local.health = DbHealth::Starting;
+            obs.local.starting_writable = !d.standby;
             return obs;
         }
         let mut m = self.mem();
@@ -217,6 +221,7 @@ impl Engine for FakePostgres {
         obs.local.position = Some(pos);
         if d.standby {
             obs.local.role = Some(DbRole::Replica);
+            obs.local.data_age = d.heartbeat.map(|t| now.duration_since(t));
             if d.streaming {
                 m.streamed_since_start = true;
                 m.last_streamed = Some(now);
@@ -259,10 +264,12 @@ impl Engine for FakePostgres {
     }
 
     async fn write_heartbeat(&self, _node: &str, _term: i64) -> Result<()> {
-        let w = self.world.lock();
-        if !w.dbs[self.me].accepts_writes(Instant::now()) {
+        let mut w = self.world.lock();
+        let now = Instant::now();
+        if !w.dbs[self.me].accepts_writes(now) {
             bail!("heartbeat: database does not accept writes");
         }
+        w.dbs[self.me].heartbeat = Some(now);
         Ok(())
     }
 

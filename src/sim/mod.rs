@@ -182,7 +182,8 @@ pub struct SeedReport {
     pub acknowledged: usize,
     pub lost_async: usize,
     /// Checks that saw a resumed frozen primary, or one whose sidecar was
-    /// dead, writable beside the primary (the node watchdog's cases).
+    /// dead, writable beside the primary, and writes such a node
+    /// acknowledged (the node watchdog's cases).
     pub watchdog_windows: usize,
     /// Nodes reset by their watchdog (the `watchdog` option).
     pub watchdog_resets: usize,
@@ -580,7 +581,7 @@ impl Sim {
             trace: w.trace.clone(),
             acknowledged: w.acks.len(),
             lost_async: w.lost_async,
-            watchdog_windows: w.resume_window + w.orphan_window,
+            watchdog_windows: w.resume_window + w.orphan_window + w.watchdog_acks,
             watchdog_resets: w.watchdog_resets,
             recovered_in,
         }
@@ -664,8 +665,8 @@ impl Sim {
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let mut w = world.lock();
-                        w.dbs[i].frozen = false;
-                        w.dbs[i].hung = false;
+                        // A hung server stays hung: only a kill ends it.
+                        w.dbs[i].frozen = w.dbs[i].hung;
                         w.dbs[i].resumed_at = Some(Instant::now());
                         w.check_writers();
                     });
@@ -798,6 +799,7 @@ async fn tick(c: Arc<Cluster>) {
             w.write();
             w.check_writers();
             let leader = c.store.leader();
+            w.key_holder = leader.clone();
             if leader != last_leader {
                 w.note(format!("leader key: {}", leader.clone().unwrap_or_else(|| "(vacant)".into())));
                 // Liveness while faults run: a leader keeps its key unless

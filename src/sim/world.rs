@@ -43,6 +43,9 @@ pub struct Db {
     /// The node `primary_conninfo` names.
     pub conninfo: Option<usize>,
     pub log: Vec<u64>,
+    /// When the newest heartbeat row in this data was written (by a
+    /// primary): replication and base backups carry it, a rewind forgets it.
+    pub heartbeat: Option<Instant>,
     pub timeline: u32,
     pub history: Vec<TimelineSwitch>,
     /// `synchronous_standby_names` (ANY 1 of these).
@@ -138,6 +141,8 @@ pub struct WorldInner {
     /// Each node's watchdog device (the `watchdog` option): it counts on
     /// the simulated clock whatever its sidecar does, frozen or gone.
     pub watchdogs: Vec<SimWatchdog>,
+    /// Who held the leader key at the last tick.
+    pub key_holder: Option<String>,
     /// Nodes the watchdog reset.
     pub watchdog_resets: usize,
     /// The faults in force (bad values in etcd aside), by their index in
@@ -280,6 +285,7 @@ impl World {
                 standby: i != 0,
                 conninfo: (i != 0).then_some(0),
                 log: vec![],
+                heartbeat: None,
                 timeline: 1,
                 history: vec![],
                 sync_names: vec![],
@@ -316,6 +322,7 @@ impl World {
                 orphan_window: 0,
                 sidecar_up: vec![false; n],
                 sidecar_started: vec![None; n],
+                key_holder: None,
                 watchdogs: vec![SimWatchdog::default(); n],
                 watchdog_resets: 0,
                 in_force: BTreeMap::new(),
@@ -488,8 +495,10 @@ impl WorldInner {
             };
             if can {
                 let (log, tl, hist) = (self.dbs[up].log.clone(), self.dbs[up].timeline, self.dbs[up].history.clone());
+                let heartbeat = self.dbs[up].heartbeat;
                 let d = &mut self.dbs[r];
                 d.log = log;
+                d.heartbeat = heartbeat;
                 d.timeline = tl;
                 d.history = hist;
                 d.streaming = true;
@@ -514,13 +523,24 @@ impl WorldInner {
         }
     }
 
-    /// Records an acknowledged write, unless another node acknowledges
-    /// writes at the same moment: that happens only in the windows the
-    /// split-brain check leaves to the node watchdog (a resumed frozen or
-    /// orphaned primary), and such writes are counted apart.
+    /// Records an acknowledged write, unless it was acknowledged in one of
+    /// the windows the split-brain check leaves to the node watchdog: such
+    /// writes are counted apart. Those are: another node acknowledges
+    /// writes at the same moment; a deposed primary (another node has been
+    /// promoted to a later timeline since) acknowledges it within
+    /// `RESUME_GRACE` of its resume (a synchronous commit waiting on a
+    /// frozen primary, acknowledged when it resumes by a standby still
+    /// attached to it: seed 7067387); a primary whose sidecar is dead
+    /// acknowledges it without the leader key (nothing vouches for it any
+    /// more: a replica that cannot reach it promotes, seed 7091099; a node
+    /// watchdog resets such a node before its lease ends).
     fn record_ack(&mut self, a: Ack) {
         let now = Instant::now();
-        if (0..self.dbs.len()).any(|j| j != a.node && self.acknowledges(j, now)) {
+        let d = &self.dbs[a.node];
+        let deposed_resumed =
+            d.resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE) && self.dbs.iter().any(|o| o.timeline > d.timeline);
+        let orphan_without_key = !self.sidecar_up[a.node] && self.key_holder.as_deref() != Some(d.name.as_str());
+        if deposed_resumed || orphan_without_key || (0..self.dbs.len()).any(|j| j != a.node && self.acknowledges(j, now)) {
             self.watchdog_acks += 1;
         } else {
             self.acks.push(a);

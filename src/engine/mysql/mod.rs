@@ -677,6 +677,7 @@ impl Engine for MySql {
         obs.gtid = Some(self.digest(&snap, &pos, &mut obs));
         if snap.read_only {
             obs.lag_seconds = self.lag_seconds().await;
+            obs.local.data_age = obs.lag_seconds.map(Duration::from_secs_f64);
         }
         obs
     }
