@@ -54,7 +54,7 @@ mutant() {
 }
 
 mutant stale-window-from-now src/core/mod.rs \
-  's/match leader_lost_ago \{/match { let _ = leader_lost_ago; None::<Duration> } {/' \
+  's/let behind = data\.saturating_sub\(leader\);/let behind = { let _ = leader; data };/' \
   'trust issue defect 1c: the streamed-recently window measured from now, not from the leader'\''s loss'
 mutant stuck-without-live-leader src/core/rejoin.rs \
   's/let leader_live = s\.leader_refreshed_ago\.is_some_and\(\|a\| a <= p\.loop_wait \* 3\);/let leader_live = true;/' \

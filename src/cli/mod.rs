@@ -559,7 +559,7 @@ pub async fn run(arg: &ConfigArg) -> Result<()> {
             run_with(cfg, Arc::new(engine)).await
         }
         kind => {
-            let engine = crate::engine::mysql::MySql::new(cfg.database.clone(), kind, cfg.failover.promote_timeout);
+            let engine = crate::engine::mysql::MySql::new(cfg.database.clone(), &cfg.node, kind, cfg.failover.promote_timeout);
             run_with(cfg, Arc::new(engine)).await
         }
     }

@@ -106,10 +106,11 @@ pub struct LocalObs {
     pub streaming: bool,
     /// Replica: how long ago the WAL receiver was last seen streaming.
     pub last_streamed_ago: Option<Duration>,
-    /// Replica: the age of the newest heartbeat row it holds (written by
-    /// a primary each loop, in that primary's clock), that is how old its
-    /// data is. It outlives the sidecar, where `last_streamed_ago` does
-    /// not.
+    /// Replica: the age of the newest heartbeat row it holds, if another
+    /// node wrote it (a primary writes it each loop, in its own clock), that
+    /// is how old its data is. It outlives the sidecar, where
+    /// `last_streamed_ago` does not. A former primary's own rows say
+    /// nothing about what its successors wrote.
     #[serde(default)]
     pub data_age: Option<Duration>,
     /// Primary: at the last observation some replica had flushed all WAL,
@@ -196,6 +197,10 @@ pub struct View {
     /// leader holds it). Windows about the leader's loss are measured from
     /// this event, not from now.
     pub leader_lost_ago: Option<Duration>,
+    /// How long ago the last leader last wrote its heartbeat row (the
+    /// `status` key): the last moment it could take writes, whoever saw
+    /// it and whenever this sidecar started.
+    pub leader_heartbeat_ago: Option<Duration>,
 }
 
 /// What the loop knows about its own hold on the leader key.
@@ -738,6 +743,14 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     }
 
     let mine = i.local.position;
+    // Synchronous mode: the last primary or the set's recorder may take
+    // the key whatever the others' synchronous rules say, so it defers on
+    // a tie to nobody: an equally fresh member it deferred to refused while
+    // another member was out of reach, and nobody led (the second
+    // 30-minute simulation run, seed 7042239).
+    let i_may_retake = p.synchronous
+        && manual.is_none()
+        && (view.sync_leader.as_deref() == Some(i.me.as_str()) || view.last_primary.as_deref() == Some(i.me.as_str()));
     for peer in &i.peers {
         let Some(c) = &peer.candidate else { continue };
         let is_primary = c.is_primary || peer.db_writable == Some(true);
@@ -776,6 +789,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
                 theirs > ours
                     || (theirs == ours
                         && !held_down
+                        && !i_may_retake
                         && (is_primary, c.priority, std::cmp::Reverse(&peer.node)) > (me_primary, p.priority, std::cmp::Reverse(&i.me)))
             }
             (Some(_), None) => true,
@@ -942,7 +956,11 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     // 7000207.)
     let sync_member =
         p.synchronous && i.view.as_ref().is_some_and(|v| !v.sync_unreadable && v.sync_standbys.as_ref().is_some_and(|s| s.contains(&i.me)));
-    if let Some(why) = stale_replica(l, p, i.view.as_ref().and_then(|v| v.leader_lost_ago), was_last_primary || sync_member) {
+    let lost = LeaderLoss {
+        seen_vacant_ago: i.view.as_ref().and_then(|v| v.leader_lost_ago),
+        last_heartbeat_ago: i.view.as_ref().and_then(|v| v.leader_heartbeat_ago),
+    };
+    if let Some(why) = stale_replica(l, p, lost, was_last_primary || sync_member) {
         return Eligibility::no(why);
     }
     if let Some(view) = &i.view {
@@ -971,30 +989,54 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
     Eligibility::yes()
 }
 
+/// What a replica knows of the leader's loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeaderLoss {
+    /// How long ago this node first saw the leader key vacant.
+    pub seen_vacant_ago: Option<Duration>,
+    /// How long ago the last leader last wrote its heartbeat row.
+    pub last_heartbeat_ago: Option<Duration>,
+}
+
 /// The stale-replica trap: a replica that stopped streaming long before the
 /// leader was lost may lack much of what the leader had. It is a candidate
-/// only if it streamed within `2 * ttl` of the leader's loss; the window is
-/// measured from that event (the moment this node first saw the leader key
-/// vacant), not from now, so waiting for an election never makes a
-/// replica ineligible. While a leader holds the key, it is measured from now.
+/// only if its data is at most `2 * ttl` older than the leader's last
+/// moment. Measured, in this order of preference:
+/// - by the data: the newest heartbeat row it holds against the last one
+///   the leader wrote (the `status` key). Both were stamped by the
+///   leader's clock and both ages are read on this node's, so clock skew
+///   cancels; it holds whenever this sidecar started and however late it
+///   saw the key vacant (an etcd outage, a hung leader: the second
+///   30-minute simulation run);
+/// - else by when the WAL receiver last streamed (or the heartbeat row's
+///   age, for a sidecar that never saw it stream), measured from the moment
+///   this node first saw the leader key vacant, not from now, so waiting
+///   for an election never makes a replica ineligible (defect 1c). While a
+///   leader holds the key, from now.
+///
 /// The last recorded primary, fenced to a read-only standby, never
 /// streamed: its data is its own, like a MariaDB primary at rest.
-/// A sidecar that started after its replica stopped streaming never saw it
-/// stream; the heartbeat row's age then says how old the data is (without
-/// it, a replica whose sidecar restarted while the key was vacant was
-/// refused for good: the simulation's seed 7024881).
-pub fn stale_replica(l: &LocalObs, p: &Policy, leader_lost_ago: Option<Duration>, was_last_primary: bool) -> Option<String> {
+pub fn stale_replica(l: &LocalObs, p: &Policy, lost: LeaderLoss, was_last_primary: bool) -> Option<String> {
     if l.streaming || l.primary_at_rest || was_last_primary {
         return None;
     }
     let window = p.ttl * 2;
+    if let (Some(data), Some(leader)) = (l.data_age, lost.last_heartbeat_ago) {
+        let behind = data.saturating_sub(leader);
+        return (behind > window).then(|| {
+            format!(
+                "its newest heartbeat row is {} older than the last primary's last one (more than 2 × ttl = {})",
+                secs(behind),
+                secs(window)
+            )
+        });
+    }
     let Some(stopped_ago) = l.last_streamed_ago.or(l.data_age) else {
         return Some(
-            "has not streamed from a primary since its sidecar started and holds no heartbeat row, so its position cannot be trusted"
-                .into(),
+            "has not streamed from a primary since its sidecar started and holds no heartbeat row from another primary, so its position cannot be trusted".into(),
         );
     };
-    match leader_lost_ago {
+    match lost.seen_vacant_ago {
         Some(lost) => {
             let before_loss = stopped_ago.saturating_sub(lost);
             (before_loss > window).then(|| {

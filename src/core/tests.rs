@@ -368,6 +368,34 @@ fn a_replica_that_never_streamed_since_its_sidecar_started_is_not_eligible() {
     assert!(d.refusal.unwrap().contains("since its sidecar started"));
 }
 
+/// Measured by the data when the last leader's last heartbeat is known
+/// (the `status` key): whenever this sidecar started and however late it
+/// saw the key vacant (an etcd outage, a hung leader: the second 30-minute
+/// simulation run refused replicas that had every write).
+#[test]
+fn the_stale_replica_rule_compares_heartbeat_rows_when_the_leaders_last_one_is_known() {
+    for (data_age, leader_hb_ago, seen_vacant_ago, eligible) in [
+        // Data 31 s old, the leader's last heartbeat 30 s ago; the key was
+        // seen vacant only 1 s ago (etcd was down).
+        (31, 30, Some(1), true),
+        // 25 s behind the leader's last heartbeat (more than 2 × ttl = 20 s).
+        (55, 30, Some(55), false),
+        // While a leader holds the key: the replica's lag.
+        (5, 1, None, true),
+        (40, 1, None, false),
+    ] {
+        let mut local = replica(1000);
+        local.streaming = false;
+        local.last_streamed_ago = Some(Duration::from_secs(data_age));
+        local.data_age = Some(Duration::from_secs(data_age));
+        let mut view = if seen_vacant_ago.is_some() { no_leader() } else { View { leader: leader("pg1"), ..View::default() } };
+        view.leader_lost_ago = seen_vacant_ago.map(Duration::from_secs);
+        view.leader_heartbeat_ago = Some(Duration::from_secs(leader_hb_ago));
+        let d = decide(&inputs("pg2", local, view));
+        assert_eq!(d.eligibility.eligible, eligible, "data {data_age} s, leader's heartbeat {leader_hb_ago} s: {:?}", d.eligibility);
+    }
+}
+
 /// A sidecar restarted while the key was vacant never saw its replica
 /// stream; the heartbeat row it replayed says how old its data is (seed
 /// 7024881: refused for good before).
@@ -631,6 +659,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 sync_joining: Default::default(),
                 sync_unreadable: false,
                 leader_lost_ago: None,
+                leader_heartbeat_ago: None,
             };
             let mut pol = policy();
             pol.priority = priority;
@@ -781,6 +810,25 @@ fn synchronous_mode_a_joining_member_takes_over_only_past_its_mark() {
         if !takes_over {
             assert!(d.refusal.unwrap().contains("joined the synchronous set when pg3 was at"));
         }
+    }
+}
+
+/// The last primary (or the set's recorder), fenced to a standby, does not
+/// defer to an equally fresh member on a tie: that member refuses while
+/// another member is out of reach (seed 7042239). A strictly fresher one
+/// is still waited for.
+#[test]
+fn synchronous_mode_the_last_primary_defers_to_nobody_on_a_tie() {
+    for (theirs, takes) in [(1000, true), (1001, false)] {
+        let mut i = sync_inputs("pg3", &["pg1", "pg2"]);
+        let view = i.view.as_mut().unwrap();
+        view.sync_leader = Some("pg3".into());
+        view.last_primary = Some("pg3".into());
+        i.policy.priority = 50;
+        let mut p2 = peer("pg2", theirs);
+        p2.candidate.as_mut().unwrap().priority = 100;
+        i.peers = vec![dead_peer("pg1"), p2];
+        assert_eq!(actions(&i).contains(&Action::AcquireLeader), takes, "pg2 at {theirs}: {:?}", decide(&i));
     }
 }
 

@@ -20,10 +20,12 @@
 //!   the same node name (they would overwrite each other's record).
 //! - `sync`: the synchronous set is *unknown*, not absent: in synchronous
 //!   mode nobody is promoted automatically until the leader rewrites it.
-//! - `pause`, `switchover`, `incident`: as if absent; a bad `history/`
+//! - `pause`, `switchover`, `incident`, `status`: as if absent; a bad `history/`
 //!   record is skipped for the newest readable one (of the last few).
 
-use super::{ClusterState, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, PauseRecord, RequestRecord, SyncRecord};
+use super::{
+    ClusterState, HistoryRecord, IncidentRecord, LeaderRecord, MemberRecord, PauseRecord, RequestRecord, StatusRecord, SyncRecord,
+};
 use serde::{Deserialize, Serialize};
 
 /// The name the view gives a leader key whose value cannot be read. It is
@@ -51,6 +53,7 @@ pub struct RawCluster {
     pub history: Vec<RawKv>,
     pub incident: Option<RawKv>,
     pub sync: Option<RawKv>,
+    pub status: Option<RawKv>,
 }
 
 /// A value that was read and ignored, with why.
@@ -212,6 +215,12 @@ pub fn decode(raw: RawCluster, me: Reader) -> ClusterState {
             }
         }
     }
+    if let Some(kv) = &raw.status {
+        match json::<StatusRecord>(kv).and_then(|s| check_name("leader", &s.leader).map(|_| s)) {
+            Ok(s) => st.status = Some(s),
+            Err(problem) => report(st_bad(&kv.key, problem)),
+        }
+    }
     st.bad_values = bad_values;
     st
 }
@@ -340,5 +349,19 @@ mod tests {
         let st = decode(RawCluster { sync: Some(kv("sync", "[]")), ..Default::default() }, reader("pg1", 0));
         assert!(st.sync.is_none());
         assert!(st.sync_unreadable);
+    }
+
+    #[test]
+    fn a_bad_status_key_is_as_if_absent_and_named() {
+        for bad in ["{}", r#"{"leader":"pg 1","heartbeat_ms":1,"position":null}"#, r#"{"leader":"pg1","heartbeat_ms":-5,"position":null}"#]
+        {
+            let st = decode(RawCluster { status: Some(kv("status", bad)), ..Default::default() }, reader("pg1", 0));
+            assert!(st.status.is_none(), "{bad}");
+            assert_eq!(st.bad_values.len(), 1, "{bad}");
+            assert_eq!(st.bad_values[0].key, "status");
+        }
+        let good = r#"{"leader":"pg1","heartbeat_ms":1800000000000,"position":{"timeline":2,"lsn":"0/3000060"}}"#;
+        let st = decode(RawCluster { status: Some(kv("status", good)), ..Default::default() }, reader("pg1", 0));
+        assert_eq!(st.status.map(|s| s.heartbeat_ms), Some(1_800_000_000_000));
     }
 }

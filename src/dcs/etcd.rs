@@ -146,11 +146,13 @@ impl EtcdDcs {
 
     /// Starts a background watch on the cluster's keys and pokes `wake`
     /// whenever the leader, pause or switchover key changes. Member-key
-    /// updates (every loop on every node) do not wake anyone.
+    /// updates (every loop on every node) and the leader's `status` (every
+    /// loop, and a wake would run the leader's loop again at once, writing
+    /// it again) do not wake anyone.
     pub fn spawn_watch(self: &Arc<Self>, wake: Arc<Notify>) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let members = me.key("members/");
+            let (members, status) = (me.key("members/"), me.key("status"));
             let mut attempt = 0usize;
             loop {
                 let (_, client) = &me.clients[attempt % me.clients.len()];
@@ -166,7 +168,7 @@ impl EtcdDcs {
                 while let Ok(Some(resp)) = stream.message().await {
                     let relevant = resp.events().iter().any(|e| {
                         let key = e.kv().and_then(|kv| kv.key_str().ok()).unwrap_or("");
-                        !key.starts_with(&members) || e.event_type() == EventType::Delete
+                        key != status && (!key.starts_with(&members) || e.event_type() == EventType::Delete)
                     });
                     if relevant {
                         wake.notify_one();
@@ -208,7 +210,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn load(&self) -> Result<ClusterState> {
-        let sync = self.key("sync");
+        let (sync, status) = (self.key("sync"), self.key("status"));
         let (leader, members, pause, request, history, incident) = (
             self.key("leader"),
             self.key("members/"),
@@ -228,6 +230,7 @@ impl Dcs for EtcdDcs {
             ),
             TxnOp::get(incident.clone(), None),
             TxnOp::get(sync.clone(), None),
+            TxnOp::get(status.clone(), None),
         ]);
         let resp = self
             .call("load", |mut c| {
@@ -258,6 +261,7 @@ impl Dcs for EtcdDcs {
             history: gets[4].kvs().iter().map(raw_kv).collect(),
             incident: first(5),
             sync: first(6),
+            status: first(7),
         };
         // The member lease is read without waiting: a renewal in flight
         // holds it, and then this one read skips the duplicate-name check.

@@ -5,7 +5,7 @@
 //! revisions, leases with a granted TTL that expire on the (paused) tokio
 //! clock and take their keys with them, compare-and-create for the leader
 //! key, and a watch that wakes the sidecars when a key other than a member
-//! key changes. [`MemoryDcs`] is one sidecar's client of it, mirroring
+//! key or `status` changes. [`MemoryDcs`] is one sidecar's client of it, mirroring
 //! `EtcdDcs` call by call (the same leases held, the same decode boundary
 //! for every value read), with faults a test can set: the store down or
 //! slow for everyone, or one sidecar's link to it cut.
@@ -265,6 +265,8 @@ impl MemoryDcs {
     }
 
     async fn write_key(&self, key: &str, value: Option<Vec<u8>>) -> Result<()> {
+        // As the etcd watch: the leader's `status` (every loop) wakes nobody.
+        let wakes = key != "status";
         let key = key.to_string();
         self.call(move |i| match value {
             Some(v) => i.put(&key, v, 0),
@@ -275,7 +277,9 @@ impl MemoryDcs {
             }
         })
         .await?;
-        self.store.notify_watchers();
+        if wakes {
+            self.store.notify_watchers();
+        }
         Ok(())
     }
 }
@@ -305,6 +309,7 @@ impl Dcs for MemoryDcs {
                     .collect(),
                 incident: MemoryStore::raw(i, "incident"),
                 sync: MemoryStore::raw(i, "sync"),
+                status: MemoryStore::raw(i, "status"),
             })
             .await?;
         let me = decode::Reader {

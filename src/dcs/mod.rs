@@ -185,6 +185,19 @@ pub struct SyncRecord {
     pub joining: std::collections::BTreeMap<String, crate::position::Position>,
 }
 
+/// Value of the `status` key, written by the leader each time it writes
+/// its heartbeat row, on no lease: it outlives its leader, so that a
+/// replica can tell how old its data is against the last primary's last
+/// moment, whenever its own sidecar started (`core::stale_replica`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusRecord {
+    pub leader: String,
+    /// When the heartbeat row was written (the leader node's clock, as the
+    /// row's own time is).
+    pub heartbeat_ms: u64,
+    pub position: Option<crate::position::Position>,
+}
+
 /// Value of the `incident` key: what the old primary saw before it gave
 /// up the key, for the new primary's history record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -223,6 +236,8 @@ pub struct ClusterState {
     pub last_history: Option<HistoryRecord>,
     pub incident: Option<IncidentRecord>,
     pub sync: Option<SyncRecord>,
+    /// The last leader's last heartbeat (`status` key).
+    pub status: Option<StatusRecord>,
     /// The `sync` key exists but cannot be read: the synchronous set is
     /// unknown (not absent), so nobody may be promoted automatically.
     pub sync_unreadable: bool,
@@ -281,6 +296,10 @@ pub trait Dcs: Send + Sync + 'static {
     fn set_sync(&self, rec: &SyncRecord) -> impl Future<Output = anyhow::Result<()>> + Send {
         let value = serde_json::to_vec(rec);
         async move { self.set_or_delete("sync", Some(value?)).await }
+    }
+    fn set_status(&self, rec: &StatusRecord) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let value = serde_json::to_vec(rec);
+        async move { self.set_or_delete("status", Some(value?)).await }
     }
 
     /// Takes (or confirms it holds) the lock `locks/<name>`, bound to this

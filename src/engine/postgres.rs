@@ -555,7 +555,7 @@ const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(),
        ELSE (SELECT string_agg(application_name || '=' || flush_lsn::text, ' ')
              FROM pg_stat_replication WHERE flush_lsn IS NOT NULL) END";
 
-const LAG_SQL: &str = "SELECT EXTRACT(EPOCH FROM (clock_timestamp() - ts))::float8 FROM vigil.heartbeat WHERE id = 1";
+const LAG_SQL: &str = "SELECT EXTRACT(EPOCH FROM (clock_timestamp() - ts))::float8, node FROM vigil.heartbeat WHERE id = 1";
 
 impl Engine for Postgres {
     async fn observe(&self) -> Observation {
@@ -647,7 +647,12 @@ impl Engine for Postgres {
         if in_recovery && has_heartbeat {
             if let Ok(row) = self.query_one(LAG_SQL).await {
                 obs.lag_seconds = row.get::<_, Option<f64>>(0).map(|s| s.max(0.0));
-                obs.local.data_age = obs.lag_seconds.map(Duration::from_secs_f64);
+                // Only a row another primary wrote says how old this data
+                // is: this server's own rows (a former primary) do not.
+                let writer: Option<String> = row.get(1);
+                if writer.as_deref() != Some(self.node.as_str()) {
+                    obs.local.data_age = obs.lag_seconds.map(Duration::from_secs_f64);
+                }
             }
         }
         obs

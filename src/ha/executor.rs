@@ -42,8 +42,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             }
             Action::WriteHeartbeat => {
                 let term = self.term.or(cluster.and_then(|c| c.term)).unwrap_or(0);
+                let at = now_ms();
                 self.engine.write_heartbeat(&node, term).await?;
                 self.heartbeat_ok = true;
+                self.publish_status(at, obs.local.position).await;
             }
             Action::AcquireLeader => {
                 let rec = LeaderRecord { node: node.clone(), since_ms: now_ms() };
@@ -187,6 +189,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 let term = self.term.unwrap_or(0);
                 self.engine.write_heartbeat(&node, term).await.context("first write after promotion")?;
                 self.heartbeat_ok = true;
+                self.publish_status(promoted_ms, obs.local.position).await;
                 let writable_ms = now_ms();
                 tracing::info!(term, promote_ms = t0.elapsed().as_millis() as u64, "promoted; accepting writes");
                 self.shared.update(|s| {
@@ -348,7 +351,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         } else {
             self.not_streaming_since.get_or_insert_with(Instant::now);
         }
-        let leader_refreshed_ago = self.leader_record_seen.as_ref().filter(|(n, _, _)| *n == up.node).map(|(_, _, at)| at.elapsed());
+        let leader_refreshed_ago =
+            self.leader_record_seen.as_ref().filter(|(n, _, _)| *n == up.node).and_then(|(_, _, at)| at.map(|t| t.elapsed()));
         let s = core::rejoin::StuckInputs {
             streaming: obs.local.streaming,
             pointed_at_leader: pointed,

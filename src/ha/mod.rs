@@ -81,8 +81,11 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     /// When this node first saw the leader key vacant (monotonic clock).
     leader_lost_at: Option<Instant>,
     /// The leader's member record as last seen changing: (node, its
-    /// `updated_ms`, when this node saw that value first).
-    leader_record_seen: Option<(String, u64, Instant)>,
+    /// `updated_ms`, when this node saw that value first, if it read the
+    /// record a moment before too).
+    leader_record_seen: Option<(String, u64, Option<Instant>)>,
+    /// When this node last read the cluster from etcd.
+    last_read: Option<Instant>,
     /// Rejoins that failed in a row, and when the last one ended (backoff).
     rejoin_failures: u32,
     last_rejoin_failure: Option<Instant>,
@@ -162,6 +165,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             leader_lost_ms: None,
             leader_lost_at: None,
             leader_record_seen: None,
+            last_read: None,
             rejoin_failures: 0,
             last_rejoin_failure: None,
             bad_values_logged: vec![],
@@ -360,6 +364,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             sync_joining: c.sync.as_ref().map(|s| s.joining.clone()).unwrap_or_default(),
             sync_unreadable: c.sync_unreadable,
             leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
+            leader_heartbeat_ago: c.status.as_ref().map(|s| Duration::from_millis(now_ms().saturating_sub(s.heartbeat_ms))),
         });
         Inputs {
             me: self.cfg.node.clone(),
@@ -389,6 +394,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
 
     fn remember(&mut self, c: &ClusterState) {
         let now = Instant::now();
+        let read_before = self.last_read.replace(now);
         for (name, m) in &c.members {
             self.known.insert(name.clone(), m.clone());
             self.known_seen.insert(name.clone(), now);
@@ -409,7 +415,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.known_seen.remove(&name);
         }
         // A record's `updated_ms` is another node's clock: only whether it
-        // changes is used, timed on this node's own clock.
+        // changes is used, timed on this node's own clock. A change counts
+        // as seen now only if this node read the record a moment before
+        // too: after a gap in its reads (an etcd outage, its own start) the
+        // change may be old, and a dead leader's last record looked alive
+        // (the second 30-minute simulation run, seed 7038298).
+        let reads_continuous = read_before.is_some_and(|t| now.duration_since(t) <= self.cfg.timing.loop_wait * 3);
         let leader_rec = c
             .leader
             .as_ref()
@@ -417,7 +428,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             .filter(|m| m.health == crate::core::DbHealth::Running && m.role == Some(crate::core::DbRole::Primary));
         self.leader_record_seen = match (leader_rec, self.leader_record_seen.take()) {
             (Some(m), Some(seen)) if seen.0 == m.node && seen.1 == m.updated_ms => Some(seen),
-            (Some(m), _) => Some((m.node.clone(), m.updated_ms, Instant::now())),
+            (Some(m), _) => Some((m.node.clone(), m.updated_ms, reads_continuous.then_some(now))),
             (None, _) => None,
         };
         for b in &c.bad_values {

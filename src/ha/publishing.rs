@@ -13,6 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
+    /// The leader's last heartbeat (`status` key), after each heartbeat
+    /// row it wrote at `at_ms`: replicas measure how old their data is
+    /// against it. Waits at most half a loop, so that a slow etcd never
+    /// holds the loop; a write that fails is tried again the next loop.
+    pub(super) async fn publish_status(&self, at_ms: u64, position: Option<crate::position::Position>) {
+        let rec = crate::dcs::StatusRecord { leader: self.cfg.node.clone(), heartbeat_ms: at_ms, position };
+        match tokio::time::timeout(self.cfg.timing.loop_wait / 2, self.dcs.set_status(&rec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %format!("{e:#}"), "could not write the status key"),
+            Err(_) => tracing::debug!("writing the status key took more than half a loop; given up until the next loop"),
+        }
+    }
+
     pub(super) fn raise_alerts(&mut self, d: &Decision, silent: Vec<(String, Option<bool>)>) {
         let snap = self.shared.get();
         let Some(me) = snap.me.as_ref() else { return };

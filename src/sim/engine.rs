@@ -221,7 +221,9 @@ impl Engine for FakePostgres {
         obs.local.position = Some(pos);
         if d.standby {
             obs.local.role = Some(DbRole::Replica);
-            obs.local.data_age = d.heartbeat.map(|t| now.duration_since(t));
+            // Only a row another primary wrote says how old this data is.
+            obs.local.data_age =
+                d.heartbeat.filter(|(_, by)| *by != self.me).map(|(t, _)| Duration::from_millis(crate::clock::now_ms().saturating_sub(t)));
             if d.streaming {
                 m.streamed_since_start = true;
                 m.last_streamed = Some(now);
@@ -269,7 +271,7 @@ impl Engine for FakePostgres {
         if !w.dbs[self.me].accepts_writes(now) {
             bail!("heartbeat: database does not accept writes");
         }
-        w.dbs[self.me].heartbeat = Some(now);
+        w.dbs[self.me].heartbeat = Some((crate::clock::now_ms(), self.me));
         Ok(())
     }
 

@@ -429,6 +429,34 @@ impl PeerApi for SimPeers {
 
 /// Runs one seed to the end and reports what it saw.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
+    // A seed whose virtual clock stops (some task never waits, so the paused
+    // clock never advances) would hang the run silently: after 5 minutes
+    // of real time it is named and the process ends.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let done = Arc::clone(&done);
+        let (profile, sync, extra) = (opts.profile, opts.synchronous, opts.extra_faults);
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !done.load(Ordering::Relaxed) {
+                if std::time::Instant::now() > deadline {
+                    eprintln!(
+                        "seed {seed} hung (its virtual clock stopped): VIGIL_SIM_SEED={seed} VIGIL_SIM_PROFILE={} VIGIL_SIM_SYNC={} VIGIL_SIM_EXTRA={extra} cargo test --test sim -- --nocapture",
+                        if profile == Profile::Fast { "fast" } else { "default" },
+                        u8::from(sync)
+                    );
+                    std::process::exit(1);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+    let report = run_seed_inner(seed, opts);
+    done.store(true, Ordering::Relaxed);
+    report
+}
+
+fn run_seed_inner(seed: u64, opts: &SimOptions) -> SeedReport {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a runtime");
     let opts = opts.clone();
     rt.block_on(async move {
@@ -927,6 +955,18 @@ fn serving_while_one_node_is_down(c: &Cluster, reported: &mut Reported) {
         // work, not a lost liveness.
         if reported.no_primary {
             return;
+        }
+        // Synchronous mode refuses by design while the set is unknown (the
+        // `sync` key absent or unreadable after a bad value) or one of its
+        // members is out of reach: either may hold acknowledged commits
+        // nobody else has.
+        if c.opts.synchronous {
+            let set = c.store.get("sync").and_then(|v| serde_json::from_slice::<crate::dcs::SyncRecord>(&v).ok());
+            match set {
+                None => return,
+                Some(s) if down.iter().any(|g| s.standbys.contains(&c.names[*g])) => return,
+                Some(_) => {}
+            }
         }
         let stale_limit = (b.ttl * 2).as_millis() as usize / 50;
         let stale = {

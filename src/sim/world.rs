@@ -43,9 +43,10 @@ pub struct Db {
     /// The node `primary_conninfo` names.
     pub conninfo: Option<usize>,
     pub log: Vec<u64>,
-    /// When the newest heartbeat row in this data was written (by a
-    /// primary): replication and base backups carry it, a rewind forgets it.
-    pub heartbeat: Option<Instant>,
+    /// The newest heartbeat row in this data: when it was written (ms of
+    /// the writer's clock) and by which node. Replication and base backups
+    /// carry it, a rewind forgets it.
+    pub heartbeat: Option<(u64, usize)>,
     pub timeline: u32,
     pub history: Vec<TimelineSwitch>,
     /// `synchronous_standby_names` (ANY 1 of these).

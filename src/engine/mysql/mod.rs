@@ -44,6 +44,8 @@ const START_GRACE: Duration = Duration::from_secs(60);
 
 pub struct MySql {
     cfg: DatabaseConfig,
+    /// This node's name, as the heartbeat rows it writes carry it.
+    node: String,
     kind: EngineKind,
     promote_timeout: Duration,
     conn: Mutex<Option<(Conn, Flavor, Instant)>>,
@@ -176,9 +178,10 @@ fn truthy(v: Option<String>) -> bool {
 }
 
 impl MySql {
-    pub fn new(cfg: DatabaseConfig, kind: EngineKind, promote_timeout: Duration) -> Self {
+    pub fn new(cfg: DatabaseConfig, node: &str, kind: EngineKind, promote_timeout: Duration) -> Self {
         MySql {
             cfg,
+            node: node.to_string(),
             kind,
             promote_timeout,
             conn: Mutex::new(None),
@@ -327,18 +330,20 @@ impl MySql {
         .await
     }
 
-    async fn lag_seconds(&self) -> Option<f64> {
-        let sql = "SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) / 1e6 FROM vigil.heartbeat WHERE id = 1";
-        let v: Option<Option<String>> = self
+    /// The heartbeat row's age in seconds, and the node that wrote it.
+    async fn heartbeat_row(&self) -> Option<(f64, String)> {
+        let sql = "SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) / 1e6, node FROM vigil.heartbeat WHERE id = 1";
+        let v: Option<(Option<String>, Option<String>)> = self
             .with_conn(self.cfg.query_timeout, move |c, _| {
                 Box::pin(async move {
                     let r: Option<Row> = c.query_first(sql).await?;
-                    Ok(r.map(|r| row_text(&r, 0)))
+                    Ok(r.map(|r| (row_text(&r, 0), row_text(&r, 1))))
                 })
             })
             .await
             .ok()?;
-        v.flatten()?.parse::<f64>().ok().map(|s| s.max(0.0))
+        let (age, node) = v?;
+        Some((age?.parse::<f64>().ok()?.max(0.0), node.unwrap_or_default()))
     }
 
     /// The server's PID from its pid file, if that process is alive.
@@ -676,8 +681,11 @@ impl Engine for MySql {
         let pos = positions(&snap);
         obs.gtid = Some(self.digest(&snap, &pos, &mut obs));
         if snap.read_only {
-            obs.lag_seconds = self.lag_seconds().await;
-            obs.local.data_age = obs.lag_seconds.map(Duration::from_secs_f64);
+            let row = self.heartbeat_row().await;
+            obs.lag_seconds = row.as_ref().map(|(age, _)| *age);
+            // Only a row another primary wrote says how old this data is:
+            // this server's own rows (a former primary) do not.
+            obs.local.data_age = row.filter(|(_, node)| *node != self.node).map(|(age, _)| Duration::from_secs_f64(age));
         }
         obs
     }
