@@ -50,6 +50,11 @@ impl Lab {
         n.dir.join("my.cnf")
     }
 
+    /// The server's own temporary directory (never the shared /tmp).
+    fn mariadb_tmp_dir(&self, n: &LabNode) -> PathBuf {
+        n.dir.join("tmp")
+    }
+
     fn write_mariadb_cnf(&self, n: &LabNode, server_id: usize) -> Result<()> {
         let cnf = format!(
             "# MariaDB server {name} of the vigil lab (written by `vigil lab up`)\n\
@@ -59,6 +64,10 @@ impl Lab {
              bind-address = 127.0.0.1\n\
              socket = {socket}\n\
              log-error = {err}\n\
+             # Its own temporary directory: a server starting in another lab\n\
+             # removes leftover #sql files in a shared /tmp, and so removed\n\
+             # a concurrent mariadb-install-db's bootstrap tables (seen in CI).\n\
+             tmpdir = {tmp}\n\
              server-id = {server_id}\n\
              log-bin = mysql-bin\n\
              relay-log = relay-bin\n\
@@ -83,6 +92,7 @@ impl Lab {
             port = n.db_port,
             socket = self.mariadb_socket(n).display(),
             err = n.dir.join("mariadbd.err").display(),
+            tmp = self.mariadb_tmp_dir(n).display(),
         );
         std::fs::write(self.mariadb_cnf(n), cnf)?;
         Ok(())
@@ -143,12 +153,17 @@ impl Lab {
             std::fs::create_dir_all(&n.dir)?;
             std::fs::set_permissions(&n.dir, std::fs::Permissions::from_mode(0o755))?;
             self.write_mariadb_cnf(n, i + 1)?;
+            let tmp = self.mariadb_tmp_dir(n);
+            std::fs::create_dir_all(&tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+            chown_mysql(&tmp)?;
             super::sh(
-                Command::new("mariadb-install-db").arg("--no-defaults").arg(format!("--datadir={}", n.data_dir.display())).args([
-                    "--user=mysql",
-                    "--auth-root-authentication-method=normal",
-                    "--skip-test-db",
-                ]),
+                // The bootstrap server takes its temporary directory from TMPDIR.
+                Command::new("mariadb-install-db")
+                    .env("TMPDIR", &tmp)
+                    .arg("--no-defaults")
+                    .arg(format!("--datadir={}", n.data_dir.display()))
+                    .args(["--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"]),
                 "mariadb-install-db",
             )?;
             chown_mysql(&n.dir)?;

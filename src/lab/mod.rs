@@ -175,17 +175,32 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Finds a base port with `span` free ports above it (tests run side by side).
+/// Finds a base port with `span` free ports above it (tests run side by
+/// side). The range is claimed for the rest of this process with an
+/// abstract Unix socket named after it: two labs starting at the same
+/// moment in two test binaries each saw the same ports free before either
+/// bound them (three lanes made that likely enough to see). An abstract
+/// socket is system-wide, atomic to bind, and vanishes with the process.
 pub fn free_base_port(span: u16) -> u16 {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    // Ranges are claimed in blocks of 40 ports, so that claims never overlap.
+    assert!(span <= 40, "a lab's ports fit in one block of 40");
     // Below Linux's ephemeral range (32768+), so that no outgoing
     // connection can be holding one of the ports when a server binds it.
-    let seed = (std::process::id() as u64 ^ crate::dcs::now_ms()) % 1000;
-    let mut base = 20000 + (seed as u16) * 12;
+    let seed = (std::process::id() as u64 ^ crate::dcs::now_ms()) % 300;
+    let mut block = 20000 + (seed as u16) * 40;
     loop {
-        if (0..span).all(|i| port_free(base + i)) {
-            return base;
+        let name = format!("vigil-lab-ports-{block}");
+        let claim = SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixListener::bind_addr(&a));
+        if let Ok(l) = claim {
+            if (0..span).all(|i| port_free(block + i)) {
+                // Held until the process ends.
+                std::mem::forget(l);
+                return block;
+            }
         }
-        base = if base > 32000 - span { 20000 } else { base + span + 7 };
+        block = if block + 80 > 32000 { 20000 } else { block + 40 };
     }
 }
 
@@ -350,7 +365,20 @@ impl Lab {
         }
         lab.save()?;
         say("waiting for a leader and streaming replicas");
-        lab.wait_healthy(Duration::from_secs(60))?;
+        if let Err(e) = lab.wait_healthy(Duration::from_secs(60)) {
+            // What each sidecar said last: the lab's directory may be gone
+            // by the time anyone looks.
+            let tails: Vec<String> = lab
+                .nodes
+                .iter()
+                .map(|n| {
+                    let log = std::fs::read_to_string(n.dir.join("vigil.log")).unwrap_or_default();
+                    let last: Vec<&str> = log.lines().rev().take(8).collect();
+                    format!("--- {} (last lines of vigil.log)\n{}", n.name, last.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect();
+            return Err(e.context(tails.join("\n")));
+        }
         Ok(lab)
     }
 
