@@ -8,8 +8,18 @@
 use libfuzzer_sys::fuzz_target;
 use vigil::dcs::decode::{decode, valid_name, RawCluster, RawKv, Reader, UNREADABLE_LEADER};
 
-const KEYS: [&str; 9] =
-    ["leader", "members/pg1", "members/pg2", "pause", "switchover", "history/00000000000000000002", "history/00000000000000000001", "incident", "sync"];
+const KEYS: [&str; 10] = [
+    "leader",
+    "members/pg1",
+    "members/pg2",
+    "pause",
+    "switchover",
+    "history/00000000000000000002",
+    "history/00000000000000000001",
+    "incident",
+    "sync",
+    "status",
+];
 
 fuzz_target!(|data: &[u8]| {
     let mut values = data.split(|b| *b == 0xFF);
@@ -24,8 +34,9 @@ fuzz_target!(|data: &[u8]| {
         history: [kv(5), kv(6)].into_iter().flatten().collect(),
         incident: kv(7),
         sync: kv(8),
+        status: kv(9),
     };
-    let present = [raw.leader.is_some(), raw.pause.is_some(), raw.request.is_some(), raw.incident.is_some(), raw.sync.is_some()]
+    let present = [raw.leader.is_some(), raw.pause.is_some(), raw.request.is_some(), raw.incident.is_some(), raw.sync.is_some(), raw.status.is_some()]
         .iter()
         .filter(|p| **p)
         .count()
@@ -43,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(valid_name(&r.to));
     }
     if let Some(s) = &st.sync {
-        assert!(valid_name(&s.leader) && s.standbys.iter().all(|n| valid_name(n)));
+        assert!(valid_name(&s.leader) && s.standbys.iter().chain(s.joining.keys()).all(|n| valid_name(n)));
+    }
+    if let Some(s) = &st.status {
+        assert!(valid_name(&s.leader));
     }
     assert!(!(st.sync.is_some() && st.sync_unreadable));
     assert!(st.bad_values.len() <= present, "{} reports for {present} values", st.bad_values.len());

@@ -202,7 +202,7 @@ pub fn decode(raw: RawCluster, me: Reader) -> ClusterState {
     if let Some(kv) = &raw.sync {
         let rec = json::<SyncRecord>(kv).and_then(|s| {
             check_name("leader", &s.leader)?;
-            for n in &s.standbys {
+            for n in s.standbys.iter().chain(s.joining.keys()) {
                 check_name("standby", n)?;
             }
             Ok(s)
