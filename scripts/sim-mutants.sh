@@ -74,5 +74,8 @@ mutant watchdog-without-owner src/ha/leadership.rs \
 mutant renewal-from-answer src/ha/leadership.rs \
   's/Ok\(true\) => renewal\.renewed\(sent\),/Ok(true) => renewal.renewed(Instant::now()),/' \
   'the lease renewal beside an action counted from its answer, not its send'
+mutant promote-beside-a-silent-orphan src/core/mod.rs \
+  's/p\.db == PeerDb::Silent && p\.sidecar == PeerSidecar::NotRunning/false/' \
+  'a server that takes connections but says nothing, with no sidecar beside it, taken for gone (seen in CI: promoted beside it)'
 
 exit $status

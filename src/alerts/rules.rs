@@ -2,7 +2,7 @@
 //! clock passed in), so each rule is a unit test.
 
 use super::{Alert, Severity, Status};
-use crate::core::{DbHealth, DbRole};
+use crate::core::{DbHealth, DbRole, PeerDb};
 use crate::dcs::{ClusterState, MemberRecord};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -16,9 +16,9 @@ pub struct Facts<'a> {
     pub cluster: Option<&'a ClusterState>,
     /// Since when etcd has been unreachable (ms), if it is.
     pub dcs_down_since_ms: Option<u64>,
-    /// Peers whose member key vanished, with whether their database still
-    /// answers (Some(_)) or not (None).
-    pub silent_peers: Vec<(String, Option<bool>)>,
+    /// Peers whose member key vanished, with what a look at their
+    /// database found.
+    pub silent_peers: Vec<(String, PeerDb)>,
     /// A failover was refused, and why (this node's decision).
     pub refusal: Option<&'a str>,
     /// Hold-down is active with no leader.
@@ -255,13 +255,20 @@ impl Evaluator {
             }
             for (peer, db) in &f.silent_peers {
                 let desc = match db {
-                    Some(_) => "its member key vanished while its database still answers: the sidecar is down".to_string(),
-                    None => "its member key vanished and its database does not answer: node down?".to_string(),
+                    PeerDb::Writable | PeerDb::ReadOnly => {
+                        "its member key vanished while its database still answers: the sidecar is down".to_string()
+                    }
+                    PeerDb::Silent => {
+                        "its member key vanished and its database takes connections but does not answer: frozen, hung or overloaded"
+                            .to_string()
+                    }
+                    PeerDb::Unreachable => "its member key vanished and its database does not answer: node down?".to_string(),
                 };
+                let answers = matches!(db, PeerDb::Writable | PeerDb::ReadOnly);
                 v.push(Cond {
                     name: "PeerSilent",
                     node: peer.clone(),
-                    severity: if db.is_some() { Severity::Warning } else { Severity::Critical },
+                    severity: if answers { Severity::Warning } else { Severity::Critical },
                     for_: Duration::ZERO,
                     summary: format!("sidecar of {peer} has gone silent"),
                     description: desc,
@@ -428,12 +435,12 @@ mod tests {
         let me = member("pg2", DbRole::Primary, None, false);
         let mut e = eval();
         let mut f = facts(0, &me, &c);
-        f.silent_peers = vec![("pg3".into(), Some(false))];
+        f.silent_peers = vec![("pg3".into(), PeerDb::ReadOnly)];
         let a = e.evaluate(&f);
         assert_eq!((a[0].name.as_str(), a[0].node.as_str()), ("PeerSilent", "pg3"));
         let c = cluster("pg1");
         let mut f = facts(0, &me, &c);
-        f.silent_peers = vec![("pg3".into(), Some(false))];
+        f.silent_peers = vec![("pg3".into(), PeerDb::ReadOnly)];
         assert!(eval().evaluate(&f).is_empty(), "a replica leaves it to the leader");
     }
 

@@ -216,14 +216,50 @@ pub struct LeaseState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerObs {
     pub node: String,
-    /// Direct probe of its database: Some(true) accepts writes,
-    /// Some(false) is read-only, None could not be reached.
-    pub db_writable: Option<bool>,
+    /// A direct look at its database.
+    pub db: PeerDb,
     /// What its sidecar reports, if the sidecar answers or its member key lives.
     pub candidate: Option<Candidate>,
-    /// The candidate came from the peer's sidecar just now (not from its
-    /// member key, which can be a loop old).
-    pub answered: bool,
+    /// How its sidecar answered the fresh look; `candidate` comes from its
+    /// member key (which can be a loop old) unless it answered.
+    pub sidecar: PeerSidecar,
+}
+
+impl PeerObs {
+    /// Its database accepts writes.
+    pub fn writable(&self) -> bool {
+        self.db == PeerDb::Writable
+    }
+
+    /// The candidate came from the peer's sidecar just now.
+    pub fn answered(&self) -> bool {
+        self.sidecar == PeerSidecar::Answered
+    }
+}
+
+/// What a direct connection to a peer's database found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerDb {
+    /// It accepts writes.
+    Writable,
+    /// It answered and is read-only (a standby, or fenced).
+    ReadOnly,
+    /// Nothing accepted the connection: no server listens, or the host is
+    /// gone.
+    Unreachable,
+    /// Something accepted the connection but did not say in time whether
+    /// it accepts writes: a frozen, hung, starting or overloaded server.
+    Silent,
+}
+
+/// How a peer's sidecar answered the fresh look (`GET /member`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerSidecar {
+    Answered,
+    /// No answer in time: its node may be lost, frozen or cut off.
+    Silent,
+    /// Its host refused the connection: no sidecar runs there.
+    NotRunning,
 }
 
 /// A peer as a promotion candidate.
@@ -340,6 +376,9 @@ pub enum RefusalKind {
     NotEligible,
     /// Another node's database still accepts writes.
     PeerWritable,
+    /// Another node's database takes connections but did not say whether
+    /// it accepts writes, and no sidecar runs beside it.
+    PeerUnsupervised,
     /// Synchronous mode cannot rule out a lost acknowledged commit.
     Synchronous,
     /// A manual failover to a less fresh node without `--allow-data-loss`.
@@ -726,9 +765,27 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     // accept writes. (A running primary competes with writable peers on
     // freshness instead, below.)
     if !me_primary {
-        if let Some(w) = i.peers.iter().find(|p| p.db_writable == Some(true)) {
+        if let Some(w) = i.peers.iter().find(|p| p.writable()) {
             d.state = "no leader; a peer is still writable".into();
             return d.refuse(RefusalKind::PeerWritable, format!("{} still accepts writes; not promoting while it does", w.node));
+        }
+        // A server that takes connections but did not say whether it
+        // accepts writes, with no sidecar beside it, may be a primary
+        // nobody will fence (its sidecar died after promoting it): one slow
+        // answer under load is not proof that it is gone (seen in CI: a
+        // replica promoted beside such a server). A silent server whose
+        // sidecar is silent too is a frozen or lost node, fenced by its own
+        // sidecar's lease watchdog on resuming, so it does not hold up the
+        // failover that exists for it.
+        if let Some(w) = i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar == PeerSidecar::NotRunning) {
+            d.state = "no leader; a peer's database without a sidecar did not answer".into();
+            return d.refuse(
+                RefusalKind::PeerUnsupervised,
+                format!(
+                    "{}'s database takes connections but did not say whether it accepts writes, and no sidecar runs beside it to fence it; not promoting until it answers or is gone",
+                    w.node
+                ),
+            );
         }
     }
 
@@ -753,7 +810,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         && (view.sync_leader.as_deref() == Some(i.me.as_str()) || view.last_primary.as_deref() == Some(i.me.as_str()));
     for peer in &i.peers {
         let Some(c) = &peer.candidate else { continue };
-        let is_primary = c.is_primary || peer.db_writable == Some(true);
+        let is_primary = c.is_primary || peer.writable();
         // Automatic: only peers that could be promoted themselves compete.
         // Manual: any fresher peer means data would be lost, whatever its
         // eligibility, so it counts.
@@ -880,7 +937,7 @@ fn synchronous_refusal(i: &Inputs, view: &View) -> Option<String> {
     }
     for n in set.iter().filter(|n| **n != i.me) {
         // Only a position the peer's sidecar reported just now counts.
-        let peer = i.peers.iter().find(|p| &p.node == n).filter(|p| p.answered);
+        let peer = i.peers.iter().find(|p| &p.node == n).filter(|p| p.answered());
         match peer.and_then(|p| p.candidate.as_ref()).and_then(|c| c.position) {
             Some(theirs) if theirs <= mine => {}
             // A fresher eligible member wins the race below; an ineligible

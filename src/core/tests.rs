@@ -71,14 +71,14 @@ fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
 fn peer(node: &str, lsn: u64) -> PeerObs {
     PeerObs {
         node: node.into(),
-        db_writable: Some(false),
+        db: PeerDb::ReadOnly,
         candidate: Some(Candidate { position: Some(Position::new(1, lsn)), priority: 100, eligible: true, is_primary: false }),
-        answered: true,
+        sidecar: PeerSidecar::Answered,
     }
 }
 
 fn dead_peer(node: &str) -> PeerObs {
-    PeerObs { node: node.into(), db_writable: None, candidate: None, answered: false }
+    PeerObs { node: node.into(), db: PeerDb::Unreachable, candidate: None, sidecar: PeerSidecar::Silent }
 }
 
 fn no_leader() -> View {
@@ -290,10 +290,35 @@ fn ineligible_fresher_peer_does_not_block() {
 #[test]
 fn no_promotion_while_the_old_primary_still_accepts_writes() {
     let mut i = inputs("pg2", replica(1000), no_leader());
-    i.peers = vec![PeerObs { node: "pg1".into(), db_writable: Some(true), candidate: None, answered: false }];
+    i.peers = vec![PeerObs { node: "pg1".into(), db: PeerDb::Writable, candidate: None, sidecar: PeerSidecar::Silent }];
     let d = decide(&i);
     assert_eq!(d.actions, vec![]);
     assert!(d.refusal.unwrap().contains("pg1 still accepts writes"));
+}
+
+/// A new primary whose sidecar died right after promoting it is writable
+/// with nobody to fence it; under load it answered a replica's probe too
+/// late, and the replica promoted beside it (seen in CI, crash_points).
+/// Its silence counts only while no sidecar runs beside it: a frozen or
+/// lost node (both silent) is what failover exists for.
+#[test]
+fn no_promotion_while_a_server_without_a_sidecar_does_not_say_whether_it_accepts_writes() {
+    let table = [
+        (PeerDb::Silent, PeerSidecar::NotRunning, false),
+        (PeerDb::Silent, PeerSidecar::Silent, true),
+        (PeerDb::Unreachable, PeerSidecar::NotRunning, true),
+        (PeerDb::ReadOnly, PeerSidecar::NotRunning, true),
+        (PeerDb::Writable, PeerSidecar::NotRunning, false),
+    ];
+    for (db, sidecar, promotes) in table {
+        let mut i = inputs("pg2", replica(1000), no_leader());
+        i.peers = vec![PeerObs { node: "pg1".into(), db, candidate: None, sidecar }];
+        let d = decide(&i);
+        assert_eq!(d.actions.contains(&Action::Promote), promotes, "{db:?} {sidecar:?}: {d:?}");
+        if db == PeerDb::Silent && !promotes {
+            assert_eq!(d.refusal_kind, Some(RefusalKind::PeerUnsupervised));
+        }
+    }
 }
 
 #[test]
@@ -479,9 +504,9 @@ fn replica_on_an_old_timeline_is_not_eligible() {
     let mut i = inputs("pg2", replica(5000), no_leader());
     i.peers = vec![PeerObs {
         node: "pg3".into(),
-        db_writable: Some(false),
+        db: PeerDb::ReadOnly,
         candidate: Some(Candidate { position: Some(Position::new(2, 10)), priority: 100, eligible: true, is_primary: false }),
-        answered: true,
+        sidecar: PeerSidecar::Answered,
     }];
     assert!(!decide(&i).eligibility.eligible);
     assert_eq!(actions(&i), vec![]);
@@ -617,19 +642,24 @@ fn arb_local() -> impl Strategy<Value = LocalObs> {
 
 fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
     (
-        proptest::option::of(any::<bool>()),
+        prop_oneof![Just(PeerDb::Writable), Just(PeerDb::ReadOnly), Just(PeerDb::Unreachable), Just(PeerDb::Silent)],
         proptest::option::of((proptest::option::of((1u32..3, 0u64..2000)), 0u32..200, any::<bool>(), any::<bool>())),
+        any::<bool>(),
     )
-        .prop_map(move |(w, c)| PeerObs {
+        .prop_map(move |(db, c, refused)| PeerObs {
             node: name.into(),
-            db_writable: w,
+            db,
             candidate: c.map(|(pos, priority, eligible, is_primary)| Candidate {
                 position: pos.map(|(t, l)| Position::new(t, l)),
                 priority,
                 eligible,
                 is_primary,
             }),
-            answered: c.is_some(),
+            sidecar: match (c.is_some(), refused) {
+                (true, _) => PeerSidecar::Answered,
+                (false, true) => PeerSidecar::NotRunning,
+                (false, false) => PeerSidecar::Silent,
+            },
         })
 }
 
@@ -700,11 +730,12 @@ proptest! {
             let v = i.view.as_ref().expect("no acquisition without etcd");
             prop_assert!(v.leader.is_none());
             if a.contains(&Action::Promote) {
-                prop_assert!(!i.peers.iter().any(|p| p.db_writable == Some(true)));
+                prop_assert!(!i.peers.iter().any(|p| p.writable()));
+                prop_assert!(!i.peers.iter().any(|p| p.db == PeerDb::Silent && p.sidecar == PeerSidecar::NotRunning));
             }
             for p in &i.peers {
                 if let Some(c) = &p.candidate {
-                    if c.eligible || c.is_primary || p.db_writable == Some(true) {
+                    if c.eligible || c.is_primary || p.writable() {
                         prop_assert!(c.position <= i.local.position, "{} is fresher", p.node);
                     }
                 }
@@ -876,7 +907,7 @@ fn synchronous_mode_does_not_trust_a_member_key_for_a_silent_set_member() {
     // member key) is older than what it may have acknowledged since.
     let mut i = sync_inputs("pg2", &["pg2", "pg3"]);
     let mut p3 = peer("pg3", 900);
-    p3.answered = false;
+    p3.sidecar = PeerSidecar::Silent;
     i.peers = vec![dead_peer("pg1"), p3];
     assert!(decide(&i).refusal.unwrap().contains("pg3 (in the synchronous set) is unreachable"));
 }

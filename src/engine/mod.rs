@@ -5,7 +5,7 @@
 pub mod mysql;
 pub mod postgres;
 
-use crate::core::LocalObs;
+use crate::core::{LocalObs, PeerDb};
 use crate::position::{Lsn, TimelineSwitch};
 use std::future::Future;
 
@@ -184,6 +184,20 @@ pub trait Engine: Send + Sync + 'static {
     fn set_sync_member(&self, _member: bool) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
     }
-    /// Does the database at host:port accept writes? None: unreachable.
-    fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = Option<bool>> + Send;
+    /// Does the database at host:port accept writes? A probe that gets no
+    /// answer says whether anything took the connection ([`no_answer`]).
+    fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = PeerDb> + Send;
+}
+
+/// What a probe of a peer's database that got no answer ran into: a server
+/// that takes connections and says nothing (frozen, hung, starting,
+/// overloaded) or nothing at all (no server listens, the host is gone).
+/// Asked only after a failed probe, with a bare TCP connection, because the
+/// drivers' errors do not say reliably which step failed.
+pub(crate) async fn no_answer(host: &str, port: u16) -> PeerDb {
+    const WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+    match tokio::time::timeout(WITHIN, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => PeerDb::Silent,
+        _ => PeerDb::Unreachable,
+    }
 }

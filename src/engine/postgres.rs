@@ -8,7 +8,7 @@
 
 use super::{Engine, FollowOutcome, Observation, Upstream};
 use crate::config::DatabaseConfig;
-use crate::core::{DbHealth, DbRole};
+use crate::core::{DbHealth, DbRole, PeerDb};
 use crate::position::{diverged, parse_timeline_history, Lsn, Position, TimelineSwitch};
 use crate::proc;
 use anyhow::{anyhow, bail, Context, Result};
@@ -822,11 +822,18 @@ impl Engine for Postgres {
         Ok(())
     }
 
-    async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {
+    async fn probe_writable(&self, host: &str, port: u16) -> PeerDb {
         let timeout = self.cfg.connect_timeout.min(Duration::from_secs(1));
-        let client = self.connect(host, port, timeout).await.ok()?;
-        let row = tokio::time::timeout(self.cfg.query_timeout, client.query_one("SELECT pg_is_in_recovery()", &[])).await.ok()?.ok()?;
-        Some(!row.get::<_, bool>(0))
+        let answer = async {
+            let client = self.connect(host, port, timeout).await.ok()?;
+            let row = tokio::time::timeout(self.cfg.query_timeout, client.query_one("SELECT pg_is_in_recovery()", &[])).await.ok()?.ok()?;
+            Some(!row.get::<_, bool>(0))
+        };
+        match answer.await {
+            Some(true) => PeerDb::Writable,
+            Some(false) => PeerDb::ReadOnly,
+            None => super::no_answer(host, port).await,
+        }
     }
 }
 

@@ -394,6 +394,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             let caught_up = self
                 .fetch_member(&target.api_url)
                 .await
+                .record()
                 .and_then(|m| m.receive_lsn.max(m.replay_lsn))
                 .is_some_and(|l: Lsn| l >= checkpoint);
             if caught_up {

@@ -108,9 +108,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 node: p.node.clone(),
                 position: p.candidate.as_ref().and_then(|c| c.position),
                 eligible: p.candidate.as_ref().is_some_and(|c| c.eligible),
-                reason: match (&p.candidate, p.db_writable) {
+                reason: match (&p.candidate, p.db) {
                     (None, _) => Some("sidecar unreachable".into()),
-                    (_, None) => Some("database unreachable".into()),
+                    (_, crate::core::PeerDb::Unreachable) => Some("database unreachable".into()),
+                    (_, crate::core::PeerDb::Silent) => Some("database did not answer".into()),
                     _ => known.and_then(|k| k.ineligible_reason.clone()),
                 },
             });

@@ -46,9 +46,9 @@ use tokio::sync::Notify;
 /// A finished DNS publication: term, outcome, when (ms).
 type DnsResult = (i64, Result<Published, String>, u64);
 
-/// Per silent peer: its database's last answer to "do you accept writes?"
-/// (None: not yet known; inner None: unreachable) and when that probe began.
-type SilentProbes = std::collections::HashMap<String, (Option<Option<bool>>, Instant)>;
+/// Per silent peer: what the last look at its database found (None: not
+/// yet known) and when that probe began.
+type SilentProbes = std::collections::HashMap<String, (Option<crate::core::PeerDb>, Instant)>;
 
 pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     cfg: Config,

@@ -4,8 +4,8 @@
 
 use super::Ha;
 use crate::clock::Instant;
-use crate::core::{Candidate, PeerObs};
-use crate::dcs::{ClusterState, Dcs, MemberRecord};
+use crate::core::{Candidate, PeerDb, PeerObs, PeerSidecar};
+use crate::dcs::{ClusterState, Dcs};
 use crate::engine::Engine;
 use crate::peers::PeerApi;
 use std::sync::Arc;
@@ -29,8 +29,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             match &unknown_upstream {
                 Some((host, port)) => Some(PeerObs {
                     node: format!("{host}:{port} (the upstream)"),
-                    db_writable: self.engine.probe_writable(host, *port).await,
-                    answered: false,
+                    db: self.engine.probe_writable(host, *port).await,
+                    sidecar: PeerSidecar::Silent,
                     candidate: None,
                 }),
                 None => None,
@@ -39,14 +39,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
             let m = m.clone();
             async move {
-                let writable = self.engine.probe_writable(&m.db_host, m.db_port).await;
-                let fresh = self.fetch_member(&m.api_url).await;
-                let answered = fresh.is_some();
-                let rec = fresh.or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
+                let (db, answer) = tokio::join!(self.engine.probe_writable(&m.db_host, m.db_port), self.fetch_member(&m.api_url));
+                let sidecar = answer.sidecar();
+                let rec = answer.record().or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
                 PeerObs {
                     node: m.node.clone(),
-                    db_writable: writable,
-                    answered,
+                    db,
+                    sidecar,
                     candidate: rec.map(|r| Candidate {
                         position: r.position,
                         priority: r.priority,
@@ -61,7 +60,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         peers
     }
 
-    pub(super) async fn fetch_member(&self, api_url: &str) -> Option<MemberRecord> {
+    pub(super) async fn fetch_member(&self, api_url: &str) -> crate::peers::MemberAnswer {
         self.peers_api.member(api_url).await
     }
 
@@ -69,7 +68,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// database still answers. Only the sidecar that evaluates cluster-wide
     /// alerts asks, and the probes run in the background (at most every
     /// 5 s per peer), so a dead host never slows the loop.
-    pub(super) fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, Option<bool>)> {
+    pub(super) fn silent_peers(&self, cluster: Option<&ClusterState>) -> Vec<(String, PeerDb)> {
         let Some(c) = cluster else { return vec![] };
         let evaluator = c.leader.as_ref().map(|l| l.node.clone()).or_else(|| c.members.keys().next().cloned());
         if evaluator.as_deref() != Some(self.cfg.node.as_str()) {

@@ -26,7 +26,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         }
     }
 
-    pub(super) fn raise_alerts(&mut self, d: &Decision, silent: Vec<(String, Option<bool>)>) {
+    pub(super) fn raise_alerts(&mut self, d: &Decision, silent: Vec<(String, crate::core::PeerDb)>) {
         let snap = self.shared.get();
         let Some(me) = snap.me.as_ref() else { return };
         let held_down = d.refusal_kind == Some(crate::core::RefusalKind::HeldDown);

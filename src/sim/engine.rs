@@ -6,7 +6,7 @@
 
 use super::world::{Proc, World};
 use crate::clock::Instant;
-use crate::core::{DbHealth, DbRole};
+use crate::core::{DbHealth, DbRole, PeerDb};
 use crate::engine::{Engine, FollowOutcome, Observation, Upstream};
 use crate::position::Lsn;
 use anyhow::{bail, Result};
@@ -433,21 +433,32 @@ impl Engine for FakePostgres {
         Ok(())
     }
 
-    async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {
-        let t = self.node_at(host, port)?;
-        let (reach, running, frozen, ready, standby) = {
+    async fn probe_writable(&self, host: &str, port: u16) -> PeerDb {
+        let Some(t) = self.node_at(host, port) else { return PeerDb::Unreachable };
+        let (reach, running, frozen, slow, ready, standby) = {
             let w = self.world.lock();
             let d = &w.dbs[t];
-            (w.link(self.me, t), d.running(), d.frozen, d.ready(Instant::now()), d.standby)
+            (w.link(self.me, t), d.running(), d.frozen, d.slow_connects, d.ready(Instant::now()), d.standby)
         };
-        if !reach || frozen {
-            // No answer: the connect timeout runs out.
+        if !reach {
+            // The connect timeout runs out.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            return None;
+            return PeerDb::Unreachable;
         }
-        if !running || !ready {
-            return None;
+        if !running {
+            // Connection refused.
+            return PeerDb::Unreachable;
         }
-        Some(!standby)
+        if frozen || slow {
+            // Its kernel takes the connection; the server never answers.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return PeerDb::Silent;
+        }
+        match (ready, standby) {
+            // "the database system is starting up"
+            (false, _) => PeerDb::Silent,
+            (true, true) => PeerDb::ReadOnly,
+            (true, false) => PeerDb::Writable,
+        }
     }
 }

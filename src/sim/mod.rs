@@ -37,7 +37,7 @@ use crate::clock::{Instant, NODE_OFFSET_MS};
 use crate::config::Config;
 use crate::dcs::memory::{MemoryDcs, MemoryStore};
 use crate::ha::Ha;
-use crate::peers::PeerApi;
+use crate::peers::{MemberAnswer, PeerApi};
 use crate::status::Shared;
 use engine::FakePostgres;
 use rng::Rng;
@@ -70,7 +70,8 @@ pub struct SimOptions {
     pub fault_window: Duration,
     /// Faults added after the first version of the harness, by
     /// generation: 1 operator switchovers, 2 elections inside etcd, 3 a
-    /// database server that hangs until it is killed
+    /// database server that hangs until it is killed, 4 a database slow to
+    /// take new connections
     /// ([`EXTRA_GENERATIONS`] is the newest). They are drawn from a second
     /// stream so that the main stream, and with it every kept seed's
     /// scenario, stays as it was; a kept seed runs with the generations
@@ -97,7 +98,7 @@ impl Default for SimOptions {
 
 /// The newest generation of faults added to the harness after its first
 /// version (see [`SimOptions::extra_faults`]).
-pub const EXTRA_GENERATIONS: u8 = 3;
+pub const EXTRA_GENERATIONS: u8 = 4;
 
 /// The kinds of fault a seed can schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,10 @@ pub enum FaultKind {
     /// until it is killed: the fault "ends" at once, and what is left is
     /// for vigil to notice and repair.
     DatabaseHung,
+    /// New connections to the node's database wait past a probe's timeout
+    /// (an overloaded node, its connection slots full) while open sessions
+    /// carry on: other sidecars' direct looks at it get no answer.
+    DatabaseSlowToConnect,
 }
 
 /// The kinds drawn from the seed's main stream (their order and number
@@ -394,35 +399,42 @@ struct SimPeers {
 
 impl SimPeers {
     /// The target's config, snapshot and engine if the call gets through;
-    /// None after the time a client would wait.
-    async fn reach(&self, api_url_: &str) -> Option<(Config, Arc<Shared>, Arc<FakePostgres>)> {
-        let c = self.cluster.upgrade()?;
-        let t = c.names.iter().position(|n| api_url(n) == api_url_)?;
+    /// otherwise how it failed: silence after the time a client would wait
+    /// (node lost, frozen or cut off), or a refusal at once (no sidecar).
+    async fn reach(&self, api_url_: &str) -> Result<(Config, Arc<Shared>, Arc<FakePostgres>), MemberAnswer> {
+        let c = self.cluster.upgrade().ok_or(MemberAnswer::Silent)?;
+        let t = c.names.iter().position(|n| api_url(n) == api_url_).ok_or(MemberAnswer::Silent)?;
         let (reach, frozen) = {
             let w = c.world.lock();
             (w.link(self.me, t), c.freeze[t].frozen.load(Ordering::Relaxed))
         };
         if !reach || frozen {
             tokio::time::sleep(Duration::from_millis(700)).await;
-            return None;
+            return Err(MemberAnswer::Silent);
         }
         let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
         let s = &slots[t];
-        s.task.as_ref()?;
-        Some((s.cfg.clone(), Arc::clone(&s.shared), Arc::clone(&s.engine)))
+        s.task.as_ref().ok_or(MemberAnswer::NotRunning)?;
+        Ok((s.cfg.clone(), Arc::clone(&s.shared), Arc::clone(&s.engine)))
     }
 }
 
 impl PeerApi for SimPeers {
-    async fn member(&self, api_url: &str) -> Option<crate::dcs::MemberRecord> {
-        let (cfg, shared, engine) = self.reach(api_url).await?;
-        tokio::time::timeout(Duration::from_millis(700), crate::api::member_answer(&cfg, &shared, engine.as_ref(), true)).await.ok()?
+    async fn member(&self, api_url: &str) -> MemberAnswer {
+        let (cfg, shared, engine) = match self.reach(api_url).await {
+            Ok(target) => target,
+            Err(failed) => return failed,
+        };
+        match tokio::time::timeout(Duration::from_millis(700), crate::api::member_answer(&cfg, &shared, engine.as_ref(), true)).await {
+            Ok(Some(rec)) => MemberAnswer::Record(rec),
+            _ => MemberAnswer::Silent,
+        }
     }
 
     async fn failsafe(&self, api_url: &str, ask: &crate::api::FailsafeAsk) -> Result<(), String> {
         match self.reach(api_url).await {
-            Some((cfg, shared, _)) => crate::api::failsafe_answer(&cfg, &shared, ask),
-            None => Err("no answer".into()),
+            Ok((cfg, shared, _)) => crate::api::failsafe_answer(&cfg, &shared, ask),
+            Err(_) => Err("no answer".into()),
         }
     }
 }
@@ -533,6 +545,11 @@ impl Sim {
         if self.c.opts.extra_faults >= 3 && extra.chance(0.3) {
             let (node, at) = (extra.pick(n), Duration::from_millis(extra.range(0, window)));
             faults.push(Fault { kind: FaultKind::DatabaseHung, node, other: node, at, lasts: Duration::from_millis(100), param: 0 });
+        }
+        if self.c.opts.extra_faults >= 4 && extra.chance(0.3) {
+            let (node, at) = (extra.pick(n), Duration::from_millis(extra.range(0, window)));
+            let lasts = Duration::from_millis(extra.range(2_000, 30_000));
+            faults.push(Fault { kind: FaultKind::DatabaseSlowToConnect, node, other: node, at, lasts, param: 0 });
         }
         faults
     }
@@ -748,6 +765,7 @@ impl Sim {
                 let mut w = c.world.lock();
                 w.hangs = apply;
             }
+            FaultKind::DatabaseSlowToConnect => c.world.lock().dbs[f.node].slow_connects = apply,
             FaultKind::DatabaseHung => {
                 let mut w = c.world.lock();
                 if apply && w.dbs[f.node].running() {

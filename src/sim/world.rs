@@ -38,6 +38,10 @@ pub struct Db {
     /// The server alone hangs (`frozen` with its sidecar running): only a
     /// kill ends it.
     pub hung: bool,
+    /// New connections wait past a probe's timeout (an overloaded node, its
+    /// connection slots full); open sessions, its sidecar's among them,
+    /// carry on.
+    pub slow_connects: bool,
     /// `standby.signal`: the server starts (and stays) a replica.
     pub standby: bool,
     /// The node `primary_conninfo` names.
@@ -281,6 +285,7 @@ impl World {
                 port: 5432 + i as u16,
                 proc: Proc::Stopped,
                 frozen: false,
+                slow_connects: false,
                 hung: false,
                 // The first node was the primary; the others its replicas.
                 standby: i != 0,
@@ -401,6 +406,7 @@ impl WorldInner {
         db.streaming = false;
         let msg = format!("{} PROMOTED to timeline {} at {}", db.name, db.timeline, db.log.len());
         self.note(msg);
+        self.check_promoted_beside_a_writer(i);
         self.check_writers();
         self.check_has_acked(i);
     }
@@ -440,6 +446,26 @@ impl WorldInner {
             self.violation(format!("two nodes acknowledge client writes: {}", names.join(", ")));
         } else {
             self.resume_window += 1;
+        }
+    }
+
+    /// Safety: a node is never promoted while another node's database within
+    /// its reach accepts writes, whether or not a sidecar runs beside that
+    /// one (its direct probe can see it; `check_writers` counts a writer
+    /// without a sidecar apart, as the node watchdog's case, but promoting
+    /// beside one is vigil's own doing). A node just resumed from a freeze
+    /// is the watchdog's window, as in `check_writers`.
+    fn check_promoted_beside_a_writer(&mut self, i: usize) {
+        let now = Instant::now();
+        let writer = (0..self.dbs.len()).find(|&j| {
+            j != i
+                && self.link(i, j)
+                && self.acknowledges(j, now)
+                && !self.dbs[j].resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE)
+        });
+        if let Some(j) = writer {
+            let (a, b) = (self.dbs[i].name.clone(), self.dbs[j].name.clone());
+            self.violation(format!("{a} was promoted while {b}, within its reach, accepted writes"));
         }
     }
 

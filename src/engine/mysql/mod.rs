@@ -17,7 +17,7 @@ pub mod dialect;
 
 use super::{Engine, FollowOutcome, GtidStatus, Observation, Upstream};
 use crate::config::{DatabaseConfig, EngineKind};
-use crate::core::{DbHealth, DbRole};
+use crate::core::{DbHealth, DbRole, PeerDb};
 use crate::gtid::{mariadb_errant, mysql_errant, BinlogState, GtidList, GtidSet};
 use crate::position::{Lsn, Position};
 use crate::proc;
@@ -940,12 +940,19 @@ impl Engine for MySql {
         Ok(())
     }
 
-    async fn probe_writable(&self, host: &str, port: u16) -> Option<bool> {
+    async fn probe_writable(&self, host: &str, port: u16) -> PeerDb {
         let timeout = self.cfg.connect_timeout.min(Duration::from_secs(1));
-        let (mut c, flavor) = self.connect(host, port, timeout).await.ok()?;
-        let row: Row = tokio::time::timeout(self.cfg.query_timeout, c.query_first(flavor.observe_vars())).await.ok()?.ok()??;
-        let _ = c.disconnect().await;
-        Some(!(truthy(row_text(&row, 0)) || truthy(row_text(&row, 1))))
+        let answer = async {
+            let (mut c, flavor) = self.connect(host, port, timeout).await.ok()?;
+            let row: Row = tokio::time::timeout(self.cfg.query_timeout, c.query_first(flavor.observe_vars())).await.ok()?.ok()??;
+            let _ = c.disconnect().await;
+            Some(!(truthy(row_text(&row, 0)) || truthy(row_text(&row, 1))))
+        };
+        match answer.await {
+            Some(true) => PeerDb::Writable,
+            Some(false) => PeerDb::ReadOnly,
+            None => super::no_answer(host, port).await,
+        }
     }
 }
 
