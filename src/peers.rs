@@ -21,7 +21,7 @@ pub trait PeerApi: Send + Sync + 'static {
 /// A peer sidecar's answer to `GET /member`.
 #[derive(Debug, Clone)]
 pub enum MemberAnswer {
-    Record(MemberRecord),
+    Record(Box<MemberRecord>),
     /// No record in time (or an error status): the sidecar may be lost,
     /// frozen, cut off or overloaded.
     Silent,
@@ -40,7 +40,7 @@ impl MemberAnswer {
 
     pub fn record(self) -> Option<MemberRecord> {
         match self {
-            MemberAnswer::Record(r) => Some(r),
+            MemberAnswer::Record(r) => Some(*r),
             _ => None,
         }
     }
@@ -75,7 +75,7 @@ impl PeerApi for HttpPeers {
             Err(e) if connection_refused(&e) => return MemberAnswer::NotRunning,
             Err(_) => return MemberAnswer::Silent,
         };
-        r.json().await.map_or(MemberAnswer::Silent, MemberAnswer::Record)
+        r.json().await.map_or(MemberAnswer::Silent, |rec| MemberAnswer::Record(Box::new(rec)))
     }
 
     async fn failsafe(&self, api_url: &str, ask: &FailsafeAsk) -> Result<(), String> {

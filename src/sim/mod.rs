@@ -426,7 +426,7 @@ impl PeerApi for SimPeers {
             Err(failed) => return failed,
         };
         match tokio::time::timeout(Duration::from_millis(700), crate::api::member_answer(&cfg, &shared, engine.as_ref(), true)).await {
-            Ok(Some(rec)) => MemberAnswer::Record(rec),
+            Ok(Some(rec)) => MemberAnswer::Record(Box::new(rec)),
             _ => MemberAnswer::Silent,
         }
     }

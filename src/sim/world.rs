@@ -461,7 +461,7 @@ impl WorldInner {
             j != i
                 && self.link(i, j)
                 && self.acknowledges(j, now)
-                && !self.dbs[j].resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE)
+                && self.dbs[j].resumed_at.is_none_or(|t| now.duration_since(t) >= RESUME_GRACE)
         });
         if let Some(j) = writer {
             let (a, b) = (self.dbs[i].name.clone(), self.dbs[j].name.clone());
