@@ -35,9 +35,12 @@ pub struct Snapshot {
     pub sync: Option<crate::sync::SyncReport>,
 }
 
+/// The snapshot behind an `Arc`: readers (the API, the simulation's
+/// checks, each loop) take a reference, not a copy of the whole cluster
+/// view; a writer copies only while a reader still holds the old one.
 #[derive(Default)]
 pub struct Shared {
-    snapshot: RwLock<Snapshot>,
+    snapshot: RwLock<std::sync::Arc<Snapshot>>,
 }
 
 impl crate::sync::RoleSource for Shared {
@@ -48,10 +51,10 @@ impl crate::sync::RoleSource for Shared {
 }
 
 impl Shared {
-    pub fn get(&self) -> Snapshot {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn get(&self) -> std::sync::Arc<Snapshot> {
+        std::sync::Arc::clone(&self.snapshot.read().unwrap_or_else(|e| e.into_inner()))
     }
     pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        f(&mut self.snapshot.write().unwrap_or_else(|e| e.into_inner()));
+        f(std::sync::Arc::make_mut(&mut self.snapshot.write().unwrap_or_else(|e| e.into_inner())));
     }
 }

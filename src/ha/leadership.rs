@@ -90,7 +90,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 }
                 // systemd's watchdog: the sidecar is alive beside the action.
                 crate::watchdog::sd_notify("WATCHDOG=1");
-                if let Some(mut me) = shared.get().me {
+                if let Some(mut me) = shared.get().me.clone() {
                     me.state = format!("{what} since {:.0}s", started.elapsed().as_secs_f64());
                     me.updated_ms = now_ms();
                     if dcs.put_member(&me).await.is_ok() {

@@ -197,7 +197,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             paused: cluster.as_ref().is_some_and(|c| c.pause.is_some()),
             updated_ms: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
-            sync: self.shared.get().sync,
+            sync: self.shared.get().sync.clone(),
             gtid: obs.gtid.clone(),
         };
         let put = if cluster.is_some() { self.dcs.put_member(&rec).await.err().map(|e| format!("{e:#}")) } else { None };

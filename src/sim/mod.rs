@@ -898,7 +898,7 @@ async fn tick(c: Arc<Cluster>) {
         let mut silent = vec![];
         let mut changes = vec![];
         for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.task.is_some()) {
-            if let Some(m) = s.shared.get().me {
+            if let Some(m) = &s.shared.get().me {
                 if !m.eligible && m.ineligible_reason.as_deref().is_none_or(str::is_empty) {
                     silent.push(m.node.clone());
                 }
