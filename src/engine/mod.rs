@@ -189,6 +189,22 @@ pub trait Engine: Send + Sync + 'static {
     fn probe_writable(&self, host: &str, port: u16) -> impl Future<Output = PeerDb> + Send;
 }
 
+/// A connection failed before anything took it: refused (no server
+/// listens) or no route to the host (an `io::Error` in the chain).
+pub(crate) fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable))
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// What a probe of a peer's database that got no answer ran into: a server
 /// that takes connections and says nothing (frozen, hung, starting,
 /// overloaded) or nothing at all (no server listens, the host is gone).
@@ -199,5 +215,38 @@ pub(crate) async fn no_answer(host: &str, port: u16) -> PeerDb {
     match tokio::time::timeout(WITHIN, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(_)) => PeerDb::Silent,
         _ => PeerDb::Unreachable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MariaDB/MySQL probe tells "nothing listens" from silence by the
+    /// driver's error chain: a refusal is found however deep it sits, a
+    /// timeout is not one.
+    #[tokio::test]
+    async fn a_refusal_is_told_apart_from_silence() {
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "driver: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let e = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+        assert!(refused(&Wrapped(e)));
+        assert!(!refused(&Wrapped(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))));
+        assert_eq!(no_answer("127.0.0.1", port).await, PeerDb::Unreachable);
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(no_answer("127.0.0.1", mute.local_addr().unwrap().port()).await, PeerDb::Silent);
     }
 }

@@ -225,10 +225,15 @@ impl MySql {
     }
 
     async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<(Conn, Flavor)> {
-        let mut conn = tokio::time::timeout(timeout, Conn::new(self.opts(host, port)))
+        let conn = tokio::time::timeout(timeout, Conn::new(self.opts(host, port)))
             .await
             .map_err(|_| anyhow!("no answer from {host}:{port} within {timeout:?}"))?
             .map_err(|e| anyhow!("{e}"))?;
+        self.set_up(conn).await
+    }
+
+    /// The server's flavor and vigil's session settings on a new connection.
+    async fn set_up(&self, mut conn: Conn) -> Result<(Conn, Flavor)> {
         let version: Option<String> = tokio::time::timeout(self.cfg.query_timeout, conn.query_first("SELECT @@version"))
             .await
             .map_err(|_| anyhow!("SELECT @@version did not answer"))??;
@@ -942,8 +947,17 @@ impl Engine for MySql {
 
     async fn probe_writable(&self, host: &str, port: u16) -> PeerDb {
         let timeout = self.cfg.connect_timeout.min(Duration::from_secs(1));
+        // Told apart by the driver's error, not by a second bare connection
+        // (as PostgreSQL's probe does): the server counts each aborted
+        // handshake against the probing host and blocks it for good after
+        // `max_connect_errors`, replication from that host included.
+        let conn = match tokio::time::timeout(timeout, Conn::new(self.opts(host, port))).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if super::refused(&e) => return PeerDb::Unreachable,
+            Ok(Err(_)) | Err(_) => return PeerDb::Silent,
+        };
         let answer = async {
-            let (mut c, flavor) = self.connect(host, port, timeout).await.ok()?;
+            let (mut c, flavor) = self.set_up(conn).await.ok()?;
             let row: Row = tokio::time::timeout(self.cfg.query_timeout, c.query_first(flavor.observe_vars())).await.ok()?.ok()??;
             let _ = c.disconnect().await;
             Some(!(truthy(row_text(&row, 0)) || truthy(row_text(&row, 1))))
@@ -951,7 +965,7 @@ impl Engine for MySql {
         match answer.await {
             Some(true) => PeerDb::Writable,
             Some(false) => PeerDb::ReadOnly,
-            None => super::no_answer(host, port).await,
+            None => PeerDb::Silent,
         }
     }
 }
