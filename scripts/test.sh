@@ -11,6 +11,7 @@
 # its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 bash scripts/setup-debian.sh
 
 # The compose lab's images (Debian packages, no vigil yet) build while Rust
@@ -117,3 +118,4 @@ if [ -s "$logs/failed" ]; then
   echo "test.sh: failed: $(tr '\n' ' ' <"$logs/failed")" >&2
   exit 1
 fi
+echo "test.sh: every test passed ($((SECONDS - started)) s)"
