@@ -147,7 +147,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 }
                 // Synchronous mode: name the standbys before the database
                 // accepts its first write (allowed during recovery).
-                self.manage_sync(None, cluster, obs.local.position).await.context("set the synchronous standbys before promotion")?;
+                self.manage_sync(super::sync::SyncMoment::Promoting { at: obs.local.position }, cluster)
+                    .await
+                    .context("set the synchronous standbys before promotion")?;
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
@@ -351,8 +353,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         } else {
             self.not_streaming_since.get_or_insert_with(Instant::now);
         }
-        let leader_refreshed_ago =
-            self.leader_record_seen.as_ref().filter(|(n, _, _)| *n == up.node).and_then(|(_, _, at)| at.map(|t| t.elapsed()));
+        let leader_refreshed_ago = self.leader_watch.refreshed_ago(&up.node);
         let s = core::rejoin::StuckInputs {
             streaming: obs.local.streaming,
             pointed_at_leader: pointed,

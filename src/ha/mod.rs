@@ -15,12 +15,14 @@
 //!   the watchdog that fences when it lapses, the etcd failsafe;
 //! - `executor`: each action the core decides, on the database and in etcd;
 //! - `probes`: fresh looks at the peers while the key is vacant;
+//! - `leader_watch`: whether the leader's member record keeps changing;
 //! - `history`: the record of each change of primary;
 //! - `sync`: the synchronous set (synchronous mode);
 //! - `publishing`: alerts, hooks, DNS, the member record, the snapshot.
 
 mod executor;
 mod history;
+mod leader_watch;
 mod leadership;
 mod probes;
 mod publishing;
@@ -80,12 +82,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     leader_lost_ms: Option<u64>,
     /// When this node first saw the leader key vacant (monotonic clock).
     leader_lost_at: Option<Instant>,
-    /// The leader's member record as last seen changing: (node, its
-    /// `updated_ms`, when this node saw that value first, if it read the
-    /// record a moment before too).
-    leader_record_seen: Option<(String, u64, Option<Instant>)>,
-    /// When this node last read the cluster from etcd.
-    last_read: Option<Instant>,
+    /// Whether the leader's member record keeps changing.
+    leader_watch: leader_watch::LeaderWatch,
     /// Rejoins that failed in a row, and when the last one ended (backoff).
     rejoin_failures: u32,
     last_rejoin_failure: Option<Instant>,
@@ -164,8 +162,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             term: None,
             leader_lost_ms: None,
             leader_lost_at: None,
-            leader_record_seen: None,
-            last_read: None,
+            leader_watch: leader_watch::LeaderWatch::default(),
             rejoin_failures: 0,
             last_rejoin_failure: None,
             bad_values_logged: vec![],
@@ -319,7 +316,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.rejoin_attempts = 0;
         }
         if self.dcs.holds_leader() && obs.local.writable() {
-            if let Err(e) = self.manage_sync(Some(&obs), cluster.as_ref(), None).await {
+            if let Err(e) = self.manage_sync(sync::SyncMoment::Leading(&obs), cluster.as_ref()).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not update the synchronous standbys");
             }
         } else if self.cfg.failover.synchronous && obs.local.role == Some(crate::core::DbRole::Replica) {
@@ -394,7 +391,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
 
     fn remember(&mut self, c: &ClusterState) {
         let now = Instant::now();
-        let read_before = self.last_read.replace(now);
         for (name, m) in &c.members {
             self.known.insert(name.clone(), m.clone());
             self.known_seen.insert(name.clone(), now);
@@ -414,23 +410,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.known.remove(&name);
             self.known_seen.remove(&name);
         }
-        // A record's `updated_ms` is another node's clock: only whether it
-        // changes is used, timed on this node's own clock. A change counts
-        // as seen now only if this node read the record a moment before
-        // too: after a gap in its reads (an etcd outage, its own start) the
-        // change may be old, and a dead leader's last record looked alive
-        // (the second 30-minute simulation run, seed 7038298).
-        let reads_continuous = read_before.is_some_and(|t| now.duration_since(t) <= self.cfg.timing.loop_wait * 3);
         let leader_rec = c
             .leader
             .as_ref()
             .and_then(|l| c.members.get(&l.node))
             .filter(|m| m.health == crate::core::DbHealth::Running && m.role == Some(crate::core::DbRole::Primary));
-        self.leader_record_seen = match (leader_rec, self.leader_record_seen.take()) {
-            (Some(m), Some(seen)) if seen.0 == m.node && seen.1 == m.updated_ms => Some(seen),
-            (Some(m), _) => Some((m.node.clone(), m.updated_ms, reads_continuous.then_some(now))),
-            (None, _) => None,
-        };
+        self.leader_watch.read(leader_rec, now, self.cfg.timing.loop_wait * 3);
         for b in &c.bad_values {
             if !self.bad_values_logged.contains(b) {
                 tracing::error!(key = %b.key, problem = %b.problem, "ignoring a bad value in etcd (only this key; everything else goes on)");

@@ -9,21 +9,27 @@ use crate::peers::PeerApi;
 use crate::position::{Lsn, Position};
 use anyhow::{Context, Result};
 
+/// When the leader keeps the synchronous set.
+pub(super) enum SyncMoment<'a> {
+    /// Leading, each loop: what this loop observed.
+    Leading(&'a Observation),
+    /// Just before a promotion: nothing is connected yet, and every member
+    /// joins at the position the database is promoted at.
+    Promoting { at: Option<Position> },
+}
+
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Synchronous mode, on the leader: keeps the `sync` key and the
     /// database's synchronous standbys in step. A replica is added to the
     /// key before the database counts its acknowledgements; one that left
     /// the cluster is dropped only once a remaining member of the set has
     /// flushed all the WAL the primary has now (so it has everything the
-    /// dropped one could have acknowledged). `obs` is None just before a
-    /// promotion (nothing is connected yet), and `promoted_at` is then the
-    /// position the database is promoted at: every member joins there.
-    pub(super) async fn manage_sync(
-        &mut self,
-        obs: Option<&Observation>,
-        cluster: Option<&ClusterState>,
-        promoted_at: Option<Position>,
-    ) -> Result<()> {
+    /// dropped one could have acknowledged).
+    pub(super) async fn manage_sync(&mut self, moment: SyncMoment<'_>, cluster: Option<&ClusterState>) -> Result<()> {
+        let (obs, primary_position) = match moment {
+            SyncMoment::Leading(o) => (Some(o), o.local.position),
+            SyncMoment::Promoting { at } => (None, at),
+        };
         use std::collections::{BTreeMap, BTreeSet};
         if !self.cfg.failover.synchronous {
             return Ok(());
@@ -52,7 +58,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             current: current.clone(),
             desired,
             connected: connected.into_iter().map(|(n, l)| (n.to_string(), l)).collect(),
-            primary_position: obs.map_or(promoted_at, |o| o.local.position),
+            primary_position,
             marks: std::mem::take(&mut self.sync_marks),
             joining: mine.map(|s| s.joining.clone()).unwrap_or_default(),
         });
