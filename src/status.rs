@@ -13,7 +13,12 @@ pub struct Snapshot {
     /// The last etcd read succeeded.
     pub dcs_ok: bool,
     pub dcs_error: Option<String>,
+    /// When the last etcd read succeeded, wall clock (shown and exported).
     pub dcs_last_ok_ms: u64,
+    /// The same, monotonic: what "does this node reach etcd?" is measured
+    /// by, so that a wall-clock jump cannot make a member that reaches etcd
+    /// vouch for a leader in a failsafe round.
+    pub dcs_last_ok: Option<crate::clock::Instant>,
     /// This sidecar holds the leader key and its database took the last
     /// heartbeat write: the only state in which `/primary` says 200.
     pub writable_leader: bool,

@@ -189,7 +189,11 @@ async fn readiness<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(
 
 /// Did this sidecar read etcd within the last `2 * loop + retry`?
 fn reaches_etcd(cfg: &Config, snap: &Snapshot) -> bool {
-    let age = Duration::from_millis(crate::dcs::now_ms().saturating_sub(snap.dcs_last_ok_ms));
+    // Monotonic: a wall-clock jump here (or, in the simulation, the asking
+    // node's clock, whose task runs this handler) once made a member that
+    // reaches etcd vouch for a leader cut off from it (the second 30-minute
+    // run, seed 7067823: the leader stayed writable without its key).
+    let age = snap.dcs_last_ok.map_or(Duration::MAX, |t| t.elapsed());
     crate::core::failsafe::reaches_etcd(snap.dcs_ok, age, cfg.timing.loop_wait, cfg.timing.retry)
 }
 
@@ -343,4 +347,31 @@ async fn resume<E: Engine, D: Dcs>(State(s): St<E, D>, headers: HeaderMap) -> Re
         return r.into_response();
     }
     outcome(crate::ops::resume(&*s.dcs).await.map(|_| "resumed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member that reaches etcd never vouches in a failsafe round, even
+    /// after its wall clock jumped: reaching etcd is measured on the
+    /// monotonic clock (seed 7067823: both members vouched for a leader cut
+    /// off from etcd, which stayed writable without its key for 20 s).
+    #[test]
+    fn a_member_that_reaches_etcd_refuses_to_vouch_whatever_its_wall_clock_says() {
+        let text = "cluster = \"t\"\nnode = \"pg1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[database]\nhost = \"127.0.0.1\"\nport = 5432\ndata_dir = \"/var/lib/postgresql/15/main\"\n";
+        let cfg = Config::parse(std::path::Path::new("t.toml"), text).expect("a valid config");
+        let shared = crate::status::Shared::default();
+        let ask = FailsafeAsk { leader: "pg2".into(), term: Some(4) };
+        // The last read succeeded just now; the wall clock says an hour ago.
+        shared.update(|s| {
+            s.dcs_ok = true;
+            s.dcs_last_ok = Some(crate::clock::Instant::now());
+            s.dcs_last_ok_ms = crate::dcs::now_ms().saturating_sub(3_600_000);
+        });
+        assert!(failsafe_answer(&cfg, &shared, &ask).is_err());
+        // No read for longer than a loop and a retry: etcd is out of reach.
+        shared.update(|s| s.dcs_last_ok = None);
+        assert!(failsafe_answer(&cfg, &shared, &ask).is_ok());
+    }
 }

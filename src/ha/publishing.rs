@@ -211,6 +211,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             if let Some(c) = cluster {
                 s.cluster = c;
                 s.dcs_last_ok_ms = now_ms();
+                s.dcs_last_ok = Some(crate::clock::Instant::now());
             }
             s.dcs_ok = ok;
             s.dcs_error = dcs_error.or(put);
