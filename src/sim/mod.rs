@@ -214,6 +214,8 @@ struct Cluster {
     wakes: Vec<Arc<Notify>>,
     offsets: Vec<Arc<AtomicI64>>,
     freeze: Vec<Arc<Freeze>>,
+    /// A sidecar whose restart fell in its node's freeze: started at resume.
+    sidecar_due: Vec<AtomicBool>,
     /// The liveness bounds, from the timing (computed once: a config parse).
     bounds: Bounds,
 }
@@ -363,6 +365,10 @@ struct Freeze {
 }
 
 impl Freeze {
+    fn is_set(&self) -> bool {
+        self.frozen.load(Ordering::Relaxed)
+    }
+
     fn set(&self, frozen: bool) {
         self.frozen.store(frozen, Ordering::Relaxed);
         if !frozen {
@@ -499,6 +505,7 @@ impl Sim {
             wakes: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             offsets: (0..n).map(|_| Arc::default()).collect(),
             freeze: (0..n).map(|_| Arc::new(Freeze { frozen: AtomicBool::new(false), waker: Mutex::new(None) })).collect(),
+            sidecar_due: (0..n).map(|_| AtomicBool::new(false)).collect(),
             bounds: Bounds { primary: Duration::ZERO, streaming: Duration::ZERO, hold_down: Duration::ZERO, ttl: Duration::ZERO },
         };
         let cfg = cluster.config(0);
@@ -706,6 +713,14 @@ impl Sim {
                     // The sidecar resumes first; the server a moment later
                     // (the reverse order is the node watchdog's job).
                     c.freeze[f.node].set(false);
+                    // A sidecar that crashed while the node was frozen is
+                    // restarted now: nothing runs on a frozen node, its
+                    // service manager included (seed 7234544: a sidecar
+                    // "started" during the freeze had used up its first-look
+                    // grace before it could run at all).
+                    if !c.sidecar_up(f.node) && c.sidecar_due[f.node].swap(false, Ordering::Relaxed) {
+                        c.start_sidecar(f.node);
+                    }
                     let (world, i) = (Arc::clone(&c.world), f.node);
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -720,6 +735,8 @@ impl Sim {
             FaultKind::SidecarCrash => {
                 if apply {
                     c.stop_sidecar(f.node);
+                } else if c.freeze[f.node].is_set() {
+                    c.sidecar_due[f.node].store(true, Ordering::Relaxed);
                 } else if !c.sidecar_up(f.node) && !c.world.lock().host_down[f.node] {
                     c.start_sidecar(f.node);
                 }
