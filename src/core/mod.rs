@@ -130,6 +130,12 @@ pub struct LocalObs {
     /// without `standby.signal`: a crash recovery that ends as a primary).
     #[serde(default)]
     pub starting_writable: bool,
+    /// Replica: a promotion was asked of this server and has not finished
+    /// (PostgreSQL: `promote.signal` in the data directory during
+    /// recovery). The request outlives the sidecar that made it: the server
+    /// may finish it at any time and open for writes.
+    #[serde(default)]
+    pub promote_pending: bool,
 }
 
 impl LocalObs {
@@ -610,6 +616,14 @@ fn follow(i: &Inputs, view: &View, leader: &str, elig: &Eligibility) -> Decision
         return Decision::new(format!("fencing: {leader} holds the leader key"), elig)
             .act(Action::Fence { reason: format!("{leader} holds the leader key but this database is starting as a primary") });
     }
+    if i.local.promote_pending {
+        // A promotion asked by an earlier process of this sidecar, which
+        // died waiting for it: the server would finish it beside the leader
+        // (the 15-minute simulation run, seed 7208661, 60 s later). The
+        // restart as a replica withdraws it.
+        return Decision::new(format!("fencing: {leader} holds the leader key"), elig)
+            .act(Action::Fence { reason: format!("{leader} holds the leader key but a promotion of this database is still pending") });
+    }
     if view.paused {
         return Decision::new(format!("replica of {leader} (paused)"), elig);
     }
@@ -643,6 +657,13 @@ fn race(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         let mut d = d;
         d.state = "fencing: writable without the leader key".into();
         return d.act(Action::Fence { reason: format!("database accepts writes but cannot take the leader key ({why})") });
+    }
+    if i.local.promote_pending && !d.actions.contains(&Action::AcquireLeader) && !view.paused {
+        let why = d.refusal.clone().unwrap_or_else(|| d.state.clone());
+        let mut d = d;
+        d.state = "fencing: a promotion is pending without the leader key".into();
+        return d
+            .act(Action::Fence { reason: format!("a promotion of this database is pending but it cannot take the leader key ({why})") });
     }
     d
 }

@@ -35,6 +35,7 @@ fn replica(lsn: u64) -> LocalObs {
         blocker: None,
         primary_at_rest: false,
         starting_writable: false,
+        promote_pending: false,
     }
 }
 
@@ -143,6 +144,31 @@ fn a_database_starting_as_a_primary_is_fenced_when_another_holds_the_key() {
             assert_eq!(matches!(actions(&i)[..], [Action::Fence { .. }]), fenced, "paused {paused}, starting writable {starting_writable}");
         }
     }
+}
+
+/// A promotion that an earlier sidecar process asked for and never saw
+/// finish is withdrawn (the server restarted as a replica) whenever this
+/// node does not hold the key and is not about to take it: the server
+/// would open for writes whenever it finished (seed 7208661). While this
+/// node holds the key, or is taking it, the promotion is wanted.
+#[test]
+fn a_pending_promotion_is_withdrawn_unless_this_node_leads() {
+    let pending = LocalObs { promote_pending: true, ..replica(100) };
+    // (who holds the key, paused, fenced)
+    let cases = [(Some("pg1"), false, true), (Some("pg1"), true, true), (Some("pg3"), false, false), (None, true, false)];
+    for (holder, paused, fenced) in cases {
+        let view = View { leader: holder.and_then(leader), paused, ..View::default() };
+        let i = inputs("pg3", pending.clone(), view);
+        let a = actions(&i);
+        assert_eq!(a.iter().any(|a| matches!(a, Action::Fence { .. })), fenced, "holder {holder:?}, paused {paused}: {a:?}");
+    }
+    // Vacant key, a refused candidate: fenced. The same node without a
+    // pending promotion is left alone.
+    let vacant = View { leader: None, ..View::default() };
+    let mut i = inputs("pg3", LocalObs { blocker: Some("errant transactions".into()), ..pending.clone() }, vacant.clone());
+    assert!(matches!(actions(&i)[..], [Action::Fence { .. }]), "{:?}", actions(&i));
+    i.local.promote_pending = false;
+    assert!(actions(&i).is_empty(), "{:?}", actions(&i));
 }
 
 #[test]
@@ -637,6 +663,7 @@ fn arb_local() -> impl Strategy<Value = LocalObs> {
             blocker: None,
             primary_at_rest: false,
             starting_writable: false,
+            promote_pending: false,
         })
 }
 

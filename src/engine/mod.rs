@@ -99,6 +99,7 @@ impl Observation {
                 blocker: None,
                 primary_at_rest: false,
                 starting_writable: false,
+                promote_pending: false,
             },
             receive_lsn: None,
             replay_lsn: None,

@@ -346,6 +346,13 @@ impl Postgres {
         std::fs::symlink_metadata(self.cfg.data_dir.join("standby.signal")).is_ok()
     }
 
+    /// `promote.signal` is in the data directory: a promotion was asked
+    /// and the server has not taken the request yet. The postmaster
+    /// removes it when it starts, so a restart as a replica withdraws it.
+    fn has_promote_signal(&self) -> bool {
+        std::fs::symlink_metadata(self.cfg.data_dir.join("promote.signal")).is_ok()
+    }
+
     fn make_standby(&self, up: Option<&Upstream>) -> Result<()> {
         self.write_owned("standby.signal", "")?;
         self.write_passfile()?;
@@ -626,6 +633,9 @@ impl Engine for Postgres {
                 let tli = wr_tli.map(|t| t as u32).or(m.last_timeline).or(ckpt_tli.map(|t| t as u32)).unwrap_or(1);
                 obs.local.position = replica_position(receive, replay, m.streamed_since_start).map(|lsn| Position { timeline: tli, lsn });
                 obs.local.streaming = streaming;
+                // The startup process removes the file when it takes the
+                // request: still there, the promotion may happen any time.
+                obs.local.promote_pending = self.has_promote_signal();
                 obs.upstream = conninfo_target(&conninfo);
             } else {
                 obs.local.role = Some(DbRole::Primary);

@@ -230,6 +230,7 @@ impl Engine for FakePostgres {
                 obs.local.last_streamed_ago = Some(Duration::ZERO);
             }
             obs.local.streaming = d.streaming;
+            obs.local.promote_pending = d.promote_requested;
             obs.upstream = d.conninfo.map(|u| format!("{}:{}", db_host(&w.dbs[u].name), w.dbs[u].port));
         } else {
             obs.local.role = Some(DbRole::Primary);
@@ -281,6 +282,7 @@ impl Engine for FakePostgres {
         self.ready_or_fail()?;
         let (t, pid) = {
             let mut w = self.world.lock();
+            w.dbs[self.me].promote_requested = true;
             (w.action_time(50, 300), w.dbs[self.me].proc)
         };
         self.maybe_crash_during(t);
@@ -289,7 +291,7 @@ impl Engine for FakePostgres {
             tokio::time::sleep(t).await;
             let mut w = world.lock();
             let d = &w.dbs[me];
-            if d.proc == pid && d.standby && !d.frozen {
+            if d.proc == pid && d.standby && d.promote_requested && !d.frozen {
                 w.promote(me);
             }
         });

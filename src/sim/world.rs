@@ -44,6 +44,10 @@ pub struct Db {
     pub slow_connects: bool,
     /// `standby.signal`: the server starts (and stays) a replica.
     pub standby: bool,
+    /// `promote.signal`: a promotion was asked and has not finished; it
+    /// outlives the sidecar that asked, and the postmaster removes it when
+    /// it starts.
+    pub promote_requested: bool,
     /// The node `primary_conninfo` names.
     pub conninfo: Option<usize>,
     pub log: Vec<u64>,
@@ -286,6 +290,7 @@ impl World {
                 proc: Proc::Stopped,
                 frozen: false,
                 slow_connects: false,
+                promote_requested: false,
                 hung: false,
                 // The first node was the primary; the others its replicas.
                 standby: i != 0,
@@ -372,6 +377,7 @@ impl WorldInner {
         self.next_pid += 1;
         let pid = self.next_pid;
         self.dbs[i].proc = Proc::Running { pid, ready_at: Instant::now() + ready_in };
+        self.dbs[i].promote_requested = false;
         self.dbs[i].streaming = false;
         let what = if self.dbs[i].standby { "as a replica" } else { "AS A PRIMARY" };
         self.note(format!("{} started {what} (pid {pid})", self.dbs[i].name));
@@ -402,6 +408,7 @@ impl WorldInner {
         db.history.push(TimelineSwitch { timeline: db.timeline, switch_lsn: Lsn(db.log.len() as u64) });
         db.timeline += 1;
         db.standby = false;
+        db.promote_requested = false;
         db.conninfo = None;
         db.streaming = false;
         let msg = format!("{} PROMOTED to timeline {} at {}", db.name, db.timeline, db.log.len());
