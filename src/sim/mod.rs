@@ -756,8 +756,8 @@ impl Sim {
                     for p in pairs {
                         if apply {
                             w.cut.insert(p);
-                        } else {
-                            w.cut.remove(&p);
+                        } else if w.cut.remove(&p) {
+                            w.healed_at.insert(p, Instant::now());
                         }
                     }
                 }

@@ -109,6 +109,8 @@ pub struct WorldInner {
     pub dbs: Vec<Db>,
     /// Directed links that drop everything (from, to).
     pub cut: BTreeSet<(usize, usize)>,
+    /// When each directed link was last healed after a cut.
+    pub healed_at: std::collections::BTreeMap<(usize, usize), Instant>,
     /// Nodes whose host is down (node lost): nothing reaches them.
     pub host_down: Vec<bool>,
     /// Since when each down host is down.
@@ -268,6 +270,14 @@ impl crate::watchdog::WatchdogDevice for SimWatchdogDevice {
 /// fence, a loop).
 pub const START_GRACE: Duration = Duration::from_secs(3);
 
+/// How long a healed link must have been up before a promotion counts as
+/// made "within reach" of a writer behind it: the decision rests on probes
+/// sent up to a probe timeout (1 s) before it, and the key is taken with
+/// an etcd request (up to 2 s when etcd is slow) before the promotion
+/// (the 15-minute run, seeds 7124933, 7194085, 7218401, 7218561: probes
+/// sent during a cut, the promotion 0.2 to 0.9 s after it healed).
+pub const REACH_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a node resumed from a freeze may stay writable before its
 /// sidecar fences it (watchdog tick 100 ms, immediate shutdown).
 pub const RESUME_GRACE: Duration = Duration::from_secs(1);
@@ -311,6 +321,7 @@ impl World {
             inner: Mutex::new(WorldInner {
                 dbs,
                 cut: BTreeSet::new(),
+                healed_at: Default::default(),
                 host_down: vec![false; n],
                 host_down_since: vec![None; n],
                 rng,
@@ -467,6 +478,7 @@ impl WorldInner {
         let writer = (0..self.dbs.len()).find(|&j| {
             j != i
                 && self.link(i, j)
+                && [(i, j), (j, i)].iter().all(|p| self.healed_at.get(p).is_none_or(|t| now.duration_since(*t) >= REACH_GRACE))
                 && self.acknowledges(j, now)
                 && self.dbs[j].resumed_at.is_none_or(|t| now.duration_since(t) >= RESUME_GRACE)
         });
