@@ -266,6 +266,17 @@ pub enum PeerSidecar {
     Silent,
     /// Its host refused the connection: no sidecar runs there.
     NotRunning,
+    /// Not asked: a server known only as the upstream this replica streams
+    /// from (its member key lapsed before this sidecar started), so nobody
+    /// knows where its sidecar would answer.
+    Unknown,
+}
+
+impl PeerSidecar {
+    /// Nothing says a sidecar runs beside that database to fence it.
+    pub fn none_known(self) -> bool {
+        matches!(self, PeerSidecar::NotRunning | PeerSidecar::Unknown)
+    }
 }
 
 /// A peer as a promotion candidate.
@@ -797,8 +808,13 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         // replica promoted beside such a server). A silent server whose
         // sidecar is silent too is a frozen or lost node, fenced by its own
         // sidecar's lease watchdog on resuming, so it does not hold up the
-        // failover that exists for it.
-        if let Some(w) = i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar == PeerSidecar::NotRunning) {
+        // failover that exists for it. A server known only as this
+        // replica's upstream has no sidecar anyone can ask: it is treated
+        // as unsupervised (the 15-minute run, seeds 7212407 and 7217998: a
+        // sidecar restarted while the key was vacant knew the dead leader's
+        // server only from `primary_conninfo`, and promoted beside it when
+        // it was slow to take connections).
+        if let Some(w) = i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar.none_known()) {
             d.state = "no leader; a peer's database without a sidecar did not answer".into();
             return d.refuse(
                 RefusalKind::PeerUnsupervised,

@@ -332,6 +332,9 @@ fn no_promotion_while_a_server_without_a_sidecar_does_not_say_whether_it_accepts
     let table = [
         (PeerDb::Silent, PeerSidecar::NotRunning, false),
         (PeerDb::Silent, PeerSidecar::Silent, true),
+        // Known only as the upstream: no sidecar anyone could ask.
+        (PeerDb::Silent, PeerSidecar::Unknown, false),
+        (PeerDb::Unreachable, PeerSidecar::Unknown, true),
         (PeerDb::Unreachable, PeerSidecar::NotRunning, true),
         (PeerDb::ReadOnly, PeerSidecar::NotRunning, true),
         (PeerDb::Writable, PeerSidecar::NotRunning, false),
@@ -671,9 +674,9 @@ fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
     (
         prop_oneof![Just(PeerDb::Writable), Just(PeerDb::ReadOnly), Just(PeerDb::Unreachable), Just(PeerDb::Silent)],
         proptest::option::of((proptest::option::of((1u32..3, 0u64..2000)), 0u32..200, any::<bool>(), any::<bool>())),
-        any::<bool>(),
+        prop_oneof![Just(PeerSidecar::Silent), Just(PeerSidecar::NotRunning), Just(PeerSidecar::Unknown)],
     )
-        .prop_map(move |(db, c, refused)| PeerObs {
+        .prop_map(move |(db, c, unanswered)| PeerObs {
             node: name.into(),
             db,
             candidate: c.map(|(pos, priority, eligible, is_primary)| Candidate {
@@ -682,11 +685,7 @@ fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
                 eligible,
                 is_primary,
             }),
-            sidecar: match (c.is_some(), refused) {
-                (true, _) => PeerSidecar::Answered,
-                (false, true) => PeerSidecar::NotRunning,
-                (false, false) => PeerSidecar::Silent,
-            },
+            sidecar: if c.is_some() { PeerSidecar::Answered } else { unanswered },
         })
 }
 
@@ -758,7 +757,7 @@ proptest! {
             prop_assert!(v.leader.is_none());
             if a.contains(&Action::Promote) {
                 prop_assert!(!i.peers.iter().any(|p| p.writable()));
-                prop_assert!(!i.peers.iter().any(|p| p.db == PeerDb::Silent && p.sidecar == PeerSidecar::NotRunning));
+                prop_assert!(!i.peers.iter().any(|p| p.db == PeerDb::Silent && p.sidecar.none_known()));
             }
             for p in &i.peers {
                 if let Some(c) = &p.candidate {

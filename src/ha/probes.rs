@@ -30,7 +30,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 Some((host, port)) => Some(PeerObs {
                     node: format!("{host}:{port} (the upstream)"),
                     db: self.engine.probe_writable(host, *port).await,
-                    sidecar: PeerSidecar::Silent,
+                    sidecar: PeerSidecar::Unknown,
                     candidate: None,
                 }),
                 None => None,
