@@ -100,14 +100,18 @@ impl MemberRecord {
         if self.node != key_name {
             return Err(format!("record says node {:?} but is stored under members/{key_name}", self.node));
         }
-        check_host("db_host", &self.db_host)?;
-        if !(self.api_url.starts_with("http://") || self.api_url.starts_with("https://"))
-            || self.api_url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("api_url {:?} is not an http(s) URL", self.api_url));
-        }
-        Ok(())
+        check_address(&self.api_url, &self.db_host)
     }
+}
+
+/// A sidecar's API URL and its database host, as read from etcd.
+fn check_address(api_url: &str, db_host: &str) -> Result<(), String> {
+    check_host("db_host", db_host)?;
+    if !(api_url.starts_with("http://") || api_url.starts_with("https://")) || api_url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("api_url {api_url:?} is not an http(s) URL"));
+    }
+    Ok(())
 }
 
 /// Who is reading: this node's name and the leases this process holds its
@@ -180,7 +184,13 @@ pub fn decode(raw: RawCluster, me: Reader) -> ClusterState {
     // off hold-down and the last-primary rules.
     for kv in &raw.history {
         match json::<HistoryRecord>(kv).and_then(|h| check_name("new_primary", &h.new_primary).map(|_| h)) {
-            Ok(h) => {
+            Ok(mut h) => {
+                // A bad address is dropped alone: the record still says
+                // who the last primary was.
+                if let Some(Err(problem)) = h.new_primary_at.as_ref().map(|a| check_address(&a.api_url, &a.db_host)) {
+                    report(st_bad(&kv.key, format!("new_primary_at: {problem}")));
+                    h.new_primary_at = None;
+                }
                 st.last_history = Some(h);
                 break;
             }
@@ -306,6 +316,33 @@ mod tests {
         assert_eq!(st.members.len(), 1);
         let keys: Vec<&str> = st.bad_values.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, vec!["pause", "switchover"]);
+    }
+
+    /// The last primary's address in its history record is checked like a
+    /// member's; a bad one is dropped alone, the record still names the
+    /// last primary.
+    #[test]
+    fn a_bad_address_in_a_history_record_is_dropped_alone() {
+        let rec = |host: &str| {
+            serde_json::json!({
+                "term": 5, "kind": "failover", "reason": "r", "old_primary": null, "new_primary": "pg2", "at_ms": 1,
+                "steps": [], "candidates": [], "old_position": null, "new_position": null,
+                "new_primary_at": {"api_url": "http://10.0.0.2:8008", "db_host": host, "db_port": 5432}
+            })
+            .to_string()
+        };
+        let st = decode(RawCluster { history: vec![kv("history/5", &rec("10.0.0.2"))], ..Default::default() }, reader("pg3", 0));
+        assert_eq!(st.last_history.unwrap().new_primary_at.unwrap().db_host, "10.0.0.2");
+        assert!(st.bad_values.is_empty());
+        let st = decode(RawCluster { history: vec![kv("history/5", &rec("h x;touch"))], ..Default::default() }, reader("pg3", 0));
+        let h = st.last_history.unwrap();
+        assert_eq!((h.new_primary.as_str(), h.new_primary_at), ("pg2", None));
+        assert_eq!(st.bad_values[0].key, "history/5");
+        // Written before the field existed: no address, nothing reported.
+        let old = rec("x").replace(r#","new_primary_at":{"api_url":"http://10.0.0.2:8008","db_host":"x","db_port":5432}"#, "");
+        assert!(!old.contains("new_primary_at"), "{old}");
+        let st = decode(RawCluster { history: vec![kv("history/5", &old)], ..Default::default() }, reader("pg3", 0));
+        assert!(st.last_history.unwrap().new_primary_at.is_none() && st.bad_values.is_empty());
     }
 
     #[test]

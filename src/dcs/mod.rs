@@ -139,6 +139,20 @@ pub struct HistoryRecord {
     /// The old primary's last published position and the new primary's position.
     pub old_position: Option<Position>,
     pub new_position: Option<Position>,
+    /// Where the new primary's database and sidecar answer. Its member key
+    /// lapses with its sidecar; this record does not, so a sidecar that
+    /// started after both can still look at the last primary before it
+    /// promotes (the 15-minute simulation run, seed 7232913).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_primary_at: Option<Address>,
+}
+
+/// Where a node's sidecar API and database answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Address {
+    pub api_url: String,
+    pub db_host: String,
+    pub db_port: u16,
 }
 
 impl HistoryRecord {

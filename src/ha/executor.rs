@@ -138,6 +138,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         candidates: vec![],
                         old_position: self.last_primary_position,
                         new_position: obs.local.position,
+                        new_primary_at: Some(self.address()),
                     };
                     if let Err(e) = self.dcs.put_history(&rec).await {
                         let _ = self.dcs.release_leader().await;

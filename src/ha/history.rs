@@ -50,6 +50,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 candidates: vec![],
                 old_position: None,
                 new_position: None,
+                new_primary_at: Some(self.address()),
             };
             if let Err(e) = self.dcs.put_history(&rec).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not write history");
@@ -136,6 +137,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             candidates,
             old_position: self.last_primary_position,
             new_position: obs.local.position,
+            new_primary_at: Some(self.address()),
         };
         if let Err(e) = self.dcs.put_history(&rec).await {
             tracing::warn!(error = %format!("{e:#}"), "could not write the history record");

@@ -284,7 +284,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         }
         let last_primary = cluster.as_ref().and_then(|c| c.last_history.as_ref()).map(|h| h.new_primary.as_str());
         let probe = vacant && core::needs_peer_probes(&obs.local, last_primary, &self.cfg.node);
-        let peers = if probe { self.probe_peers(obs.upstream.as_deref()).await } else { vec![] };
+        let last = cluster.as_ref().and_then(|c| c.last_history.as_ref());
+        let peers = if probe { self.probe_peers(obs.upstream.as_deref(), last).await } else { vec![] };
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
         let decision = core::decide(&inputs);
         self.log_decision(&decision);

@@ -5,7 +5,7 @@
 use super::Ha;
 use crate::clock::Instant;
 use crate::core::{Candidate, PeerDb, PeerObs, PeerSidecar};
-use crate::dcs::{ClusterState, Dcs};
+use crate::dcs::{ClusterState, Dcs, HistoryRecord};
 use crate::engine::Engine;
 use crate::peers::PeerApi;
 use std::sync::Arc;
@@ -15,27 +15,45 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Fresh looks at every other member: its database (writable?) and its
     /// sidecar (position, eligibility), in parallel.
     ///
-    /// The database this replica streams from is probed too when no known
-    /// member has its address: after an etcd outage every member key may
-    /// have lapsed (a sidecar started during the outage knows nobody), and
-    /// a primary kept writable by the failsafe must still be seen before a
-    /// replica promotes (found by the simulation, seed 1000092).
-    pub(super) async fn probe_peers(&self, upstream: Option<&str>) -> Vec<PeerObs> {
-        let unknown_upstream = upstream
-            .filter(|u| !self.known.values().any(|m| format!("{}:{}", m.db_host, m.db_port) == *u))
-            .and_then(|u| u.rsplit_once(':'))
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
-        let upstream_probe = async {
-            match &unknown_upstream {
-                Some((host, port)) => Some(PeerObs {
-                    node: format!("{host}:{port} (the upstream)"),
-                    db: self.engine.probe_writable(host, *port).await,
-                    sidecar: PeerSidecar::Unknown,
-                    candidate: None,
-                }),
-                None => None,
+    /// Two servers no known member names are looked at too:
+    /// - the one this replica streams from: after an etcd outage every
+    ///   member key may have lapsed (a sidecar started during the outage
+    ///   knows nobody), and a primary kept writable by the failsafe must
+    ///   still be seen before a replica promotes (found by the simulation,
+    ///   seed 1000092). Its sidecar cannot be asked: nobody knows where it
+    ///   answers;
+    /// - the last recorded primary, at the address its history record
+    ///   gives: a sidecar that started after its member key lapsed, and
+    ///   whose own server was restarted without an upstream, knew no peer
+    ///   at all and promoted beside it (the 15-minute run, seed 7232913).
+    pub(super) async fn probe_peers(&self, upstream: Option<&str>, last: Option<&HistoryRecord>) -> Vec<PeerObs> {
+        let known_at = |host: &str, port: u16| self.known.values().any(|m| m.db_host == host && m.db_port == port);
+        let mut extra: Vec<(String, String, u16, Option<String>)> = vec![];
+        if let Some(a) = last
+            .filter(|h| h.new_primary != self.cfg.node && !self.known.contains_key(&h.new_primary))
+            .and_then(|h| h.new_primary_at.as_ref().map(|a| (h.new_primary.clone(), a)))
+        {
+            if !known_at(&a.1.db_host, a.1.db_port) {
+                extra.push((format!("{} (the last primary)", a.0), a.1.db_host.clone(), a.1.db_port, Some(a.1.api_url.clone())));
             }
-        };
+        }
+        if let Some((host, port)) =
+            upstream.and_then(|u| u.rsplit_once(':')).and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        {
+            if !known_at(&host, port) && !extra.iter().any(|e| e.1 == host && e.2 == port) {
+                extra.push((format!("{host}:{port} (the upstream)"), host, port, None));
+            }
+        }
+        let extra_probes = futures_util::future::join_all(extra.into_iter().map(|(node, host, port, api)| async move {
+            let sidecar = async {
+                match &api {
+                    Some(url) => self.fetch_member(url).await.sidecar(),
+                    None => PeerSidecar::Unknown,
+                }
+            };
+            let (db, sidecar) = tokio::join!(self.engine.probe_writable(&host, port), sidecar);
+            PeerObs { node, db, sidecar, candidate: None }
+        }));
         let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
             let m = m.clone();
             async move {
@@ -55,8 +73,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 }
             }
         });
-        let (mut peers, up) = tokio::join!(futures_util::future::join_all(futs), upstream_probe);
-        peers.extend(up);
+        let (mut peers, extra) = tokio::join!(futures_util::future::join_all(futs), extra_probes);
+        peers.extend(extra);
         peers
     }
 

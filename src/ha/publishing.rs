@@ -162,6 +162,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         }
     }
 
+    /// Where this node's sidecar API and database answer, as published in
+    /// its member record and in the history record of its promotion.
+    pub(super) fn address(&self) -> crate::dcs::Address {
+        crate::dcs::Address { api_url: self.cfg.api.url(), db_host: self.cfg.database.host.clone(), db_port: self.cfg.database.port }
+    }
+
     pub(super) async fn publish(&mut self, obs: &Observation, cluster: Option<ClusterState>, dcs_error: Option<String>, d: &Decision) {
         let holds = self.dcs.holds_leader();
         // During an etcd outage the leader keeps serving only on the
@@ -172,11 +178,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             (Some(p), Some(m), Some(crate::core::DbRole::Replica)) if p.timeline == m.timeline => Some(p.lsn.0.saturating_sub(m.lsn.0)),
             _ => None,
         };
+        let at = self.address();
         let rec = MemberRecord {
             node: self.cfg.node.clone(),
-            api_url: self.cfg.api.url(),
-            db_host: self.cfg.database.host.clone(),
-            db_port: self.cfg.database.port,
+            api_url: at.api_url,
+            db_host: at.db_host,
+            db_port: at.db_port,
             health: obs.local.health,
             role: obs.local.role,
             position: obs.local.position,
