@@ -1114,6 +1114,11 @@ fn checks_are_counted_across_iterations() {
         (Running, (u32::MAX, 0), (u32::MAX, 0)),
     ];
     for (health, before, after) in table {
-        assert_eq!(count_checks(health, before), after, "{health:?} after {before:?}");
+        assert_eq!(count_checks(health, true, before), after, "{health:?} after {before:?}");
+    }
+    // A new server process starts from nothing (seed 7122216).
+    let table = [(Unresponsive, (0, 4), (0, 1)), (Starting, (0, 4), (0, 0)), (Running, (9, 0), (1, 0))];
+    for (health, before, after) in table {
+        assert_eq!(count_checks(health, false, before), after, "{health:?} after {before:?}, new process");
     }
 }

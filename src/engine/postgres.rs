@@ -173,7 +173,8 @@ impl Postgres {
     /// The postmaster PID from `postmaster.pid`, if that process is alive.
     /// A dead postmaster that is still a zombie is reaped here.
     fn read_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.cfg.data_dir.join("postmaster.pid")).ok()?;
+        // Read without following a link: the directory is the database user's.
+        let text = crate::fs_safe::read_in(&self.cfg.data_dir, "postmaster.pid").ok().flatten()?;
         // A negative PID marks a single-user backend (pg_rewind runs one).
         let pid: i32 = text.lines().next()?.trim().parse::<i32>().ok()?.abs();
         if proc::is_zombie(pid) {

@@ -60,9 +60,10 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     peers_api: P,
-    /// Consecutive observations with the database running (for `rise`).
     /// Consecutive (good, failed) checks of the local database.
     checks: (u32, u32),
+    /// The server process those checks were of.
+    checked_pid: Option<i32>,
     /// etcd is unreachable and every member vouched for this leader in the
     /// last failsafe round.
     failsafe_active: bool,
@@ -152,6 +153,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             wake,
             peers_api,
             checks: (0, 0),
+            checked_pid: None,
             failsafe_active: false,
             known: BTreeMap::new(),
             known_seen: BTreeMap::new(),
@@ -244,7 +246,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     async fn iterate(&mut self) -> Result<()> {
         self.heartbeat_ok = false;
         let mut obs = self.engine.observe().await;
-        self.checks = crate::core::count_checks(obs.local.health, self.checks);
+        let pid = self.engine.server_pid();
+        let same_process = std::mem::replace(&mut self.checked_pid, pid) == pid;
+        self.checks = crate::core::count_checks(obs.local.health, same_process, self.checks);
         (obs.local.good_checks, obs.local.failed_checks) = self.checks;
         let loaded = self.dcs.load().await;
         let (cluster, dcs_error) = match loaded {
