@@ -22,6 +22,7 @@ use crate::position::Position;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub mod event_age;
 pub mod failsafe;
 pub mod members;
 pub mod rejoin;

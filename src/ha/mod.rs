@@ -15,12 +15,15 @@
 //!   the watchdog that fences when it lapses, the etcd failsafe;
 //! - `executor`: each action the core decides, on the database and in etcd;
 //! - `probes`: fresh looks at the peers while the key is vacant;
+//! - `failover_age`: how long ago the last automatic failover was, on
+//!   this node's monotonic clock (for hold_down);
 //! - `leader_watch`: whether the leader's member record keeps changing;
 //! - `history`: the record of each change of primary;
 //! - `sync`: the synchronous set (synchronous mode);
 //! - `publishing`: alerts, hooks, DNS, the member record, the snapshot.
 
 mod executor;
+mod failover_age;
 mod history;
 mod leader_watch;
 mod leadership;
@@ -85,6 +88,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     leader_lost_at: Option<Instant>,
     /// Whether the leader's member record keeps changing.
     leader_watch: leader_watch::LeaderWatch,
+    /// How long ago the last automatic failover was (for hold_down).
+    failover_age: failover_age::FailoverAge,
     /// Rejoins that failed in a row, and when the last one ended (backoff).
     rejoin_failures: u32,
     last_rejoin_failure: Option<Instant>,
@@ -165,6 +170,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             leader_lost_ms: None,
             leader_lost_at: None,
             leader_watch: leader_watch::LeaderWatch::default(),
+            failover_age: failover_age::FailoverAge::default(),
             rejoin_failures: 0,
             last_rejoin_failure: None,
             bad_values_logged: vec![],
@@ -353,11 +359,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 allow_data_loss: r.allow_data_loss,
                 age: Duration::from_millis(now_ms().saturating_sub(r.requested_ms)),
             }),
-            last_failover_age: c
-                .last_history
-                .as_ref()
-                .filter(|h| h.is_automatic_failover())
-                .map(|h| Duration::from_millis(now_ms().saturating_sub(h.at_ms))),
+            last_failover_age: self.failover_age.age(),
             last_primary: c.last_history.as_ref().map(|h| h.new_primary.clone()),
             released_by: c.incident.as_ref().map(|i| i.node.clone()).filter(|n| !n.is_empty()),
             last_primary_position: self.last_primary_position,
@@ -421,6 +423,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             .and_then(|l| c.members.get(&l.node))
             .filter(|m| m.health == crate::core::DbHealth::Running && m.role == Some(crate::core::DbRole::Primary));
         self.leader_watch.read(leader_rec, now, self.cfg.timing.loop_wait * 3);
+        self.failover_age.read(c.last_history.as_ref(), now, now_ms(), self.cfg.timing.loop_wait * 3);
         for b in &c.bad_values {
             if !self.bad_values_logged.contains(b) {
                 tracing::error!(key = %b.key, problem = %b.problem, "ignoring a bad value in etcd (only this key; everything else goes on)");
