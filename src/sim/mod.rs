@@ -974,10 +974,20 @@ fn serving_while_one_node_is_down(c: &Cluster, reported: &mut Reported) {
     }
     // A primary whose sidecar is dead takes writes out of vigil's reach:
     // no replica may promote beside it. Only a node watchdog ends that.
+    // The same holds while such a server does not answer (hung, or slow to
+    // take connections), even a standby: nobody can tell whether it is a
+    // primary whose open sessions still write (a fence made while etcd was
+    // down is in no record), so the replicas refuse by design, with the
+    // reason, until it answers or is gone (the 15-minute run, seeds
+    // 7114297, 7139209, 7177397).
     if !c.opts.watchdog {
         let w = c.world.lock();
         let now = Instant::now();
-        if (0..c.opts.nodes).any(|i| !w.sidecar_up[i] && w.dbs[i].accepts_writes(now)) {
+        let unsupervised = |i: usize| {
+            let d = &w.dbs[i];
+            !w.sidecar_up[i] && (d.accepts_writes(now) || (d.running() && (d.hung || d.slow_connects)))
+        };
+        if (0..c.opts.nodes).any(unsupervised) {
             return;
         }
     }
