@@ -3,7 +3,7 @@
 //! base backup of a real database takes hours and doubles its disk use), so
 //! both rules err on the side of waiting.
 
-use super::Policy;
+use super::{PeerDb, Policy};
 use std::time::Duration;
 
 /// What the loop saw of a replica that follows a leader.
@@ -20,6 +20,9 @@ pub struct StuckInputs {
     pub leader_refreshed_ago: Option<Duration>,
     /// How long the replica has been pointed at the leader without streaming.
     pub not_streaming_for: Option<Duration>,
+    /// A direct look from this node at the leader's database, taken only
+    /// when everything else says stuck (`needs_leader_probe`).
+    pub leader_db: Option<PeerDb>,
 }
 
 /// A replica pointed at a live, healthy leader that has not streamed for a
@@ -27,7 +30,19 @@ pub struct StuckInputs {
 /// not see: rewind it. The leader counts as live only while its member
 /// record keeps changing (within three loops): rewinding against a dead
 /// host fails and leaves the replica stopped.
+///
+/// The leader's database must also answer this node as a primary: a
+/// replica cut off from it (a partition between the two, etcd reachable)
+/// cannot be rewound from it, and stopping it for a rewind that fails only
+/// takes it down and piles up rejoin backoff, so it did not stream again
+/// for a minute after the partition healed (the 15-minute simulation run,
+/// seed 7110587: in synchronous mode the set could not shrink meanwhile).
 pub fn stuck_replica(p: &Policy, s: &StuckInputs) -> bool {
+    needs_leader_probe(p, s) && s.leader_db == Some(PeerDb::Writable)
+}
+
+/// Everything but the look at the leader's database says stuck: take it.
+pub fn needs_leader_probe(p: &Policy, s: &StuckInputs) -> bool {
     let leader_live = s.leader_refreshed_ago.is_some_and(|a| a <= p.loop_wait * 3);
     !s.streaming && s.pointed_at_leader && leader_live && s.not_streaming_for.is_some_and(|d| d > p.ttl)
 }
@@ -57,6 +72,7 @@ mod tests {
             pointed_at_leader: true,
             leader_refreshed_ago: Some(Duration::from_millis(400)),
             not_streaming_for: Some(Duration::from_secs(4)),
+            leader_db: Some(PeerDb::Writable),
         }
     }
 
@@ -73,6 +89,23 @@ mod tests {
         assert!(!stuck_replica(&policy(), &s));
         let s = StuckInputs { leader_refreshed_ago: None, ..stuck() };
         assert!(!stuck_replica(&policy(), &s));
+    }
+
+    /// Seed 7110587: a replica that cannot reach the leader's database is
+    /// not stopped for a rewind that cannot work.
+    #[test]
+    fn a_replica_that_cannot_reach_the_leaders_database_is_not_rewound() {
+        for (db, rewound) in [
+            (Some(PeerDb::Writable), true),
+            (Some(PeerDb::Unreachable), false),
+            (Some(PeerDb::Silent), false),
+            (Some(PeerDb::ReadOnly), false),
+            (None, false),
+        ] {
+            let s = StuckInputs { leader_db: db, ..stuck() };
+            assert!(needs_leader_probe(&policy(), &s));
+            assert_eq!(stuck_replica(&policy(), &s), rewound, "{db:?}");
+        }
     }
 
     #[test]

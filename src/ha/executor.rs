@@ -355,12 +355,16 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.not_streaming_since.get_or_insert_with(Instant::now);
         }
         let leader_refreshed_ago = self.leader_watch.refreshed_ago(&up.node);
-        let s = core::rejoin::StuckInputs {
+        let mut s = core::rejoin::StuckInputs {
             streaming: obs.local.streaming,
             pointed_at_leader: pointed,
             leader_refreshed_ago,
             not_streaming_for: self.not_streaming_since.map(|t| t.elapsed()),
+            leader_db: None,
         };
+        if core::rejoin::needs_leader_probe(&self.policy, &s) {
+            s.leader_db = Some(self.engine.probe_writable(&up.host, up.port).await);
+        }
         if core::rejoin::stuck_replica(&self.policy, &s) {
             tracing::warn!(leader = %up.node, "not streaming from a live primary for {:?}; rewinding", s.not_streaming_for.unwrap_or_default());
             self.not_streaming_since = None;
