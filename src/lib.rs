@@ -18,6 +18,7 @@ pub mod gtid;
 pub mod ha;
 pub mod lab;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod peers;
 pub mod position;

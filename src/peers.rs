@@ -75,7 +75,16 @@ impl PeerApi for HttpPeers {
             Err(e) if connection_refused(&e) => return MemberAnswer::NotRunning,
             Err(_) => return MemberAnswer::Silent,
         };
-        r.json().await.map_or(MemberAnswer::Silent, |rec| MemberAnswer::Record(Box::new(rec)))
+        // Checked like a record read from etcd; a bad answer is named in
+        // the log and counts as no answer.
+        let rec = r.json::<MemberRecord>().await.map_err(|e| format!("{e:#}")).and_then(|rec| rec.check(&rec.node).map(|_| rec));
+        match rec {
+            Ok(rec) => MemberAnswer::Record(Box::new(rec)),
+            Err(problem) => {
+                tracing::warn!(%api_url, %problem, "ignoring a malformed answer from a peer's GET /member");
+                MemberAnswer::Silent
+            }
+        }
     }
 
     async fn failsafe(&self, api_url: &str, ask: &FailsafeAsk) -> Result<(), String> {
@@ -90,14 +99,7 @@ impl PeerApi for HttpPeers {
 /// The peer's host answered the TCP connection with a refusal: nothing
 /// listens on the port (an error chain's `io::Error`, as reqwest wraps it).
 fn connection_refused(e: &reqwest::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
-            return true;
-        }
-        src = s.source();
-    }
-    false
+    crate::net::io_error_in_chain(e, &[std::io::ErrorKind::ConnectionRefused])
 }
 
 #[cfg(test)]
@@ -121,5 +123,42 @@ mod tests {
         let port = mute.local_addr().unwrap().port();
         let e = http.get(format!("http://127.0.0.1:{port}/member")).send().await.unwrap_err();
         assert!(!connection_refused(&e), "{e:?}");
+    }
+
+    /// A peer's answer is checked like a record read from etcd: a hostile
+    /// host (it would end up in `primary_conninfo`) or a shape that is not
+    /// a member record counts as no answer; a good one is read.
+    #[tokio::test]
+    async fn a_malformed_member_answer_counts_as_silence() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        crate::tls::install_default_provider();
+        let good = serde_json::json!({
+            "node": "pg1", "api_url": "http://127.0.0.1:8008", "db_host": "127.0.0.1", "db_port": 5432,
+            "health": "running", "role": "replica", "position": null, "receive_lsn": null, "replay_lsn": null,
+            "streaming": true, "upstream": null, "lag_seconds": null, "lag_bytes": null, "priority": 100,
+            "eligible": true, "ineligible_reason": null, "state": "x", "refusal": null, "term": null,
+            "paused": false, "updated_ms": 1, "version": "0"
+        })
+        .to_string();
+        let hostile = good.replace(r#""db_host":"127.0.0.1""#, r#""db_host":"h' host=evil""#);
+        assert_ne!(hostile, good);
+        let peers = HttpPeers::new(&crate::config::ApiConfig::default()).unwrap();
+        for (body, answered) in [(good.clone(), true), (hostile, false), ("{\"node\": 7}".to_string(), false)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(reply.as_bytes()).await.unwrap();
+            });
+            let answer = peers.member(&format!("http://127.0.0.1:{port}")).await;
+            assert_eq!(answer.sidecar() == PeerSidecar::Answered, answered, "{answer:?}");
+            server.await.unwrap();
+        }
     }
 }

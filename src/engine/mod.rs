@@ -194,16 +194,7 @@ pub trait Engine: Send + Sync + 'static {
 /// listens) or no route to the host (an `io::Error` in the chain).
 pub(crate) fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable};
-    let mut src = Some(e);
-    while let Some(s) = src {
-        if s.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable))
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
+    crate::net::io_error_in_chain(e, &[ConnectionRefused, HostUnreachable, NetworkUnreachable, AddrNotAvailable])
 }
 
 /// What a probe of a peer's database that got no answer ran into: a server

@@ -28,13 +28,19 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     ///   at all and promoted beside it (the 15-minute run, seed 7232913).
     pub(super) async fn probe_peers(&self, upstream: Option<&str>, last: Option<&HistoryRecord>) -> Vec<PeerObs> {
         let known_at = |host: &str, port: u16| self.known.values().any(|m| m.db_host == host && m.db_port == port);
-        let mut extra: Vec<(String, String, u16, Option<String>)> = vec![];
+        // (label, database host, port, the sidecar's URL and node name)
+        let mut extra: Vec<(String, String, u16, Option<(String, String)>)> = vec![];
         if let Some(a) = last
             .filter(|h| h.new_primary != self.cfg.node && !self.known.contains_key(&h.new_primary))
             .and_then(|h| h.new_primary_at.as_ref().map(|a| (h.new_primary.clone(), a)))
         {
             if !known_at(&a.1.db_host, a.1.db_port) {
-                extra.push((format!("{} (the last primary)", a.0), a.1.db_host.clone(), a.1.db_port, Some(a.1.api_url.clone())));
+                extra.push((
+                    format!("{} (the last primary)", a.0),
+                    a.1.db_host.clone(),
+                    a.1.db_port,
+                    Some((a.1.api_url.clone(), a.0.clone())),
+                ));
             }
         }
         if let Some((host, port)) =
@@ -47,7 +53,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let extra_probes = futures_util::future::join_all(extra.into_iter().map(|(node, host, port, api)| async move {
             let sidecar = async {
                 match &api {
-                    Some(url) => self.fetch_member(url).await.sidecar(),
+                    Some((url, node)) => match self.fetch_member(url).await {
+                        // A record for another node says nothing about this one.
+                        crate::peers::MemberAnswer::Record(r) if r.node != *node => PeerSidecar::Silent,
+                        a => a.sidecar(),
+                    },
                     None => PeerSidecar::Unknown,
                 }
             };
@@ -58,6 +68,15 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             let m = m.clone();
             async move {
                 let (db, answer) = tokio::join!(self.engine.probe_writable(&m.db_host, m.db_port), self.fetch_member(&m.api_url));
+                // A record for another node (a misconfigured api_url) says
+                // nothing about this one.
+                let answer = match answer {
+                    crate::peers::MemberAnswer::Record(r) if r.node != m.node => {
+                        tracing::warn!(member = %m.node, answered = %r.node, api_url = %m.api_url, "a peer's api_url answers for another node; ignored");
+                        crate::peers::MemberAnswer::Silent
+                    }
+                    a => a,
+                };
                 let sidecar = answer.sidecar();
                 let rec = answer.record().or_else(|| self.shared.get().cluster.members.get(&m.node).cloned());
                 PeerObs {

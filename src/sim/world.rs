@@ -458,13 +458,19 @@ impl WorldInner {
             return;
         }
         let w: Vec<usize> = w.into_iter().filter(|i| !orphan(i)).collect();
-        let fresh = |i: &usize| self.dbs[*i].resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE);
+        let fresh = |i: &usize| self.just_resumed(*i, now);
         if w.iter().filter(|i| !fresh(i)).count() > 1 || w.iter().all(fresh) {
             let names: Vec<String> = w.iter().map(|i| self.dbs[*i].name.clone()).collect();
             self.violation(format!("two nodes acknowledge client writes: {}", names.join(", ")));
         } else {
             self.resume_window += 1;
         }
+    }
+
+    /// Node `i`'s server resumed from a freeze within `RESUME_GRACE`: the
+    /// window its own sidecar (or the node watchdog) has to fence it.
+    fn just_resumed(&self, i: usize, now: Instant) -> bool {
+        self.dbs[i].resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE)
     }
 
     /// Safety: a node is never promoted while another node's database within
@@ -480,7 +486,7 @@ impl WorldInner {
                 && self.link(i, j)
                 && [(i, j), (j, i)].iter().all(|p| self.healed_at.get(p).is_none_or(|t| now.duration_since(*t) >= REACH_GRACE))
                 && self.acknowledges(j, now)
-                && self.dbs[j].resumed_at.is_none_or(|t| now.duration_since(t) >= RESUME_GRACE)
+                && !self.just_resumed(j, now)
         });
         if let Some(j) = writer {
             let (a, b) = (self.dbs[i].name.clone(), self.dbs[j].name.clone());
