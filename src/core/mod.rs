@@ -462,6 +462,15 @@ fn secs(d: Duration) -> String {
 }
 
 /// Decides what to do this iteration. Pure: same inputs, same decision.
+/// The leader lease held by this process was not renewed for `ttl -
+/// safety_margin` (or never was): its database must stop taking writes
+/// before anyone else can take the key. One rule for the loop's decision,
+/// the lease watchdog and the cancellation of a long action.
+pub fn lease_lapsing(lease: &LeaseState, p: &Policy) -> bool {
+    let fence_at = p.ttl.saturating_sub(p.safety_margin);
+    lease.held && lease.renewed_ago.is_none_or(|a| a >= fence_at)
+}
+
 pub fn decide(i: &Inputs) -> Decision {
     let elig = eligibility(i);
     let p = &i.policy;
@@ -470,7 +479,7 @@ pub fn decide(i: &Inputs) -> Decision {
     // its lease in time makes its database read-only before anyone else
     // can take the key.
     let fence_at = p.ttl.saturating_sub(p.safety_margin);
-    let lease_lapsing = i.lease.held && i.lease.renewed_ago.is_none_or(|a| a >= fence_at);
+    let lease_lapsing = lease_lapsing(&i.lease, p);
     let paused = i.view.as_ref().is_some_and(|v| v.paused);
 
     let Some(view) = &i.view else {

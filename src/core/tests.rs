@@ -99,6 +99,19 @@ fn healthy_leader_writes_heartbeat() {
     assert_eq!(actions(&i), vec![Action::WriteHeartbeat]);
 }
 
+/// One rule for the loop, the lease watchdog and a long action's
+/// cancellation: not renewed for ttl - safety_margin (8 s here), or never.
+#[test]
+fn a_held_lease_lapses_at_ttl_minus_the_safety_margin() {
+    let s = Duration::from_secs;
+    // (held, renewed ago) -> lapsing
+    let table =
+        [(true, Some(s(7)), false), (true, Some(s(8)), true), (true, None, true), (false, None, false), (false, Some(s(60)), false)];
+    for (held, renewed_ago, lapsing) in table {
+        assert_eq!(lease_lapsing(&LeaseState { held, renewed_ago }, &policy()), lapsing, "{held} {renewed_ago:?}");
+    }
+}
+
 #[test]
 fn leader_whose_lease_is_lapsing_fences_itself() {
     let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), ..View::default() });

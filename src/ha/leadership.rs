@@ -43,9 +43,9 @@ impl Renewals {
         *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Not renewed within `limit` (or never).
-    pub(super) fn older_than(&self, limit: Duration) -> bool {
-        self.last().is_none_or(|t| t.elapsed() >= limit)
+    /// The lease this process holds (`held`) is lapsing (`core::lease_lapsing`).
+    pub(super) fn lapsing(&self, held: bool, policy: &core::Policy) -> bool {
+        core::lease_lapsing(&core::LeaseState { held, renewed_ago: self.last().map(|t| t.elapsed()) }, policy)
     }
 }
 
@@ -67,11 +67,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         // must not finish an action for a loop and a deadline before it
         // fences (found by the simulation, seed 5012989).
         let lapsed = {
-            let (dcs, renewal, paused) = (Arc::clone(&dcs), Arc::clone(&renewal), Arc::clone(&paused));
+            let (dcs, renewal, paused, policy) = (Arc::clone(&dcs), Arc::clone(&renewal), Arc::clone(&paused), self.policy.clone());
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.older_than(limit) {
+                    if !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.lapsing(dcs.holds_leader(), &policy) {
                         return format!("the leader lease was not renewed for {limit:?} while {what}; cancelled");
                     }
                 }
@@ -143,7 +143,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let (renewal, paused, owner) = (Arc::clone(&self.renewals), Arc::clone(&self.paused), Arc::clone(&self.db_owner));
         let limit = self.cfg.timing.ttl.saturating_sub(self.cfg.timing.safety_margin);
         let renewals = Arc::clone(&renewal);
-        let lapsed = move || dcs.holds_leader() && !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.older_than(limit);
+        let policy = self.policy.clone();
+        let lapsed = move || !paused.load(std::sync::atomic::Ordering::Relaxed) && renewal.lapsing(dcs.holds_leader(), &policy);
         let dcs = Arc::clone(&self.dcs);
         async move {
             loop {
