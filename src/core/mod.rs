@@ -553,8 +553,16 @@ fn lead(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             d.act(Action::WriteHeartbeat)
         }
         (DbHealth::Running, Some(DbRole::Replica)) => {
-            // Holds the key but not promoted yet (e.g. its sidecar died
-            // between the two steps): finish the promotion.
+            // Holds the key but not promoted yet (its sidecar died between
+            // the two steps, or it fenced itself when its lease looked
+            // lapsed while etcd had kept it): finish the promotion, under
+            // the same rule as any promotion. A peer that accepts writes
+            // meanwhile (a frozen old primary resumed without its sidecar)
+            // holds it up (the 30-minute simulation run, seed 7338080).
+            if let Some((kind, why)) = peer_writer_refusal(i) {
+                d.state = "leader key held; not promoting beside a writable peer".into();
+                return d.refuse(kind, why);
+            }
             d.state = "leader key held; promoting".into();
             d.act(Action::Promote)
         }
@@ -813,32 +821,13 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     // accept writes. (A running primary competes with writable peers on
     // freshness instead, below.)
     if !me_primary {
-        if let Some(w) = i.peers.iter().find(|p| p.writable()) {
-            d.state = "no leader; a peer is still writable".into();
-            return d.refuse(RefusalKind::PeerWritable, format!("{} still accepts writes; not promoting while it does", w.node));
-        }
-        // A server that takes connections but did not say whether it
-        // accepts writes, with no sidecar beside it, may be a primary
-        // nobody will fence (its sidecar died after promoting it): one slow
-        // answer under load is not proof that it is gone (seen in CI: a
-        // replica promoted beside such a server). A silent server whose
-        // sidecar is silent too is a frozen or lost node, fenced by its own
-        // sidecar's lease watchdog on resuming, so it does not hold up the
-        // failover that exists for it. A server known only as this
-        // replica's upstream has no sidecar anyone can ask: it is treated
-        // as unsupervised (the 15-minute run, seeds 7212407 and 7217998: a
-        // sidecar restarted while the key was vacant knew the dead leader's
-        // server only from `primary_conninfo`, and promoted beside it when
-        // it was slow to take connections).
-        if let Some(w) = i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar.none_known()) {
-            d.state = "no leader; a peer's database without a sidecar did not answer".into();
-            return d.refuse(
-                RefusalKind::PeerUnsupervised,
-                format!(
-                    "{}'s database takes connections but did not say whether it accepts writes, and no sidecar runs beside it to fence it; not promoting until it answers or is gone",
-                    w.node
-                ),
-            );
+        if let Some((kind, why)) = peer_writer_refusal(i) {
+            d.state = match kind {
+                RefusalKind::PeerWritable => "no leader; a peer is still writable",
+                _ => "no leader; a peer's database without a sidecar did not answer",
+            }
+            .into();
+            return d.refuse(kind, why);
         }
     }
 
@@ -1157,11 +1146,47 @@ pub fn stale_replica(l: &LocalObs, p: &Policy, lost: LeaderLoss, was_last_primar
     }
 }
 
-/// Whether a race for the vacant key needs fresh looks at the peers. The
-/// last recorded primary, still writable, retakes its own key: no peer can
-/// be fresher and none is waited for, so it must not wait for probes of
-/// peers that may be out of reach while its database takes writes without
-/// a key (the simulation's seed 1001113).
-pub fn needs_peer_probes(local: &LocalObs, last_primary: Option<&str>, me: &str) -> bool {
-    !(local.writable() && last_primary == Some(me))
+/// Whether this loop needs fresh looks at the peers: in a race for the
+/// vacant key, and when this node holds the key with its database still a
+/// replica (it is about to finish a promotion, which must not happen
+/// beside a writable peer either). The last recorded primary, still
+/// writable, retakes its own key: no peer can be fresher and none is
+/// waited for, so it must not wait for probes of peers that may be out of
+/// reach while its database takes writes without a key (the simulation's
+/// seed 1001113).
+pub fn needs_peer_probes(local: &LocalObs, key_holder: Option<&str>, last_primary: Option<&str>, me: &str) -> bool {
+    match key_holder {
+        None => !(local.writable() && last_primary == Some(me)),
+        Some(holder) => holder == me && local.role == Some(DbRole::Replica),
+    }
+}
+
+/// A peer beside which no node may be promoted: its database accepts
+/// writes, or takes connections without saying whether it does while no
+/// sidecar runs beside it to fence it.
+fn peer_writer_refusal(i: &Inputs) -> Option<(RefusalKind, String)> {
+    if let Some(w) = i.peers.iter().find(|p| p.writable()) {
+        return Some((RefusalKind::PeerWritable, format!("{} still accepts writes; not promoting while it does", w.node)));
+    }
+    // A server that takes connections but did not say whether it accepts
+    // writes, with no sidecar beside it, may be a primary nobody will fence
+    // (its sidecar died after promoting it): one slow answer under load is
+    // not proof that it is gone (seen in CI: a replica promoted beside such
+    // a server). A silent server whose sidecar is silent too is a frozen or
+    // lost node, fenced by its own sidecar's lease watchdog on resuming, so
+    // it does not hold up the failover that exists for it. A server known
+    // only as this replica's upstream has no sidecar anyone can ask: it is
+    // treated as unsupervised (the 15-minute run, seeds 7212407 and
+    // 7217998: a sidecar restarted while the key was vacant knew the dead
+    // leader's server only from `primary_conninfo`, and promoted beside it
+    // when it was slow to take connections).
+    i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar.none_known()).map(|w| {
+        (
+            RefusalKind::PeerUnsupervised,
+            format!(
+                "{}'s database takes connections but did not say whether it accepts writes, and no sidecar runs beside it to fence it; not promoting until it answers or is gone",
+                w.node
+            ),
+        )
+    })
 }

@@ -1106,10 +1106,37 @@ fn synchronous_mode_with_the_sync_key_gone_after_a_primary_existed_refuses() {
 
 #[test]
 fn only_the_writable_last_primary_skips_peer_probes() {
-    assert!(!needs_peer_probes(&primary(100), Some("pg1"), "pg1"));
-    assert!(needs_peer_probes(&primary(100), Some("pg2"), "pg1"), "a former primary competes");
-    assert!(needs_peer_probes(&replica(100), Some("pg1"), "pg1"));
-    assert!(needs_peer_probes(&primary(100), None, "pg1"), "no history: a new cluster");
+    assert!(!needs_peer_probes(&primary(100), None, Some("pg1"), "pg1"));
+    assert!(needs_peer_probes(&primary(100), None, Some("pg2"), "pg1"), "a former primary competes");
+    assert!(needs_peer_probes(&replica(100), None, Some("pg1"), "pg1"));
+    assert!(needs_peer_probes(&primary(100), None, None, "pg1"), "no history: a new cluster");
+    // A key holder looks only when it is about to finish a promotion.
+    assert!(needs_peer_probes(&replica(100), Some("pg1"), Some("pg1"), "pg1"));
+    assert!(!needs_peer_probes(&primary(100), Some("pg1"), Some("pg1"), "pg1"));
+    assert!(!needs_peer_probes(&replica(100), Some("pg2"), Some("pg2"), "pg1"), "a follower does not probe");
+}
+
+/// A node that holds the key with its database still a replica finishes
+/// the promotion only under the rule of any promotion: not beside a peer
+/// that accepts writes, nor beside a silent one with no sidecar (seed
+/// 7338080: it had fenced itself when its lease looked lapsed, etcd had
+/// kept the key, and a frozen old primary had resumed without its sidecar).
+#[test]
+fn a_key_holder_does_not_finish_a_promotion_beside_a_writer() {
+    let view = View { leader: leader("pg2"), ..View::default() };
+    for (db, sidecar, promotes) in [
+        (PeerDb::Writable, PeerSidecar::NotRunning, false),
+        (PeerDb::Silent, PeerSidecar::NotRunning, false),
+        (PeerDb::ReadOnly, PeerSidecar::Answered, true),
+        (PeerDb::Unreachable, PeerSidecar::Silent, true),
+    ] {
+        let mut i = inputs("pg2", replica(1000), view.clone());
+        i.lease = held();
+        i.peers = vec![PeerObs { node: "pg1".into(), db, candidate: None, sidecar }];
+        let d = decide(&i);
+        assert_eq!(d.actions.contains(&Action::Promote), promotes, "{db:?} {sidecar:?}: {d:?}");
+        assert_eq!(d.refusal.is_some(), !promotes, "{d:?}");
+    }
 }
 
 #[test]

@@ -293,7 +293,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.leader_lost_at = None;
         }
         let last_primary = cluster.as_ref().and_then(|c| c.last_history.as_ref()).map(|h| h.new_primary.as_str());
-        let probe = vacant && core::needs_peer_probes(&obs.local, last_primary, &self.cfg.node);
+        let holder = cluster.as_ref().and_then(|c| c.leader.as_ref()).map(|l| l.node.as_str());
+        let probe = cluster.is_some() && core::needs_peer_probes(&obs.local, holder, last_primary, &self.cfg.node);
         let last = cluster.as_ref().and_then(|c| c.last_history.as_ref());
         let peers = if probe { self.probe_peers(obs.upstream.as_deref(), last).await } else { vec![] };
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
@@ -308,11 +309,19 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             // they are renewed beside the action, and a lease that lapses
             // anyway cancels it (the database is fenced next).
             let beside = self.keep_alive_beside(action);
-            let result = tokio::select! {
+            let (result, cancelled) = tokio::select! {
                 biased;
-                r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => r,
-                why = beside => Err(anyhow::anyhow!(why)),
+                r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => (r, false),
+                why = beside => (Err(anyhow::anyhow!(why)), true),
             };
+            if cancelled && *action == core::Action::Promote {
+                // The history record written when the key was won names a
+                // primary that never was: left in place, it held every
+                // replica down for hold_down after a promotion cancelled
+                // by a lapsing lease under a slow etcd (the 30-minute
+                // simulation run, seed 7344143).
+                self.forget_history_of_this_term().await;
+            }
             if let Err(e) = result {
                 tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
                 outcome = Err(e);

@@ -283,6 +283,8 @@ impl Engine for FakePostgres {
         let (t, pid) = {
             let mut w = self.world.lock();
             w.dbs[self.me].promote_requested = true;
+            let msg = format!("{}: promotion requested", w.dbs[self.me].name);
+            w.note(msg);
             (w.action_time(50, 300), w.dbs[self.me].proc)
         };
         self.maybe_crash_during(t);
