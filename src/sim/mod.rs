@@ -858,11 +858,15 @@ async fn tick(c: Arc<Cluster>) {
         c.store.tick();
         let crash: Vec<usize> = {
             let mut w = c.world.lock();
+            // Who holds the key is known before this tick's writes are
+            // acknowledged: the lease may have just expired (seed 7358950:
+            // an orphan primary's write acknowledged in the tick its key
+            // expired counted as acknowledged under the key).
+            let leader = c.store.leader();
+            w.key_holder = leader.clone();
             w.replicate();
             w.write();
             w.check_writers();
-            let leader = c.store.leader();
-            w.key_holder = leader.clone();
             if leader != last_leader {
                 w.note(format!("leader key: {}", leader.clone().unwrap_or_else(|| "(vacant)".into())));
                 // Liveness while faults run: a leader keeps its key unless
