@@ -126,6 +126,9 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     /// Synchronous mode: departed members and the primary's position when
     /// each was first seen disconnected (see `core::sync_set`).
     sync_marks: BTreeMap<String, Lsn>,
+    /// The `sync` key as this leader last wrote it, while it leads: the
+    /// set it keeps when the key reads as garbage or vanishes.
+    sync_written: Option<crate::dcs::SyncRecord>,
 }
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
@@ -193,6 +196,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             dns_results: tokio::sync::mpsc::unbounded_channel(),
             vetoed_at: None,
             sync_marks: BTreeMap::new(),
+            sync_written: None,
             db_owner: Arc::default(),
         }
     }
