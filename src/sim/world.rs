@@ -266,9 +266,13 @@ impl crate::watchdog::WatchdogDevice for SimWatchdogDevice {
 }
 
 /// How long a restarted sidecar may take to fence a writable primary it
-/// finds without a key: its first look (an etcd request timeout, the
-/// fence, a loop).
-pub const START_GRACE: Duration = Duration::from_secs(3);
+/// finds without a key: two looks (a server resumed from a freeze answers
+/// a moment after its sidecar, so the first look can find it unresponsive),
+/// each up to a query timeout and an etcd request timeout (1 s each), a
+/// loop between them (1 s by default), and the fence (the 30-minute run,
+/// seed 7577612: fenced 3.2 s after a resume; until then such a primary is
+/// an orphan, the node watchdog's to reset).
+pub const START_GRACE: Duration = Duration::from_millis(5500);
 
 /// How long a healed link must have been up before a promotion counts as
 /// made "within reach" of a writer behind it: the decision rests on probes
