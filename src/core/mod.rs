@@ -471,6 +471,16 @@ pub fn lease_lapsing(lease: &LeaseState, p: &Policy) -> bool {
     lease.held && lease.renewed_ago.is_none_or(|a| a >= fence_at)
 }
 
+/// The database may be opened for writes (promoted, or started again as
+/// primary) only under a held lease that is not lapsing: checked again
+/// right before the step, since a node frozen in the middle of an action
+/// resumes with the action's next step before anything else runs (the
+/// 30-minute simulation run, seed 7555058: a hand-over abandoned after a
+/// freeze started the old primary writable beside the new one).
+pub fn may_open_for_writes(lease: &LeaseState, p: &Policy) -> bool {
+    lease.held && !lease_lapsing(lease, p)
+}
+
 pub fn decide(i: &Inputs) -> Decision {
     let elig = eligibility(i);
     let p = &i.policy;

@@ -108,7 +108,10 @@ fn a_held_lease_lapses_at_ttl_minus_the_safety_margin() {
     let table =
         [(true, Some(s(7)), false), (true, Some(s(8)), true), (true, None, true), (false, None, false), (false, Some(s(60)), false)];
     for (held, renewed_ago, lapsing) in table {
-        assert_eq!(lease_lapsing(&LeaseState { held, renewed_ago }, &policy()), lapsing, "{held} {renewed_ago:?}");
+        let lease = LeaseState { held, renewed_ago };
+        assert_eq!(lease_lapsing(&lease, &policy()), lapsing, "{held} {renewed_ago:?}");
+        // Opening the database for writes needs a held lease that is not lapsing.
+        assert_eq!(may_open_for_writes(&lease, &policy()), held && !lapsing, "{held} {renewed_ago:?}");
     }
 }
 

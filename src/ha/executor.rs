@@ -151,6 +151,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 self.manage_sync(super::sync::SyncMoment::Promoting { at: obs.local.position }, cluster)
                     .await
                     .context("set the synchronous standbys before promotion")?;
+                if !self.may_open_for_writes() {
+                    self.forget_history_of_this_term().await;
+                    bail!("the leader lease lapsed before the promotion could start; not promoting");
+                }
                 let t0 = Instant::now();
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
@@ -309,6 +313,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         Ok(())
     }
 
+    /// `core::may_open_for_writes`, asked right before the step.
+    fn may_open_for_writes(&self) -> bool {
+        let lease = core::LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) };
+        core::may_open_for_writes(&lease, &self.policy)
+    }
+
     pub(super) fn upstream(&self, leader: &str) -> Result<Upstream> {
         let m = self.known.get(leader).with_context(|| format!("no member record for leader {leader}"))?;
         Ok(Upstream {
@@ -407,6 +417,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 break;
             }
             if Instant::now() > deadline {
+                if !self.may_open_for_writes() {
+                    bail!("switchover to {to} abandoned, and the leader lease lapsed meanwhile: not starting again as primary");
+                }
                 tracing::error!(%to, "switchover abandoned: target did not receive the shutdown checkpoint; starting again as primary");
                 self.engine.resume_as_primary().await?;
                 let why = format!("switchover to {to} abandoned: it did not receive all WAL within switchover_timeout");
