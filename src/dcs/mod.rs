@@ -106,6 +106,12 @@ pub enum HistoryKind {
     ManualFailover,
     /// The cluster's first primary.
     Bootstrap,
+    /// The last recorded primary took its own key back and promoted again
+    /// (it had fenced itself, say when its lease looked lapsed under a slow
+    /// etcd): no change of primary, so no hold-down. Recorded as a failover,
+    /// it held every replica down for `hold_down` while the retaking node
+    /// deferred to one of them (the 30-minute simulation run, seed 7441453).
+    Retake,
 }
 
 impl HistoryKind {
@@ -115,6 +121,7 @@ impl HistoryKind {
             HistoryKind::Switchover => "switchover",
             HistoryKind::ManualFailover => "manual_failover",
             HistoryKind::Bootstrap => "bootstrap",
+            HistoryKind::Retake => "retake",
         }
     }
 }

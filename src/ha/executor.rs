@@ -156,6 +156,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     bail!("the leader lease lapsed before the promotion could start; not promoting");
                 }
                 let t0 = Instant::now();
+                self.promote_sent = true;
                 if let Err(e) = self.engine.promote().await {
                     tracing::error!(error = %format!("{e:#}"), "promotion failed; releasing the leader key");
                     self.event(

@@ -15,6 +15,9 @@ pub(super) fn history_kind(cluster: Option<&ClusterState>, me: &str, term: i64) 
     if let Some(h) = cluster.and_then(|c| c.last_history.as_ref()).filter(|h| h.term == term) {
         return h.kind;
     }
+    if cluster.and_then(|c| c.last_history.as_ref()).is_some_and(|h| h.new_primary == me) {
+        return HistoryKind::Retake;
+    }
     match cluster.and_then(|c| c.request.as_ref()).filter(|r| r.to == me && r.refused.is_none()).map(|r| r.kind) {
         Some(crate::core::RequestKind::Switchover) => HistoryKind::Switchover,
         Some(crate::core::RequestKind::Failover) => HistoryKind::ManualFailover,
@@ -121,6 +124,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             HistoryKind::Switchover => format!("planned switchover from {}", req.as_ref().and_then(|r| r.from.clone()).unwrap_or_default()),
             HistoryKind::ManualFailover => format!("manual failover to {}", self.cfg.node),
             HistoryKind::Bootstrap => "first leader of the cluster".into(),
+            HistoryKind::Retake => format!("{} took its own leader key back and promoted again", self.cfg.node),
             _ => match incident.as_ref().filter(|i| !i.node.is_empty()) {
                 Some(i) => format!("{}: {}", i.node, i.reason),
                 None => format!("leader key of {} expired: node or sidecar lost", self.last_leader.clone().unwrap_or_else(|| "?".into())),
@@ -177,5 +181,62 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         self.my_history = Some(rec.clone());
         self.pending_history = Some(rec);
         self.publish_dns(term);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(term: i64, kind: HistoryKind, new_primary: &str) -> HistoryRecord {
+        HistoryRecord {
+            term,
+            kind,
+            reason: String::new(),
+            old_primary: None,
+            new_primary: new_primary.into(),
+            at_ms: 1,
+            steps: vec![],
+            candidates: vec![],
+            old_position: None,
+            new_position: None,
+            new_primary_at: None,
+        }
+    }
+
+    /// What a promotion is recorded as: the record written when the key
+    /// was won decides; the last primary taking its own key back is a
+    /// retake, which starts no hold-down (seed 7441453); an operator's
+    /// request names a switchover or a manual failover; the first primary
+    /// is the bootstrap; anything else is an automatic failover.
+    #[test]
+    fn a_promotion_is_recorded_as_what_it_is() {
+        let with = |last: Option<HistoryRecord>, to: Option<(&str, crate::core::RequestKind)>| ClusterState {
+            last_history: last,
+            request: to.map(|(to, kind)| RequestRecord {
+                kind,
+                from: None,
+                to: to.into(),
+                allow_data_loss: false,
+                requested_ms: 1,
+                steps: vec![],
+                refused: None,
+            }),
+            ..ClusterState::default()
+        };
+        use crate::core::RequestKind::{Failover, Switchover};
+        let table = [
+            (with(Some(record(9, HistoryKind::Switchover, "pg2")), None), HistoryKind::Switchover),
+            (with(Some(record(5, HistoryKind::Failover, "pg2")), None), HistoryKind::Retake),
+            (with(Some(record(5, HistoryKind::Failover, "pg1")), Some(("pg2", Switchover))), HistoryKind::Switchover),
+            (with(Some(record(5, HistoryKind::Failover, "pg1")), Some(("pg2", Failover))), HistoryKind::ManualFailover),
+            (with(None, None), HistoryKind::Bootstrap),
+            (with(Some(record(5, HistoryKind::Failover, "pg1")), None), HistoryKind::Failover),
+            (with(Some(record(5, HistoryKind::Failover, "pg1")), Some(("pg3", Switchover))), HistoryKind::Failover),
+        ];
+        for (cluster, kind) in table {
+            assert_eq!(history_kind(Some(&cluster), "pg2", 9), kind, "{cluster:?}");
+        }
+        assert!(!record(9, HistoryKind::Retake, "pg2").is_automatic_failover());
     }
 }

@@ -129,6 +129,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     /// The `sync` key as this leader last wrote it, while it leads: the
     /// set it keeps when the key reads as garbage or vanishes.
     sync_written: Option<crate::dcs::SyncRecord>,
+    /// The action under way asked the database to promote.
+    promote_sent: bool,
 }
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
@@ -197,6 +199,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             vetoed_at: None,
             sync_marks: BTreeMap::new(),
             sync_written: None,
+            promote_sent: false,
             db_owner: Arc::default(),
         }
     }
@@ -312,18 +315,23 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             // Long actions never hold up the lease and the member record:
             // they are renewed beside the action, and a lease that lapses
             // anyway cancels it (the database is fenced next).
+            self.promote_sent = false;
             let beside = self.keep_alive_beside(action);
             let (result, cancelled) = tokio::select! {
                 biased;
                 r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => (r, false),
                 why = beside => (Err(anyhow::anyhow!(why)), true),
             };
-            if cancelled && *action == core::Action::Promote {
-                // The history record written when the key was won names a
-                // primary that never was: left in place, it held every
+            if cancelled && *action == core::Action::Promote && !self.promote_sent {
+                // Cancelled before the database was asked to promote: the
+                // history record written when the key was won names a
+                // primary that never was. Left in place, it held every
                 // replica down for hold_down after a promotion cancelled
                 // by a lapsing lease under a slow etcd (the 30-minute
-                // simulation run, seed 7344143).
+                // simulation run, seed 7344143). Once the database was
+                // asked, it may have promoted: the record stays, or the
+                // rules about the last primary would see an older one
+                // while this node's timeline is the newest (seed 7441453).
                 self.forget_history_of_this_term().await;
             }
             if let Err(e) = result {
