@@ -11,6 +11,10 @@ use crate::peers::PeerApi;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A server no known member names, to look at: (label, database host,
+/// port, its sidecar's URL and node name if known).
+type ExtraTarget = (String, String, u16, Option<(String, String)>);
+
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Fresh looks at every other member: its database (writable?) and its
     /// sidecar (position, eligibility), in parallel.
@@ -28,8 +32,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     ///   at all and promoted beside it (the 15-minute run, seed 7232913).
     pub(super) async fn probe_peers(&self, upstream: Option<&str>, last: Option<&HistoryRecord>) -> Vec<PeerObs> {
         let known_at = |host: &str, port: u16| self.known.values().any(|m| m.db_host == host && m.db_port == port);
-        // (label, database host, port, the sidecar's URL and node name)
-        let mut extra: Vec<(String, String, u16, Option<(String, String)>)> = vec![];
+        let mut extra: Vec<ExtraTarget> = vec![];
         if let Some(a) = last
             .filter(|h| h.new_primary != self.cfg.node && !self.known.contains_key(&h.new_primary))
             .and_then(|h| h.new_primary_at.as_ref().map(|a| (h.new_primary.clone(), a)))
