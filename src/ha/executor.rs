@@ -192,6 +192,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     self.set_renewal(None);
                     return Err(e);
                 }
+                self.promoted_term = self.term;
                 crate::faults::point("after_promote");
                 let promoted_ms = now_ms();
                 let term = self.term.unwrap_or(0);

@@ -31,9 +31,14 @@ pub(super) fn history_kind(cluster: Option<&ClusterState>, me: &str, term: i64) 
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Deletes the history record written when this node won the key,
-    /// after it gave the key back without promoting.
+    /// after it gave the key back without promoting. A term in which the
+    /// database did promote keeps its record, whatever a later attempt in
+    /// the same term does (the 30-minute simulation run, seed 7408361: a
+    /// primary that fenced itself under a slow etcd adopted its own key
+    /// again, that promotion hung, and deleting the record made the
+    /// replicas judge the real last primary, the freshest node, stale).
     pub(super) async fn forget_history_of_this_term(&self) {
-        if let Some(term) = self.term {
+        if let Some(term) = self.term.filter(|t| self.promoted_term != Some(*t)) {
             if let Err(e) = self.dcs.delete_history(term).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not delete the history record of an abandoned promotion");
             }

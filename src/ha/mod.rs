@@ -131,6 +131,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     sync_written: Option<crate::dcs::SyncRecord>,
     /// The action under way asked the database to promote.
     promote_sent: bool,
+    /// The term in which the database was last promoted by this process.
+    promoted_term: Option<i64>,
 }
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
@@ -200,6 +202,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             sync_marks: BTreeMap::new(),
             sync_written: None,
             promote_sent: false,
+            promoted_term: None,
             db_owner: Arc::default(),
         }
     }
