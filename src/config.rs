@@ -283,7 +283,20 @@ impl DatabaseConfig {
     }
 }
 
+/// The deadline of one etcd request made by a command an operator types
+/// (and by the lab's tools and tests). The sidecar's loop keeps
+/// `etcd.request_timeout` (1 s) so that a slow answer never holds up lease
+/// renewal; a one-shot command has no lease to renew, and failing it on one
+/// answer that took a second (etcd syncing its log behind a busy disk, as
+/// in CI) only makes the operator type it again.
+pub const OPERATOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl EtcdConfig {
+    /// These settings for a one-shot command: see [`OPERATOR_REQUEST_TIMEOUT`].
+    pub fn for_operator(&self) -> EtcdConfig {
+        EtcdConfig { request_timeout: self.request_timeout.max(OPERATOR_REQUEST_TIMEOUT), ..self.clone() }
+    }
+
     /// etcd-client's TLS options (None with http:// endpoints).
     pub fn tls(&self) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
         let Some(ca) = &self.ca_file else { return Ok(None) };

@@ -216,7 +216,9 @@ fn resolve_config(arg: &ConfigArg) -> Result<Config> {
 }
 
 async fn connect(cfg: &Config) -> Result<EtcdDcs> {
-    connect_as(cfg, &format!("cli-{}", std::process::id())).await
+    let mut patient = cfg.clone();
+    patient.etcd = cfg.etcd.for_operator();
+    connect_as(&patient, &format!("cli-{}", std::process::id())).await
 }
 
 async fn connect_as(cfg: &Config, node: &str) -> Result<EtcdDcs> {
@@ -248,7 +250,16 @@ async fn wait_for_leader(dcs: &EtcdDcs, to: &str, limit: Duration) -> Result<()>
     let start = Instant::now();
     let mut last = String::new();
     loop {
-        let c = dcs.load().await?;
+        // One failed read does not end the wait: the limit does.
+        let c = match dcs.load().await {
+            Ok(c) => c,
+            Err(e) if start.elapsed() <= limit => {
+                eprintln!("  {:.1}s  cannot read the cluster: {e:#}", start.elapsed().as_secs_f64());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("{to} did not become primary within {limit:?}"))),
+        };
         let done = c.leader.as_ref().is_some_and(|l| l.node == to)
             && c.members.get(to).is_some_and(|m| m.term.is_some() && m.role == Some(crate::core::DbRole::Primary));
         if done {
@@ -265,7 +276,9 @@ async fn wait_for_leader(dcs: &EtcdDcs, to: &str, limit: Duration) -> Result<()>
             last = line.clone();
         }
         if let Some(why) = c.request.as_ref().and_then(|r| r.refused.clone()) {
-            let _ = dcs.set_request(None).await;
+            if let Err(e) = dcs.set_request(None).await {
+                eprintln!("could not clear the refused request (the sidecars ignore it): {e:#}");
+            }
             bail!("{to} refused: {why}");
         }
         if start.elapsed() > limit {

@@ -764,7 +764,15 @@ token_file = "{token}"
     pub fn wait_sync(&self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            let c = self.cluster_state()?;
+            // A failed read is "not yet": the deadline ends the wait.
+            let c = match self.cluster_state() {
+                Ok(c) => c,
+                Err(e) if Instant::now() > deadline => return Err(e.context(format!("sync status unknown after {limit:?}"))),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
             let leader = c.leader.as_ref().map(|l| l.node.clone());
             let ok = c.members.values().all(|m| {
                 m.sync.as_ref().is_some_and(|s| {

@@ -187,12 +187,13 @@ impl Lab {
         }
     }
 
-    /// The etcd settings of a client of the lab.
+    /// The etcd settings of a client of the lab (the lab's tools, the
+    /// drill, the tests): as patient as an operator's command.
     pub fn etcd_config(&self) -> crate::config::EtcdConfig {
         crate::config::EtcdConfig {
             endpoints: vec![self.etcd_url()],
             prefix: "/vigil".into(),
-            request_timeout: std::time::Duration::from_secs(1),
+            request_timeout: crate::config::OPERATOR_REQUEST_TIMEOUT,
             ca_file: self.tls.then(|| self.ca_file()),
             cert_file: self.tls.then(|| self.cert_file()),
             key_file: self.tls.then(|| self.key_file()),
