@@ -157,11 +157,30 @@ impl Drop for TestLab {
         let keep = std::thread::panicking();
         if keep {
             eprintln!("test failed; lab kept in {} (logs: */vigil.log, */data.log, etcd.log)", self.lab.dir.display());
+            // CI keeps only this output: the ends of the sidecars' logs and
+            // etcd's complaints about its own latency say what happened.
+            for n in &self.lab.nodes {
+                print_tail(&format!("{}/vigil.log", n.name), &n.dir.join("vigil.log"), 20, |_| true);
+            }
+            print_tail("etcd.log (slow requests and disk syncs)", &self.lab.dir.join("etcd.log"), 10, |l| {
+                l.contains("took too long") || l.contains("slow fdatasync") || l.contains("failed to send out heartbeat")
+            });
             if let Some(t) = self.tmp.take() {
                 let _ = t.keep();
             }
         }
         let _ = self.lab.down(keep);
+    }
+}
+
+/// Prints the last `n` lines of `path` that `keep` selects, each cut to
+/// 400 characters.
+fn print_tail(title: &str, path: &std::path::Path, n: usize, keep: impl Fn(&str) -> bool) {
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    eprintln!("--- {title}: last {} of {} lines ---", n.min(lines.len()), lines.len());
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        eprintln!("{}", l.chars().take(400).collect::<String>());
     }
 }
 
