@@ -79,6 +79,11 @@ pub struct StoreFaults {
     pub down: AtomicBool,
     /// Every call takes this long (ms) before it is answered.
     pub latency_ms: AtomicU64,
+    /// etcd's disk stalls: a call that writes (a put, a transaction, a
+    /// lease granted or revoked) gets no answer and is carried out only
+    /// when the stall ends, while reads and lease keep-alives, which do not
+    /// touch the disk, answer as usual. See [`MemoryStore::stall_writes`].
+    writes_stalled: AtomicBool,
 }
 
 /// The cluster's etcd, in memory.
@@ -90,7 +95,12 @@ pub struct MemoryStore {
     watchers: Mutex<Vec<(Arc<Notify>, Arc<AtomicBool>)>>,
     /// Calls served (for the scale figures).
     pub calls: AtomicU64,
+    /// The writes proposed during a disk stall, in order.
+    stalled: Mutex<Vec<StalledWrite>>,
 }
+
+/// A write waiting for etcd's disk (see [`StoreFaults`]).
+type StalledWrite = Box<dyn FnOnce(&mut Inner) + Send>;
 
 impl MemoryStore {
     pub fn new() -> Arc<Self> {
@@ -105,6 +115,20 @@ impl MemoryStore {
             g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         }
         f(&mut g)
+    }
+
+    /// Starts or ends a stall of etcd's disk. At its end the writes
+    /// proposed meanwhile are carried out in order, as etcd applies a
+    /// proposal whose client gave up on it.
+    pub fn stall_writes(&self, on: bool) {
+        self.faults.writes_stalled.store(on, Ordering::Relaxed);
+        if !on {
+            let queued = std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|e| e.into_inner()));
+            if !queued.is_empty() {
+                self.with(|i| queued.into_iter().for_each(|w| w(i)));
+                self.notify_watchers();
+            }
+        }
     }
 
     /// Expires leases now (the simulation calls it every tick, so that a
@@ -228,9 +252,26 @@ impl MemoryDcs {
         Ok(out)
     }
 
+    /// A call that writes: as [`call`](Self::call), except during a disk
+    /// stall, when it is queued to be carried out at the stall's end and
+    /// this side gives up after the request timeout.
+    async fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T + Send + 'static) -> Result<T> {
+        let faults = &self.store.faults;
+        let reachable = !self.cut.load(Ordering::Relaxed) && !faults.down.load(Ordering::Relaxed);
+        if reachable && faults.writes_stalled.load(Ordering::Relaxed) {
+            self.store.calls.fetch_add(1, Ordering::Relaxed);
+            self.store.stalled.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(move |i| {
+                f(i);
+            }));
+            tokio::time::sleep(self.timeout).await;
+            bail!("no answer within {:?} (simulated: etcd's disk stalled)", self.timeout);
+        }
+        self.call(f).await
+    }
+
     async fn grant(&self) -> Result<i64> {
         let ttl = self.ttl_secs;
-        self.call(move |i| {
+        self.write(move |i| {
             i.next_lease += 1;
             let id = i.next_lease;
             i.leases.insert(id, LeaseRec { granted_secs: ttl, expires: Instant::now() + Duration::from_secs(ttl as u64) });
@@ -253,7 +294,7 @@ impl MemoryDcs {
 
     async fn revoke(&self, id: i64) -> Result<()> {
         let changed = self
-            .call(move |i| {
+            .write(move |i| {
                 i.leases.remove(&id);
                 i.drop_keys_of(id)
             })
@@ -268,7 +309,7 @@ impl MemoryDcs {
         // As the etcd watch: the leader's `status` (every loop) wakes nobody.
         let wakes = key != "status";
         let key = key.to_string();
-        self.call(move |i| match value {
+        self.write(move |i| match value {
             Some(v) => i.put(&key, v, 0),
             None => {
                 if i.kvs.remove(&key).is_some() {
@@ -327,7 +368,7 @@ impl Dcs for MemoryDcs {
             self.member_lease.store(id, Ordering::Relaxed);
         }
         let (key, value) = (format!("members/{}", self.node), serde_json::to_vec(rec)?);
-        self.call(move |i| {
+        self.write(move |i| {
             if i.leases.contains_key(&id) {
                 i.put(&key, value, id);
                 Ok(())
@@ -354,7 +395,7 @@ impl Dcs for MemoryDcs {
         let id = self.grant().await?;
         let value = serde_json::to_vec(rec)?;
         let won = self
-            .call(move |i| {
+            .write(move |i| {
                 if i.kvs.contains_key("leader") || !i.leases.contains_key(&id) {
                     // A retried attempt that had in fact won carries our lease.
                     return i.kvs.get("leader").filter(|k| k.lease == id).map(|k| k.create_revision);
@@ -388,7 +429,7 @@ impl Dcs for MemoryDcs {
         } else {
             let new = self.grant().await?;
             let moved = self
-                .call(move |i| match i.kvs.get_mut("leader") {
+                .write(move |i| match i.kvs.get_mut("leader") {
                     Some(k) if k.create_revision == term && k.lease == lease && i.leases.contains_key(&new) => {
                         k.lease = new;
                         i.revision += 1;
@@ -439,7 +480,7 @@ impl Dcs for MemoryDcs {
             return Ok(false);
         }
         let (key, me) = (format!("locks/{name}"), self.node.clone());
-        self.call(move |i| match i.kvs.get(&key) {
+        self.write(move |i| match i.kvs.get(&key) {
             Some(k) => k.lease == id && k.value == me.as_bytes(),
             None => {
                 i.put(&key, me.into_bytes(), id);
@@ -521,5 +562,20 @@ mod tests {
         let t0 = Instant::now();
         assert!(a.load().await.is_err());
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disk_stall_holds_writes_until_it_ends_while_keep_alives_answer() {
+        let store = MemoryStore::new();
+        let a = client(&store, "a");
+        a.acquire_leader(&LeaderRecord { node: "a".into(), since_ms: 0 }).await.unwrap();
+        store.stall_writes(true);
+        assert!(a.renew_leader().await.unwrap(), "a keep-alive does not touch the disk");
+        assert_eq!(a.load().await.unwrap().leader.unwrap().node, "a", "nor does a read");
+        assert!(a.release_leader().await.is_err(), "the revoke gets no answer");
+        store.tick();
+        assert_eq!(store.leader().as_deref(), Some("a"), "and is not carried out yet");
+        store.stall_writes(false);
+        assert_eq!(store.leader(), None, "the revoke is carried out when the stall ends");
     }
 }

@@ -71,7 +71,7 @@ pub struct SimOptions {
     /// Faults added after the first version of the harness, by
     /// generation: 1 operator switchovers, 2 elections inside etcd, 3 a
     /// database server that hangs until it is killed, 4 a database slow to
-    /// take new connections
+    /// take new connections, 5 etcd's disk stalling under its writes
     /// ([`EXTRA_GENERATIONS`] is the newest). They are drawn from a second
     /// stream so that the main stream, and with it every kept seed's
     /// scenario, stays as it was; a kept seed runs with the generations
@@ -98,7 +98,7 @@ impl Default for SimOptions {
 
 /// The newest generation of faults added to the harness after its first
 /// version (see [`SimOptions::extra_faults`]).
-pub const EXTRA_GENERATIONS: u8 = 4;
+pub const EXTRA_GENERATIONS: u8 = 5;
 
 /// The kinds of fault a seed can schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,10 @@ pub enum FaultKind {
     /// (an overloaded node, its connection slots full) while open sessions
     /// carry on: other sidecars' direct looks at it get no answer.
     DatabaseSlowToConnect,
+    /// etcd's disk stalls (its log cannot be synced): writes get no answer
+    /// and are carried out when the stall ends; reads and lease
+    /// keep-alives answer as usual.
+    DcsWritesStall,
 }
 
 /// The kinds drawn from the seed's main stream (their order and number
@@ -558,6 +562,11 @@ impl Sim {
             let lasts = Duration::from_millis(extra.range(2_000, 30_000));
             faults.push(Fault { kind: FaultKind::DatabaseSlowToConnect, node, other: node, at, lasts, param: 0 });
         }
+        if self.c.opts.extra_faults >= 5 && extra.chance(0.3) {
+            let at = Duration::from_millis(extra.range(0, window));
+            let lasts = Duration::from_millis(extra.range(2_000, 30_000));
+            faults.push(Fault { kind: FaultKind::DcsWritesStall, node: 0, other: 0, at, lasts, param: 0 });
+        }
         faults
     }
 
@@ -661,7 +670,7 @@ impl Sim {
             let mut w = c.world.lock();
             if apply {
                 let what = match f.kind {
-                    FaultKind::DcsDown | FaultKind::DcsSlow | FaultKind::ActionsHang => world::Impairs::Cluster,
+                    FaultKind::DcsDown | FaultKind::DcsSlow | FaultKind::DcsWritesStall | FaultKind::ActionsHang => world::Impairs::Cluster,
                     FaultKind::OneWayCut => world::Impairs::Nodes(f.node, f.other),
                     FaultKind::Switchover | FaultKind::EtcdElection => world::Impairs::Nothing,
                     _ => world::Impairs::Nodes(f.node, f.node),
@@ -783,6 +792,7 @@ impl Sim {
                 w.hangs = apply;
             }
             FaultKind::DatabaseSlowToConnect => c.world.lock().dbs[f.node].slow_connects = apply,
+            FaultKind::DcsWritesStall => c.store.stall_writes(apply),
             FaultKind::DatabaseHung => {
                 let mut w = c.world.lock();
                 if apply && w.dbs[f.node].running() {
