@@ -223,6 +223,9 @@ pub struct LeaseState {
     pub held: bool,
     /// Time since the leader lease was last renewed.
     pub renewed_ago: Option<Duration>,
+    /// This process gave the current leader key up (`ReleaseLeader`), and
+    /// the key is still there: etcd did not carry the revoke out in time.
+    pub given_up: bool,
 }
 
 /// A fresh look at one peer, taken only when the leader key is vacant.
@@ -535,6 +538,9 @@ pub fn decide(i: &Inputs) -> Decision {
 /// This node holds (or held, in an earlier process) the leader key.
 fn lead(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     let p = &i.policy;
+    if !i.lease.held && i.lease.given_up {
+        return given_up(i, elig);
+    }
     let mut d = Decision::new("leading", elig);
     if !i.lease.held {
         d = d.act(Action::AdoptLeader);
@@ -645,6 +651,21 @@ fn crashed_primary(i: &Inputs, mut d: Decision) -> Decision {
             })
         }
     }
+}
+
+/// The key still names this node after this process gave it up: the
+/// revoke did not reach etcd in time. Adopting the key again, only to try
+/// the revoke once more, renews its lease (adoption is a keep-alive): when
+/// etcd's writes are slow and its keep-alives are not (its disk stalls), a
+/// crashed primary kept its key for as long as the stall lasted and no
+/// replica could take over (seen in CI: 20 s). Left alone, the key lapses
+/// within ttl of its last renewal.
+fn given_up(i: &Inputs, elig: &Eligibility) -> Decision {
+    if i.local.writable() {
+        return Decision::new("fencing: writable after giving the leader key up", elig)
+            .act(Action::Fence { reason: "database accepts writes but this node gave the leader key up".into() });
+    }
+    Decision::new("leader key given up; waiting for it to lapse (not renewed)", elig)
 }
 
 /// Another node holds the key.

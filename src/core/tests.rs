@@ -52,7 +52,7 @@ fn leader(node: &str) -> Option<LeaderKey> {
 }
 
 fn held() -> LeaseState {
-    LeaseState { held: true, renewed_ago: Some(Duration::from_millis(500)) }
+    LeaseState { held: true, renewed_ago: Some(Duration::from_millis(500)), given_up: false }
 }
 
 fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
@@ -108,7 +108,7 @@ fn a_held_lease_lapses_at_ttl_minus_the_safety_margin() {
     let table =
         [(true, Some(s(7)), false), (true, Some(s(8)), true), (true, None, true), (false, None, false), (false, Some(s(60)), false)];
     for (held, renewed_ago, lapsing) in table {
-        let lease = LeaseState { held, renewed_ago };
+        let lease = LeaseState { held, renewed_ago, given_up: false };
         assert_eq!(lease_lapsing(&lease, &policy()), lapsing, "{held} {renewed_ago:?}");
         // Opening the database for writes needs a held lease that is not lapsing.
         assert_eq!(may_open_for_writes(&lease, &policy()), held && !lapsing, "{held} {renewed_ago:?}");
@@ -118,7 +118,7 @@ fn a_held_lease_lapses_at_ttl_minus_the_safety_margin() {
 #[test]
 fn leader_whose_lease_is_lapsing_fences_itself() {
     let mut i = inputs("pg1", primary(100), View { leader: leader("pg1"), ..View::default() });
-    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(8)) };
+    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(8)), given_up: false };
     assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
 }
 
@@ -126,7 +126,7 @@ fn leader_whose_lease_is_lapsing_fences_itself() {
 fn leader_with_etcd_unreachable_keeps_serving_until_the_safety_margin() {
     let mut i = inputs("pg1", primary(100), View::default());
     i.view = None;
-    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(3)) };
+    i.lease = LeaseState { held: true, renewed_ago: Some(Duration::from_secs(3)), given_up: false };
     assert_eq!(actions(&i), vec![Action::WriteHeartbeat]);
     i.lease.renewed_ago = Some(Duration::from_secs(8));
     assert!(matches!(actions(&i)[..], [Action::Fence { .. }]));
@@ -211,6 +211,29 @@ fn on_primary_crash_failover_releases_at_once() {
     i.lease = held();
     i.policy.on_primary_crash = OnPrimaryCrash::Failover;
     assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
+}
+
+/// A release that etcd did not carry out in time (a revoke past its
+/// deadline) leaves the key naming this node, no longer held: it is left
+/// to lapse, never adopted (adoption renews it) to try again. Any other key
+/// of this node not held by this process is adopted (a restarted sidecar).
+#[test]
+fn a_key_given_up_is_left_to_lapse_not_adopted_again() {
+    let given_up = LeaseState { held: false, renewed_ago: Some(Duration::from_secs(1)), given_up: true };
+    let cases: Vec<(&str, LocalObs, LeaseState, Vec<&str>)> = vec![
+        ("database down, key given up", down(), given_up, vec![]),
+        ("database down, key of an earlier process", down(), LeaseState::default(), vec!["AdoptLeader", "ReleaseLeader"]),
+        ("writable, key given up", primary(100), given_up, vec!["Fence"]),
+        ("replica, key given up", replica(100), given_up, vec![]),
+    ];
+    for (what, local, lease, want) in cases {
+        let mut i = inputs("pg1", local, View { leader: leader("pg1"), ..View::default() });
+        i.policy.on_primary_crash = OnPrimaryCrash::Failover;
+        i.lease = lease;
+        let got: Vec<String> =
+            actions(&i).iter().map(|a| format!("{a:?}").split([' ', '{']).next().unwrap_or_default().to_string()).collect();
+        assert_eq!(got, want, "{what}: {}", decide(&i).state);
+    }
 }
 
 #[test]
@@ -740,7 +763,11 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 policy: pol,
                 local,
                 view: etcd_ok.then_some(view),
-                lease: LeaseState { held: held && leader_node == Some("pg1"), renewed_ago: renewed.map(Duration::from_secs) },
+                lease: LeaseState {
+                    held: held && leader_node == Some("pg1"),
+                    renewed_ago: renewed.map(Duration::from_secs),
+                    given_up: false,
+                },
                 peers: vec![p2, p3],
                 crash: CrashState::default(),
                 vetoed_ago: None,

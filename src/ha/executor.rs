@@ -108,8 +108,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     });
                     let _ = self.dcs.set_incident(Some(inc)).await;
                     self.forget_history_of_this_term().await;
-                    let _ = self.dcs.release_leader().await;
-                    self.set_renewal(None);
+                    let _ = self.give_up_leader_key().await;
                     self.event(
                         "FailoverVetoed",
                         Severity::Warning,
@@ -141,8 +140,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         new_primary_at: Some(self.address()),
                     };
                     if let Err(e) = self.dcs.put_history(&rec).await {
-                        let _ = self.dcs.release_leader().await;
-                        self.set_renewal(None);
+                        let _ = self.give_up_leader_key().await;
                         return Err(e).context("write the history record before promoting (the leader key was given back)");
                     }
                 }
@@ -188,8 +186,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         return Err(e);
                     }
                     self.forget_history_of_this_term().await;
-                    let _ = self.dcs.release_leader().await;
-                    self.set_renewal(None);
+                    let _ = self.give_up_leader_key().await;
                     return Err(e);
                 }
                 self.promoted_term = self.term;
@@ -240,8 +237,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         tracing::warn!(error = %format!("{e:#}"), "could not mark the data directory as a replica");
                     }
                 }
-                self.dcs.release_leader().await?;
-                self.set_renewal(None);
+                self.give_up_leader_key().await?;
             }
             Action::Fence { reason } => {
                 tracing::error!(%reason, "fencing the local database (read-only)");
@@ -315,9 +311,20 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         Ok(())
     }
 
+    /// Gives the leader key back (revoking its lease deletes it). From here
+    /// on the key of this term counts as given up whether or not etcd
+    /// carries the revoke out in time: it is left to lapse, never adopted
+    /// again (`core::LeaseState::given_up`).
+    async fn give_up_leader_key(&mut self) -> Result<()> {
+        self.released_term = self.term;
+        let res = self.dcs.release_leader().await;
+        self.set_renewal(None);
+        res
+    }
+
     /// `core::may_open_for_writes`, asked right before the step.
     fn may_open_for_writes(&self) -> bool {
-        let lease = core::LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) };
+        let lease = core::LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()), given_up: false };
         core::may_open_for_writes(&lease, &self.policy)
     }
 
@@ -437,8 +444,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             // Hand the steps to the target for its history record; then release.
             let _ = self.dcs.set_request(Some(req)).await;
         }
-        self.dcs.release_leader().await?;
-        self.set_renewal(None);
+        self.give_up_leader_key().await?;
         tracing::info!(%to, "switchover: leader key released to the target");
         Ok(())
     }

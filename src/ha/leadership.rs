@@ -45,7 +45,7 @@ impl Renewals {
 
     /// The lease this process holds (`held`) is lapsing (`core::lease_lapsing`).
     pub(super) fn lapsing(&self, held: bool, policy: &core::Policy) -> bool {
-        core::lease_lapsing(&core::LeaseState { held, renewed_ago: self.last().map(|t| t.elapsed()) }, policy)
+        core::lease_lapsing(&core::LeaseState { held, renewed_ago: self.last().map(|t| t.elapsed()), given_up: false }, policy)
     }
 }
 

@@ -133,6 +133,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     promote_sent: bool,
     /// The term in which the database was last promoted by this process.
     promoted_term: Option<i64>,
+    /// The term whose leader key this process last gave up (`core::LeaseState::given_up`).
+    released_term: Option<i64>,
 }
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
@@ -203,6 +205,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             sync_written: None,
             promote_sent: false,
             promoted_term: None,
+            released_term: None,
             db_owner: Arc::default(),
         }
     }
@@ -399,7 +402,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             policy: self.policy.clone(),
             local: obs.local.clone(),
             view,
-            lease: LeaseState { held: self.dcs.holds_leader(), renewed_ago: self.renewal().map(|t| t.elapsed()) },
+            lease: LeaseState {
+                held: self.dcs.holds_leader(),
+                renewed_ago: self.renewal().map(|t| t.elapsed()),
+                given_up: self.released_term.is_some() && cluster.and_then(|c| c.term) == self.released_term,
+            },
             peers,
             crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
             vetoed_ago: self.vetoed_at.map(|t| t.elapsed()),
