@@ -53,6 +53,11 @@ pub struct LabSpec {
     /// TLS everywhere: etcd (with client certificates), the databases
     /// (TCP without TLS refused) and the sidecars' APIs.
     pub tls: bool,
+    /// Where etcd keeps its data; None: `<dir>/etcd`. The integration
+    /// tests give it a directory in memory (tmpfs): on a CI machine running
+    /// three test lanes beside Docker builds, etcd's fsync took seconds
+    /// and failed the tests for reasons that were not vigil's.
+    pub etcd_data: Option<PathBuf>,
 }
 
 impl LabSpec {
@@ -72,6 +77,7 @@ impl LabSpec {
             synchronous: false,
             hold_down: "0s".into(),
             tls: false,
+            etcd_data: None,
         }
     }
 
@@ -113,6 +119,9 @@ pub struct Lab {
     /// The loop that copies the primary's files/ to the others.
     #[serde(default)]
     pub file_sync_pid: Option<i32>,
+    /// Where etcd keeps its data (`LabSpec::etcd_data`); None: `<dir>/etcd`.
+    #[serde(default)]
+    pub etcd_data: Option<PathBuf>,
     /// Sidecars started by this process, kept so they can be reaped.
     #[serde(skip)]
     children: Vec<(i32, Child)>,
@@ -301,6 +310,7 @@ impl Lab {
             nodes: vec![],
             redis: vec![],
             file_sync_pid: None,
+            etcd_data: spec.etcd_data.clone(),
             children: vec![],
         };
         for i in 0..spec.nodes {
@@ -592,7 +602,7 @@ token_file = "{token}"
 
     /// Starts etcd again on its data directory.
     pub fn start_etcd(&mut self) -> Result<()> {
-        let data = self.dir.join("etcd");
+        let data = self.etcd_data.clone().unwrap_or_else(|| self.dir.join("etcd"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log"))?;
         let advertise = self.etcd_url();
         let client =

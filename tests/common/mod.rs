@@ -16,6 +16,8 @@ pub struct TestLab {
     /// The lab's private directory (mktemp): removed with the lab, kept
     /// when the test fails.
     tmp: Option<tempfile::TempDir>,
+    /// etcd's data, in memory where the machine has /dev/shm (mktemp).
+    etcd_tmp: Option<tempfile::TempDir>,
 }
 
 impl TestLab {
@@ -26,11 +28,16 @@ impl TestLab {
         std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
         let dir = tmp.path().join("lab");
         let mut spec = LabSpec::new(&dir, free_base_port(30), env!("CARGO_BIN_EXE_vigil"));
+        // What these tests judge is vigil, not the CI machine's disk: with
+        // three lanes and Docker builds beside it, etcd's fsync on /tmp took
+        // seconds. The simulation covers a stalling etcd disk.
+        let etcd_tmp = tempfile::Builder::new().prefix(&format!("vigil-test-{name}-etcd-")).tempdir_in("/dev/shm").ok();
+        spec.etcd_data = etcd_tmp.as_ref().map(|t| t.path().join("etcd"));
         customize(&mut spec);
         let t0 = Instant::now();
         let lab = Lab::up(&spec, &|m| eprintln!("[{name} {:5.1}s] {m}", t0.elapsed().as_secs_f64())).expect("lab up");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        TestLab { lab, rt, tmp: Some(tmp) }
+        TestLab { lab, rt, tmp: Some(tmp), etcd_tmp }
     }
 
     pub fn eps(&self) -> Vec<Endpoint> {
