@@ -11,9 +11,15 @@ use crate::peers::PeerApi;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A server no known member names, to look at: (label, database host,
-/// port, its sidecar's URL and node name if known).
-type ExtraTarget = (String, String, u16, Option<(String, String)>);
+/// A server no known member names, to look at.
+struct ExtraTarget {
+    /// How the trace and the refusal name it ("pg1 (the last primary)").
+    label: String,
+    db_host: String,
+    db_port: u16,
+    /// Its sidecar's API URL and node name, when a history record gives them.
+    sidecar: Option<(String, String)>,
+}
 
 impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
     /// Fresh looks at every other member: its database (writable?) and its
@@ -38,24 +44,24 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             .and_then(|h| h.new_primary_at.as_ref().map(|a| (h.new_primary.clone(), a)))
         {
             if !known_at(&a.1.db_host, a.1.db_port) {
-                extra.push((
-                    format!("{} (the last primary)", a.0),
-                    a.1.db_host.clone(),
-                    a.1.db_port,
-                    Some((a.1.api_url.clone(), a.0.clone())),
-                ));
+                extra.push(ExtraTarget {
+                    label: format!("{} (the last primary)", a.0),
+                    db_host: a.1.db_host.clone(),
+                    db_port: a.1.db_port,
+                    sidecar: Some((a.1.api_url.clone(), a.0.clone())),
+                });
             }
         }
         if let Some((host, port)) =
             upstream.and_then(|u| u.rsplit_once(':')).and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
         {
-            if !known_at(&host, port) && !extra.iter().any(|e| e.1 == host && e.2 == port) {
-                extra.push((format!("{host}:{port} (the upstream)"), host, port, None));
+            if !known_at(&host, port) && !extra.iter().any(|e| e.db_host == host && e.db_port == port) {
+                extra.push(ExtraTarget { label: format!("{host}:{port} (the upstream)"), db_host: host, db_port: port, sidecar: None });
             }
         }
-        let extra_probes = futures_util::future::join_all(extra.into_iter().map(|(node, host, port, api)| async move {
+        let extra_probes = futures_util::future::join_all(extra.into_iter().map(|t| async move {
             let sidecar = async {
-                match &api {
+                match &t.sidecar {
                     Some((url, node)) => match self.fetch_member(url).await {
                         // A record for another node says nothing about this one.
                         crate::peers::MemberAnswer::Record(r) if r.node != *node => PeerSidecar::Silent,
@@ -64,8 +70,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     None => PeerSidecar::Unknown,
                 }
             };
-            let (db, sidecar) = tokio::join!(self.engine.probe_writable(&host, port), sidecar);
-            PeerObs { node, db, sidecar, candidate: None }
+            let (db, sidecar) = tokio::join!(self.engine.probe_writable(&t.db_host, t.db_port), sidecar);
+            PeerObs { node: t.label, db, sidecar, candidate: None }
         }));
         let futs = self.known.values().filter(|m| m.node != self.cfg.node).map(|m| {
             let m = m.clone();
