@@ -71,6 +71,9 @@ mutant unresponsive-never-rejoined src/core/mod.rs \
 mutant watchdog-without-owner src/ha/leadership.rs \
   's/                let _owner = owner\.lock\(\)\.await;\n//' \
   'defect 5: the lease watchdog fences without the database'\''s owner lock, beside the loop'\''s own actions'
+mutant lease-adopted-with-its-old-ttl src/core/lease.rs \
+  's/Some\(_\) if granted_secs == configured_secs => AdoptLease::Keep,/Some(_) if configured_secs > 0 => AdoptLease::Keep,/' \
+  'defect 1a: a restarted sidecar adopts its leader key on a lease granted with the ttl of its earlier process'
 mutant renewal-from-answer src/ha/leadership.rs \
   's/Ok\(true\) => renewal\.renewed\(sent\),/Ok(true) => renewal.renewed(Instant::now()),/' \
   'the lease renewal beside an action counted from its answer, not its send'

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub mod event_age;
 pub mod failsafe;
+pub mod lease;
 pub mod members;
 pub mod rejoin;
 pub mod sync_set;

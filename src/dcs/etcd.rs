@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::config::EtcdConfig;
+use crate::core::{self, lease::AdoptLease};
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
@@ -351,40 +352,40 @@ impl Dcs for EtcdDcs {
 
     async fn adopt_leader(&self, lease: i64, term: i64) -> Result<bool> {
         let granted = self.call("lease time-to-live", |mut c| async move { c.lease_time_to_live(lease, None).await }).await?;
-        if granted.ttl() <= 0 {
-            return Ok(false);
-        }
-        let id = if granted.granted_ttl() == self.ttl_secs {
-            lease
-        } else {
-            // The earlier process ran with another ttl. Its lease would let
-            // the key outlive this node by the old ttl (longer: failover is
-            // late; shorter: the key can expire before the watchdog fences).
-            // Move the key to a lease of the configured ttl, in one
-            // transaction that keeps the value and the term.
-            let new = self.grant().await?;
-            let key = self.key("leader");
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, term), Compare::lease(key.clone(), CompareOp::Equal, lease)])
-                .and_then([TxnOp::put(key.clone(), vec![], Some(PutOptions::new().with_lease(new).with_ignore_value()))]);
-            let moved = self
-                .call("move the leader key to a new lease", |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await
-                .map(|r| r.succeeded());
-            if !matches!(moved, Ok(true)) {
-                let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(new).await }).await;
-                return moved.map(|_| false);
+        let id = match core::lease::adopt_lease(Some(granted.ttl()), granted.granted_ttl(), self.ttl_secs) {
+            AdoptLease::Expired => return Ok(false),
+            AdoptLease::Keep => lease,
+            // The earlier process ran with another ttl: move the key to a
+            // lease of the configured ttl, in one transaction that keeps
+            // the value and the term.
+            AdoptLease::MoveToNewLease => {
+                let new = self.grant().await?;
+                let key = self.key("leader");
+                let txn = Txn::new()
+                    .when([
+                        Compare::create_revision(key.clone(), CompareOp::Equal, term),
+                        Compare::lease(key.clone(), CompareOp::Equal, lease),
+                    ])
+                    .and_then([TxnOp::put(key.clone(), vec![], Some(PutOptions::new().with_lease(new).with_ignore_value()))]);
+                let moved = self
+                    .call("move the leader key to a new lease", |mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await
+                    .map(|r| r.succeeded());
+                if !matches!(moved, Ok(true)) {
+                    let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(new).await }).await;
+                    return moved.map(|_| false);
+                }
+                tracing::warn!(
+                    old_ttl = granted.granted_ttl(),
+                    ttl = self.ttl_secs,
+                    "adopted the leader key on a new lease of the configured ttl"
+                );
+                let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await;
+                new
             }
-            tracing::warn!(
-                old_ttl = granted.granted_ttl(),
-                ttl = self.ttl_secs,
-                "adopted the leader key on a new lease of the configured ttl"
-            );
-            let _ = self.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await;
-            new
         };
         let mut l = Lease { id, stream: None };
         if self.keep_alive(&mut l).await? {

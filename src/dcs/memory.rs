@@ -16,6 +16,7 @@
 use super::decode::{self, RawCluster, RawKv};
 use super::*;
 use crate::clock::Instant;
+use crate::core::{self, lease::AdoptLease};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -422,28 +423,30 @@ impl Dcs for MemoryDcs {
     }
 
     async fn adopt_leader(&self, lease: i64, term: i64) -> Result<bool> {
-        let granted = self.call(move |i| i.leases.get(&lease).map(|l| l.granted_secs)).await?;
-        let Some(granted) = granted else { return Ok(false) };
-        let id = if granted == self.ttl_secs {
-            lease
-        } else {
-            let new = self.grant().await?;
-            let moved = self
-                .write(move |i| match i.kvs.get_mut("leader") {
-                    Some(k) if k.create_revision == term && k.lease == lease && i.leases.contains_key(&new) => {
-                        k.lease = new;
-                        i.revision += 1;
-                        true
-                    }
-                    _ => false,
-                })
-                .await?;
-            if !moved {
-                let _ = self.revoke(new).await;
-                return Ok(false);
+        let granted = self.call(move |i| i.leases.get(&lease).map(|l| (l.granted_secs, l.expires))).await?;
+        let remaining = granted.map(|(_, expires)| expires.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as i64);
+        let id = match core::lease::adopt_lease(remaining, granted.map_or(0, |g| g.0), self.ttl_secs) {
+            AdoptLease::Expired => return Ok(false),
+            AdoptLease::Keep => lease,
+            AdoptLease::MoveToNewLease => {
+                let new = self.grant().await?;
+                let moved = self
+                    .write(move |i| match i.kvs.get_mut("leader") {
+                        Some(k) if k.create_revision == term && k.lease == lease && i.leases.contains_key(&new) => {
+                            k.lease = new;
+                            i.revision += 1;
+                            true
+                        }
+                        _ => false,
+                    })
+                    .await?;
+                if !moved {
+                    let _ = self.revoke(new).await;
+                    return Ok(false);
+                }
+                let _ = self.revoke(lease).await;
+                new
             }
-            let _ = self.revoke(lease).await;
-            new
         };
         if self.keep_alive(id).await? {
             self.leader_lease.store(id, Ordering::Relaxed);

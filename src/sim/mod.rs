@@ -98,7 +98,7 @@ impl Default for SimOptions {
 
 /// The newest generation of faults added to the harness after its first
 /// version (see [`SimOptions::extra_faults`]).
-pub const EXTRA_GENERATIONS: u8 = 5;
+pub const EXTRA_GENERATIONS: u8 = 6;
 
 /// The kinds of fault a seed can schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +220,10 @@ struct Cluster {
     freeze: Vec<Arc<Freeze>>,
     /// A sidecar whose restart fell in its node's freeze: started at resume.
     sidecar_due: Vec<AtomicBool>,
+    /// Node `i`'s sidecar runs with the other profile's timing: the
+    /// cluster ran so before an operator changed `ttl` (fault generation 6,
+    /// until the rolling restart onto the seed's profile).
+    earlier_timing: Vec<AtomicBool>,
     /// The liveness bounds, from the timing (computed once: a config parse).
     bounds: Bounds,
 }
@@ -237,7 +241,12 @@ fn api_url(name: &str) -> String {
 
 impl Cluster {
     fn config(&self, i: usize) -> Config {
-        let (lp, ttl, retry, margin) = timing(self.opts.profile);
+        let profile = match (self.opts.profile, self.earlier_timing[i].load(Ordering::Relaxed)) {
+            (p, false) => p,
+            (Profile::Default, true) => Profile::Fast,
+            (Profile::Fast, true) => Profile::Default,
+        };
+        let (lp, ttl, retry, margin) = timing(profile);
         let text = format!(
             r#"cluster = "sim"
 node = "{name}"
@@ -510,6 +519,7 @@ impl Sim {
             offsets: (0..n).map(|_| Arc::default()).collect(),
             freeze: (0..n).map(|_| Arc::new(Freeze { frozen: AtomicBool::new(false), waker: Mutex::new(None) })).collect(),
             sidecar_due: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            earlier_timing: (0..n).map(|_| AtomicBool::new(false)).collect(),
             bounds: Bounds { primary: Duration::ZERO, streaming: Duration::ZERO, hold_down: Duration::ZERO, ttl: Duration::ZERO },
         };
         let cfg = cluster.config(0);
@@ -570,17 +580,50 @@ impl Sim {
         faults
     }
 
+    /// Fault generation 6: in some seeds the cluster first runs with the
+    /// other profile's timing (`ttl` 3 s instead of 10 s, or the reverse)
+    /// and every sidecar is then restarted, one after the other, onto the
+    /// seed's profile, as an operator changing `ttl` would. The leader's
+    /// new process adopts a key whose lease was granted with the old TTL
+    /// (defect 1a). Drawn from its own stream: earlier seeds keep their
+    /// scenario.
+    fn ttl_changed(&self) -> Option<Vec<usize>> {
+        let mut r = Rng::new(self.seed ^ 0x0071_1C4A_4E6E);
+        if self.c.opts.extra_faults < 6 || !r.chance(0.3) {
+            return None;
+        }
+        let mut order: Vec<usize> = (0..self.c.opts.nodes).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, r.pick(k + 1));
+        }
+        Some(order)
+    }
+
     async fn run(self) -> SeedReport {
         let c = Arc::clone(&self.c);
+        let ttl_change = self.ttl_changed();
+        let ttl_changed = ttl_change.is_some();
         for i in 0..c.opts.nodes {
+            c.earlier_timing[i].store(ttl_change.is_some(), Ordering::Relaxed);
             c.start_sidecar(i);
         }
         let ticker = tokio::spawn(tick(Arc::clone(&c)));
         let t0 = Instant::now();
-        let up = self.wait_until(Duration::from_secs(60), |c| healthy(c).is_ok()).await;
+        let mut up = self.wait_until(Duration::from_secs(60), |c| healthy(c).is_ok()).await;
+        if let (true, Some(order)) = (up, ttl_change) {
+            for i in order {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                c.earlier_timing[i].store(false, Ordering::Relaxed);
+                c.stop_sidecar(i);
+                c.start_sidecar(i);
+                c.note(format!("{}'s sidecar restarted with a new ttl ({:?})", c.names[i], c.bounds.ttl));
+            }
+            up = self.wait_until(Duration::from_secs(60), |c| healthy(c).is_ok()).await;
+        }
         if !up {
             let why = healthy(&c).err().unwrap_or_default();
-            c.world.lock().violation(format!("the cluster did not come up within 60 s: {why}"));
+            let after = if ttl_changed { " (after the rolling restart onto a new ttl)" } else { "" };
+            c.world.lock().violation(format!("the cluster did not come up within 60 s{after}: {why}"));
         }
         let faults = if up { self.schedule() } else { vec![] };
         let started = Instant::now();
