@@ -324,6 +324,11 @@ pub struct Inputs {
     /// round (it said it cannot reach etcd either). The vouch stands in
     /// for the leader's lease, so it is kept for `ttl`.
     pub vouched_ago: Option<Duration>,
+    /// This process tried to take the vacant key back for its writable
+    /// database and failed (the request timed out or another node won),
+    /// with the same server process still writable: it is fenced rather
+    /// than tried again.
+    pub retake_failed: bool,
 }
 
 /// One step for the loop to carry out, in order. When a step fails the
@@ -724,6 +729,16 @@ fn race(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         let mut d = d;
         d.state = "fencing: writable without the leader key".into();
         return d.act(Action::Fence { reason: format!("database accepts writes but cannot take the leader key ({why})") });
+    }
+    // One attempt to take the key back, not a series: while the request
+    // hangs (etcd's disk stalled) the database takes writes without a key,
+    // and a replica's request queued before it wins once etcd answers. The
+    // 30-minute run, seed 7877744: a primary's restarted sidecar retried
+    // its retake for 3 s and fenced 0.6 s after the replica had promoted.
+    if i.local.writable() && i.retake_failed && !view.paused {
+        return Decision::new("fencing: writable without the leader key", elig).act(Action::Fence {
+            reason: "database accepts writes but taking the leader key back failed; not retrying while it stays writable".into(),
+        });
     }
     if i.local.promote_pending && !d.actions.contains(&Action::AcquireLeader) && !view.paused {
         let why = d.refusal.clone().unwrap_or_else(|| d.state.clone());

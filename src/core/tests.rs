@@ -66,6 +66,7 @@ fn inputs(me: &str, local: LocalObs, view: View) -> Inputs {
         crash: CrashState::default(),
         vetoed_ago: None,
         vouched_ago: None,
+        retake_failed: false,
     }
 }
 
@@ -629,6 +630,30 @@ fn running_primary_without_a_leader_retakes_the_key() {
     assert_eq!(actions(&i), vec![Action::AcquireLeader, Action::WriteHeartbeat]);
 }
 
+/// Taking the key back is tried once: a writable database whose retake
+/// failed (timed out in a stalled etcd, or lost) is fenced, not left
+/// writable for another attempt; a new server process, or one that is no
+/// longer writable, starts from nothing (the shell resets the input).
+#[test]
+fn a_writable_primary_whose_retake_failed_is_fenced() {
+    // (retake_failed, paused, expected first action). Paused, the
+    // operator owns the node: it is not fenced, and may retake again.
+    let table: &[(bool, bool, Option<&str>)] =
+        &[(false, false, Some("acquire")), (true, false, Some("fence")), (true, true, Some("acquire")), (false, true, Some("acquire"))];
+    for &(failed, paused, want) in table {
+        let mut i = inputs("pg1", primary(1000), View { paused, ..View::default() });
+        i.peers = vec![peer("pg2", 1000), peer("pg3", 900)];
+        i.retake_failed = failed;
+        let got = match actions(&i).first() {
+            Some(Action::AcquireLeader) => Some("acquire"),
+            Some(Action::Fence { .. }) => Some("fence"),
+            Some(a) => panic!("{failed} {paused}: unexpected {a:?}"),
+            None => None,
+        };
+        assert_eq!(got, want, "retake_failed {failed}, paused {paused}");
+    }
+}
+
 #[test]
 fn only_the_requested_target_takes_the_key_during_a_switchover() {
     let req =
@@ -772,6 +797,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 crash: CrashState::default(),
                 vetoed_ago: None,
                 vouched_ago: None,
+                retake_failed: false,
             }
         })
 }

@@ -67,6 +67,9 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     checks: (u32, u32),
     /// The server process those checks were of.
     checked_pid: Option<i32>,
+    /// A retake of the vacant key for the writable database failed, with
+    /// the same server process (`core::Inputs::retake_failed`).
+    retake_failed: bool,
     /// etcd is unreachable and every member vouched for this leader in the
     /// last failsafe round.
     failsafe_active: bool,
@@ -168,6 +171,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             peers_api,
             checks: (0, 0),
             checked_pid: None,
+            retake_failed: false,
             failsafe_active: false,
             known: BTreeMap::new(),
             known_seen: BTreeMap::new(),
@@ -269,6 +273,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let same_process = std::mem::replace(&mut self.checked_pid, pid) == pid;
         self.checks = crate::core::count_checks(obs.local.health, same_process, self.checks);
         (obs.local.good_checks, obs.local.failed_checks) = self.checks;
+        if !same_process || !obs.local.writable() || self.dcs.holds_leader() {
+            self.retake_failed = false;
+        }
         let loaded = self.dcs.load().await;
         let (cluster, dcs_error) = match loaded {
             Ok(c) => (Some(c), None),
@@ -342,6 +349,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             }
             if let Err(e) = result {
                 tracing::warn!(action = ?action, error = %format!("{e:#}"), "action failed");
+                if *action == core::Action::AcquireLeader && obs.local.writable() {
+                    // Decide again at once: the database takes writes
+                    // without a key until it is fenced.
+                    self.retake_failed = true;
+                    self.wake.notify_one();
+                }
                 outcome = Err(e);
                 break;
             }
@@ -411,6 +424,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             crash: CrashState { restart_started_ago: self.restart_started.map(|t| t.elapsed()) },
             vetoed_ago: self.vetoed_at.map(|t| t.elapsed()),
             vouched_ago: self.shared.get().last_vouch.map(|t| t.elapsed()),
+            retake_failed: self.retake_failed,
         }
     }
 
