@@ -80,5 +80,8 @@ mutant renewal-from-answer src/ha/leadership.rs \
 mutant promote-beside-a-silent-orphan src/core/mod.rs \
   's/p\.db == PeerDb::Silent && p\.sidecar == PeerSidecar::NotRunning/false/' \
   'a server that takes connections but says nothing, with no sidecar beside it, taken for gone (seen in CI: promoted beside it)'
+mutant promotion-on-a-stale-view src/core/promotion.rs \
+  's/(-> Option<String> \{\n)/$1    if true { return None; }\n/' \
+  'a promotion decided on a view read before the key was won goes on after another node promoted and handed over in between'
 
 exit $status

@@ -26,6 +26,7 @@ pub mod event_age;
 pub mod failsafe;
 pub mod lease;
 pub mod members;
+pub mod promotion;
 pub mod rejoin;
 pub mod sync_set;
 #[cfg(test)]
