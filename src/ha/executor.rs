@@ -86,9 +86,8 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 // again now that nobody else can change it, and go on only
                 // if nothing the decision rested on moved.
                 let fresh = self.dcs.load().await.context("read the cluster again before promoting")?;
-                let decided = self.inputs(obs, cluster, vec![]).view.unwrap_or_default();
-                let held = self.inputs(obs, Some(&fresh), vec![]).view.unwrap_or_default();
-                if let Some(why) = core::promotion::promotion_basis_changed(&decided, &held) {
+                let decided = cluster.map(|c| self.view(c)).unwrap_or_default();
+                if let Some(why) = core::promotion::promotion_basis_changed(&decided, &self.view(&fresh)) {
                     tracing::warn!(reason = %why, "not promoting; giving the leader key back");
                     self.forget_history_of_this_term().await;
                     let _ = self.give_up_leader_key().await;

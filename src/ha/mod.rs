@@ -388,8 +388,9 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         outcome
     }
 
-    fn inputs(&self, obs: &Observation, cluster: Option<&ClusterState>, peers: Vec<PeerObs>) -> Inputs {
-        let view = cluster.map(|c| View {
+    /// The cluster as the core sees it, from one read of etcd.
+    fn view(&self, c: &ClusterState) -> View {
+        View {
             leader: c.leader.as_ref().map(|l| LeaderKey { node: l.node.clone(), term: c.term.unwrap_or(0) }),
             paused: c.pause.is_some(),
             request: c.request.as_ref().filter(|r| r.refused.is_none()).map(|r| Request {
@@ -409,7 +410,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             sync_unreadable: c.sync_unreadable,
             leader_lost_ago: self.leader_lost_at.map(|t| t.elapsed()),
             leader_heartbeat_ago: c.status.as_ref().map(|s| Duration::from_millis(now_ms().saturating_sub(s.heartbeat_ms))),
-        });
+        }
+    }
+
+    fn inputs(&self, obs: &Observation, cluster: Option<&ClusterState>, peers: Vec<PeerObs>) -> Inputs {
+        let view = cluster.map(|c| self.view(c));
         Inputs {
             me: self.cfg.node.clone(),
             policy: self.policy.clone(),
