@@ -83,5 +83,14 @@ mutant promote-beside-a-silent-orphan src/core/mod.rs \
 mutant promotion-on-a-stale-view src/core/promotion.rs \
   's/(-> Option<String> \{\n)/$1    if true { return None; }\n/' \
   'a promotion decided on a view read before the key was won goes on after another node promoted and handed over in between'
+mutant promotion-onto-a-used-timeline src/core/mod.rs \
+  's/if !i\.policy\.promotion_opens_timeline \|\| was_last_primary \{/if true {/' \
+  'a replica still on the timeline the last recorded primary promoted from opens a second timeline with the same number'
+mutant restart-not-retried-while-held-down src/core/mod.rs \
+  's/Some\(ago\) if held_down && ago < p\.restart_budget =>/Some(_) if held_down =>/' \
+  'a primary restarted in place within hold_down whose new server hangs keeps the key, unanswered, until hold_down ends'
+mutant deferring-to-a-held-down-peer src/core/mod.rs \
+  's/ \|\| c\.held_down \|\| set_unknown\)/ || set_unknown)/' \
+  'a node past hold_down defers on a tie to a peer whose later-restarted sidecar is still held down'
 
 exit $status

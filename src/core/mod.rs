@@ -52,6 +52,9 @@ pub struct Policy {
     pub synchronous: bool,
     /// Good checks in a row before a recovered database is a candidate.
     pub rise: u32,
+    /// PostgreSQL: a promotion opens a new timeline, numbered one past the
+    /// one it promoted from. (MariaDB and MySQL positions have none.)
+    pub promotion_opens_timeline: bool,
 }
 
 /// Is the local database process up, and does it answer?
@@ -197,6 +200,11 @@ pub struct View {
     pub released_by: Option<String>,
     /// The last position the primary published, for `max_lag_on_failover`.
     pub last_primary_position: Option<Position>,
+    /// Where the primary the newest history record names stood when it
+    /// won the key and promoted (written before it promoted, so it is there
+    /// even when that primary was fenced before it ever published a
+    /// position as a primary).
+    pub last_promoted_from: Option<Position>,
     /// Synchronous mode: the replicas one of which flushed every
     /// acknowledged commit (the `sync` key), if recorded.
     pub sync_standbys: Option<Vec<String>>,
@@ -299,6 +307,10 @@ pub struct Candidate {
     /// Its own verdict on whether it may be promoted.
     pub eligible: bool,
     pub is_primary: bool,
+    /// Its last decision refused because of hold_down. Each node times
+    /// hold_down from its own first read of the history record, so a
+    /// sidecar that restarted late can be held down while this one is not.
+    pub held_down: bool,
 }
 
 /// Crash-handling memory kept by the loop between iterations.
@@ -643,9 +655,21 @@ fn crashed_primary(i: &Inputs, mut d: Decision) -> Decision {
             };
             d.act(Action::RestartInPlace)
         }
-        Some(_) if held_down => {
+        Some(ago) if held_down && ago < p.restart_budget => {
             d.state = "primary database down: restart in progress (held down: no failover within hold_down)".into();
             d
+        }
+        Some(_) if held_down => {
+            // Nobody may take over, so a restart that did not succeed is
+            // tried again, once per restart_budget, until hold_down ends.
+            // Waiting instead left a server hung right after its restart
+            // holding the key, unanswered, for the rest of hold_down (the
+            // 30-minute simulation run, seed 8273255: 24 s).
+            d.state = format!(
+                "primary database down: restart did not succeed within restart_budget ({}); restarting in place again (held down: no failover within hold_down)",
+                secs(p.restart_budget)
+            );
+            d.act(Action::RestartInPlace)
         }
         Some(ago) if ago < p.restart_budget => {
             d.state = format!("primary database down: restart in progress ({} of {})", secs(ago), secs(p.restart_budget));
@@ -919,7 +943,12 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
         let last_or_sync_leader =
             view.last_primary.as_deref() == Some(peer.node.as_str()) || view.sync_leader.as_deref() == Some(peer.node.as_str());
         let set_unknown = p.synchronous && (view.sync_unreadable || (view.sync_standbys.is_none() && view.last_primary.is_some()));
-        let held_down = (view.last_failover_age.is_some_and(|a| a < p.hold_down) || set_unknown)
+        // A peer is held down by this node's reading of hold_down or by its
+        // own: a sidecar restarted after the failover times hold_down from
+        // its first read of the record, later than the others, and deferring
+        // to it on a tie left the cluster leaderless until its hold_down
+        // ended (the 30-minute simulation run, seed 8166613).
+        let held_down = (view.last_failover_age.is_some_and(|a| a < p.hold_down) || c.held_down || set_unknown)
             && !is_primary
             && manual.is_none()
             && !last_or_sync_leader;
@@ -1127,6 +1156,9 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
             }
         }
     }
+    if let Some(why) = behind_last_promotion(i, mine, was_last_primary) {
+        return Eligibility::no(why);
+    }
     let newest = i.peers.iter().filter_map(|p| p.candidate.as_ref()?.position).map(|p| p.timeline).max();
     if let Some(t) = newest {
         if t > mine.timeline {
@@ -1134,6 +1166,34 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
         }
     }
     Eligibility::yes()
+}
+
+/// A node still on the timeline the last recorded primary promoted from
+/// lacks what that primary wrote after it promoted, and its own promotion
+/// would open a timeline with the same number: two different timeline 3s,
+/// which (timeline, LSN) comparisons can no longer tell apart. In the
+/// 30-minute simulation run (seed 8211379) pg2 promoted from timeline 2 and
+/// was fenced before its member record ever showed it primary; pg1, still
+/// on timeline 2, promoted into its own timeline 3 and acknowledged writes
+/// with pg3; after the hold-down pg2's divergent timeline 3 compared higher
+/// and won, and those writes were lost. The history record is written
+/// before the promotion, so it bounds the last primary's timeline even
+/// when no member record does. The last primary itself is the reference
+/// (its promotion may not have taken effect).
+fn behind_last_promotion(i: &Inputs, mine: Position, was_last_primary: bool) -> Option<String> {
+    if !i.policy.promotion_opens_timeline || was_last_primary {
+        return None;
+    }
+    let view = i.view.as_ref()?;
+    let from = view.last_promoted_from?;
+    let opened = from.timeline.saturating_add(1);
+    (mine.timeline < opened).then(|| {
+        format!(
+            "timeline {} is behind timeline {opened}, which {} opened when it promoted from {from} (history)",
+            mine.timeline,
+            view.last_primary.as_deref().unwrap_or("the last primary")
+        )
+    })
 }
 
 /// What a replica knows of the leader's loss.

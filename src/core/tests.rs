@@ -18,6 +18,7 @@ pub(super) fn policy() -> Policy {
         switchover_timeout: Duration::from_secs(30),
         synchronous: false,
         rise: 2,
+        promotion_opens_timeline: true,
     }
 }
 
@@ -74,7 +75,13 @@ fn peer(node: &str, lsn: u64) -> PeerObs {
     PeerObs {
         node: node.into(),
         db: PeerDb::ReadOnly,
-        candidate: Some(Candidate { position: Some(Position::new(1, lsn)), priority: 100, eligible: true, is_primary: false }),
+        candidate: Some(Candidate {
+            position: Some(Position::new(1, lsn)),
+            priority: 100,
+            eligible: true,
+            is_primary: false,
+            held_down: false,
+        }),
         sidecar: PeerSidecar::Answered,
     }
 }
@@ -399,6 +406,33 @@ fn lagging_replica_is_not_eligible() {
     assert!(d.refusal.unwrap().contains("max_lag_on_failover"));
 }
 
+/// The last recorded primary promoted from timeline 2 at LSN 859 and was
+/// fenced before it published a position as primary (seed 8211379): a
+/// replica still on timeline 2 would open a second timeline 3.
+#[test]
+fn a_replica_on_the_timeline_the_last_primary_promoted_from_is_not_eligible() {
+    // (engine opens timelines, candidate, candidate's timeline, eligible)
+    let cases = [
+        (true, "pg1", 2, false), // still on timeline 2: behind the promotion
+        (true, "pg1", 3, true),  // streamed timeline 3 from the last primary
+        (true, "pg1", 4, true),  // a later timeline still
+        (true, "pg2", 2, true),  // the last primary itself is the reference
+        (false, "pg1", 2, true), // MariaDB/MySQL: no timelines to compare
+    ];
+    for (opens, me, timeline, eligible) in cases {
+        let mut local = replica(858);
+        local.position = Some(Position::new(timeline, 858));
+        let view = View { last_primary: Some("pg2".into()), last_promoted_from: Some(Position::new(2, 859)), ..View::default() };
+        let mut i = inputs(me, local, view);
+        i.policy.promotion_opens_timeline = opens;
+        let e = eligibility(&i);
+        assert_eq!(e.eligible, eligible, "{opens} {me} tl{timeline}: {e:?}");
+        if !eligible {
+            assert!(e.reason.as_deref().unwrap_or("").contains("opened when it promoted"), "{e:?}");
+        }
+    }
+}
+
 #[test]
 fn replica_that_has_not_streamed_recently_is_not_eligible() {
     let mut local = replica(1000);
@@ -566,6 +600,15 @@ fn a_flapping_primary_restarts_in_place_while_held_down() {
     i.lease = held();
     assert_eq!(actions(&i), vec![Action::RestartInPlace]);
     assert!(decide(&i).state.contains("held down"));
+    // A restart under way is waited for, up to restart_budget (10 s) ...
+    for (started_ago, restarts) in [(3, false), (9, false), (10, true), (25, true)] {
+        i.crash.restart_started_ago = Some(Duration::from_secs(started_ago));
+        // ... then tried again: nobody else may take over (seed 8273255).
+        assert_eq!(actions(&i) == vec![Action::RestartInPlace], restarts, "{started_ago} s: {:?}", decide(&i));
+    }
+    // Once hold_down is over, a restart that did not succeed gives the key up.
+    i.view.as_mut().unwrap().last_failover_age = Some(Duration::from_secs(301));
+    assert!(matches!(actions(&i)[..], [Action::ReleaseLeader { .. }]));
 }
 
 #[test]
@@ -574,7 +617,13 @@ fn replica_on_an_old_timeline_is_not_eligible() {
     i.peers = vec![PeerObs {
         node: "pg3".into(),
         db: PeerDb::ReadOnly,
-        candidate: Some(Candidate { position: Some(Position::new(2, 10)), priority: 100, eligible: true, is_primary: false }),
+        candidate: Some(Candidate {
+            position: Some(Position::new(2, 10)),
+            priority: 100,
+            eligible: true,
+            is_primary: false,
+            held_down: false,
+        }),
         sidecar: PeerSidecar::Answered,
     }];
     assert!(!decide(&i).eligibility.eligible);
@@ -748,6 +797,7 @@ fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
                 priority,
                 eligible,
                 is_primary,
+                held_down: false,
             }),
             sidecar: if c.is_some() { PeerSidecar::Answered } else { unanswered },
         })
@@ -773,6 +823,7 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
                 last_failover_age: failover_age.map(Duration::from_secs),
                 last_primary: None,
                 released_by: None,
+                last_promoted_from: None,
                 last_primary_position: Some(Position::new(1, 1500)),
                 sync_standbys: None,
                 sync_leader: None,
@@ -1073,6 +1124,27 @@ fn hold_down_does_not_stop_the_last_primary_retaking_its_key() {
     let mut j = inputs("pg3", replica(1000), view);
     j.peers = vec![peer("pg2", 900)];
     assert!(decide(&j).refusal.unwrap().starts_with("held down"));
+}
+
+/// The 30-minute simulation run (seed 8166613): pg1's sidecar restarted
+/// after a failover and timed hold_down from its own first read of the
+/// record, late; pg2 and pg3, past hold_down, deferred to it on a tie and
+/// it refused: nobody led until pg1's hold_down ended.
+#[test]
+fn a_peer_that_reports_itself_held_down_is_not_deferred_to_on_a_tie() {
+    // (pg1's position, pg1 held down by its own reading, pg2 promotes)
+    let cases = [
+        (1000, false, false), // equally fresh and preferred by name: pg2 defers
+        (1000, true, true),   // equally fresh but it would refuse: pg2 takes over
+        (1001, true, false),  // strictly fresher: it has writes pg2 lacks, wait
+    ];
+    for (theirs, held_down, promotes) in cases {
+        let mut i = inputs("pg2", replica(1000), no_leader());
+        let mut pg1 = peer("pg1", theirs);
+        pg1.candidate.as_mut().unwrap().held_down = held_down;
+        i.peers = vec![pg1, peer("pg3", 900)];
+        assert_eq!(actions(&i) == vec![Action::AcquireLeader, Action::Promote], promotes, "{theirs} {held_down}: {:?}", decide(&i));
+    }
 }
 
 /// Found by the simulation (seed 67, fast, synchronous): the primary that

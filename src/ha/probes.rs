@@ -97,6 +97,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         priority: r.priority,
                         eligible: r.eligible,
                         is_primary: r.role == Some(crate::core::DbRole::Primary) && r.health == crate::core::DbHealth::Running,
+                        held_down: r.refusal_kind == Some(crate::core::RefusalKind::HeldDown),
                     }),
                 }
             }
