@@ -73,6 +73,18 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         "1 while automatic failover is held down after a recent one.",
         (s.me.as_ref().and_then(|m| m.refusal_kind) == Some(crate::core::RefusalKind::HeldDown)) as u8 as f64,
     );
+    // One series whatever runs: its label says which action ("none" when idle).
+    let (action, running, for_s) = match s.action {
+        Some(a) => (a.name, 1, a.since.elapsed().as_secs_f64()),
+        None => ("none", 0, 0.0),
+    };
+    let _ = writeln!(
+        out,
+        "# HELP vigil_action_running 1 while the loop executes an action (promote, rejoin, fence, ...).\n# TYPE vigil_action_running gauge"
+    );
+    let _ = writeln!(out, "vigil_action_running{{cluster=\"{c}\",node=\"{n}\",action=\"{action}\"}} {running}");
+    let _ = writeln!(out, "# HELP vigil_action_running_seconds How long the action under way has run (0 when idle).\n# TYPE vigil_action_running_seconds gauge");
+    let _ = writeln!(out, "vigil_action_running_seconds{{cluster=\"{c}\",node=\"{n}\",action=\"{action}\"}} {for_s:.3}");
     let (delivered, failed, dropped) = s.alert_deliveries;
     let _ = writeln!(out, "# HELP vigil_alert_notifications_total Alert notifications by outcome (failed: gave up after retries; dropped: queue full).\n# TYPE vigil_alert_notifications_total counter");
     for (outcome, v) in [("delivered", delivered), ("failed", failed), ("dropped", dropped)] {
@@ -120,4 +132,22 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_action_under_way_is_one_series_whose_label_names_it() {
+        let text = "cluster = \"lab\"\nnode = \"pg1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[database]\nport = 5432\ndata_dir = \"/var/lib/postgresql/15/main\"\n";
+        let cfg = Config::parse(std::path::Path::new("/etc/vigil/test.toml"), text).unwrap();
+        let mut s = Snapshot::default();
+        let idle = render(&cfg, &s);
+        assert!(idle.contains("vigil_action_running{cluster=\"lab\",node=\"pg1\",action=\"none\"} 0\n"), "{idle}");
+        s.action = Some(crate::status::ActionUnderWay { name: "rejoin", since: crate::clock::Instant::now() });
+        let busy = render(&cfg, &s);
+        assert!(busy.contains("vigil_action_running{cluster=\"lab\",node=\"pg1\",action=\"rejoin\"} 1\n"), "{busy}");
+        assert!(busy.contains("vigil_action_running_seconds{cluster=\"lab\",node=\"pg1\",action=\"rejoin\"} "), "{busy}");
+    }
 }

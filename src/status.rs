@@ -38,6 +38,16 @@ pub struct Snapshot {
     pub last_vouch: Option<crate::clock::Instant>,
     /// The latest sync report of the background collector.
     pub sync: Option<crate::sync::SyncReport>,
+    /// The action the loop is executing now, if any.
+    pub action: Option<ActionUnderWay>,
+}
+
+/// An action of the loop under way: its name and since when.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionUnderWay {
+    /// `core::Action::name`, the metric label.
+    pub name: &'static str,
+    pub since: crate::clock::Instant,
 }
 
 /// The snapshot behind an `Arc`: readers (the API, the simulation's

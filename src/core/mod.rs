@@ -387,6 +387,26 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name as a metric label (`vigil_action_running`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::AdoptLeader => "adopt_leader",
+            Action::WriteHeartbeat => "write_heartbeat",
+            Action::AcquireLeader => "acquire_leader",
+            Action::Promote => "promote",
+            Action::ReleaseLeader { .. } => "release_leader",
+            Action::Fence { .. } => "fence",
+            Action::RestartInPlace => "restart_in_place",
+            Action::Start => "start",
+            Action::StartReplica => "start_replica",
+            Action::Rejoin { .. } => "rejoin",
+            Action::Follow { .. } => "follow",
+            Action::HandOver { .. } => "hand_over",
+            Action::ClearRequest { .. } => "clear_request",
+            Action::RefuseRequest { .. } => "refuse_request",
+        }
+    }
+
     /// What the node is doing while the action runs, for `vigil status`
     /// ("promoting since 12 s").
     pub fn doing(&self) -> &'static str {

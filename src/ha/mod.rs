@@ -330,12 +330,15 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             // they are renewed beside the action, and a lease that lapses
             // anyway cancels it (the database is fenced next).
             self.promote_sent = false;
+            let under_way = crate::status::ActionUnderWay { name: action.name(), since: Instant::now() };
+            self.shared.update(|s| s.action = Some(under_way));
             let beside = self.keep_alive_beside(action);
             let (result, cancelled) = tokio::select! {
                 biased;
                 r = self.execute(action, &obs, cluster.as_ref(), &peers, &decision) => (r, false),
                 why = beside => (Err(anyhow::anyhow!(why)), true),
             };
+            self.shared.update(|s| s.action = None);
             if cancelled && *action == core::Action::Promote && !self.promote_sent {
                 // Cancelled before the database was asked to promote: the
                 // history record written when the key was won names a
