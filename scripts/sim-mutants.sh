@@ -92,5 +92,11 @@ mutant restart-not-retried-while-held-down src/core/mod.rs \
 mutant deferring-to-a-held-down-peer src/core/mod.rs \
   's/ \|\| c\.held_down \|\| set_unknown\)/ || set_unknown)/' \
   'a node past hold_down defers on a tie to a peer whose later-restarted sidecar is still held down'
+mutant timeline-floor-before-promotion src/ha/mod.rs \
+  's/c\.last_history\.as_ref\(\)\.filter\(\|h\| h\.promoted\)\.and_then/c.last_history.as_ref().and_then/' \
+  'the timeline rule trusts the history record written before the promotion: a node frozen mid-promotion holds every replica off'
+mutant sync-set-forgotten-after-restart src/ha/sync.rs \
+  's/            self\.sync_written = Some\(s\.clone\(\)\);\n//' \
+  'a restarted leader that has not written the sync key yet reads a garbage value as no set, and re-records every member as joining'
 
 exit $status

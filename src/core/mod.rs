@@ -201,9 +201,11 @@ pub struct View {
     /// The last position the primary published, for `max_lag_on_failover`.
     pub last_primary_position: Option<Position>,
     /// Where the primary the newest history record names stood when it
-    /// won the key and promoted (written before it promoted, so it is there
-    /// even when that primary was fenced before it ever published a
-    /// position as a primary).
+    /// promoted, once that record says its database did promote (it can be
+    /// fenced before its member record ever shows it primary). None while
+    /// only the record written when the key was won exists: a node lost in
+    /// the middle of its promotion must not hold the cluster without a
+    /// primary until it returns.
     pub last_promoted_from: Option<Position>,
     /// Synchronous mode: the replicas one of which flushed every
     /// acknowledged commit (the `sync` key), if recorded.
@@ -1196,10 +1198,15 @@ pub fn eligibility(i: &Inputs) -> Eligibility {
 /// was fenced before its member record ever showed it primary; pg1, still
 /// on timeline 2, promoted into its own timeline 3 and acknowledged writes
 /// with pg3; after the hold-down pg2's divergent timeline 3 compared higher
-/// and won, and those writes were lost. The history record is written
-/// before the promotion, so it bounds the last primary's timeline even
-/// when no member record does. The last primary itself is the reference
-/// (its promotion may not have taken effect).
+/// and won, and those writes were lost. The history record written after
+/// the promotion bounds the last primary's timeline even when no member
+/// record does. The record written before it is not used: a node frozen
+/// in the middle of its promotion then kept every replica from taking
+/// over (the next 30-minute run, seed 8411053). So a node lost between
+/// asking its database to promote and recording that it did can still
+/// leave a twin timeline behind: telling twins apart needs each node's
+/// timeline switch point, which replicas do not publish yet. The last
+/// primary itself is the reference.
 fn behind_last_promotion(i: &Inputs, mine: Position, was_last_primary: bool) -> Option<String> {
     if !i.policy.promotion_opens_timeline || was_last_primary {
         return None;

@@ -152,6 +152,10 @@ pub struct HistoryRecord {
     /// promotes (the 15-minute simulation run, seed 7232913).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_primary_at: Option<Address>,
+    /// The new primary's database did promote: set in the record written
+    /// after the promotion, not in the one written when the key was won.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted: bool,
 }
 
 /// Where a node's sidecar API and database answer.

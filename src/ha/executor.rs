@@ -150,6 +150,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                         old_position: self.last_primary_position,
                         new_position: obs.local.position,
                         new_primary_at: Some(self.address()),
+                        promoted: false,
                     };
                     if let Err(e) = self.dcs.put_history(&rec).await {
                         let _ = self.give_up_leader_key().await;

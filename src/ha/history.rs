@@ -59,6 +59,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                 old_position: None,
                 new_position: None,
                 new_primary_at: Some(self.address()),
+                promoted: false,
             };
             if let Err(e) = self.dcs.put_history(&rec).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not write history");
@@ -147,6 +148,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             old_position: self.last_primary_position,
             new_position: obs.local.position,
             new_primary_at: Some(self.address()),
+            promoted: true,
         };
         if let Err(e) = self.dcs.put_history(&rec).await {
             tracing::warn!(error = %format!("{e:#}"), "could not write the history record");
@@ -206,6 +208,7 @@ mod tests {
             old_position: None,
             new_position: None,
             new_primary_at: None,
+            promoted: false,
         }
     }
 

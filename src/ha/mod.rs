@@ -408,7 +408,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             last_primary: c.last_history.as_ref().map(|h| h.new_primary.clone()),
             released_by: c.incident.as_ref().map(|i| i.node.clone()).filter(|n| !n.is_empty()),
             last_primary_position: self.last_primary_position,
-            last_promoted_from: c.last_history.as_ref().and_then(|h| h.new_position),
+            last_promoted_from: c.last_history.as_ref().filter(|h| h.promoted).and_then(|h| h.new_position),
             sync_standbys: c.sync.as_ref().map(|s| s.standbys.clone()),
             sync_leader: c.sync.as_ref().map(|s| s.leader.clone()),
             sync_joining: c.sync.as_ref().map(|s| s.joining.clone()).unwrap_or_default(),

@@ -54,6 +54,13 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         // position, which none could reach while cut off, and none could
         // take over when the leader was lost (the 30-minute simulation run,
         // seed 7390367).
+        // The set read back as this leader's counts as written too: a
+        // sidecar restarted under a leader key it adopted had written
+        // nothing yet, and a garbage value then read as "no set" (the
+        // 30-minute simulation run, seed 8431567).
+        if let (MomentKind::Leading, Some(s)) = (moment_kind, c.sync.as_ref().filter(|s| s.leader == me)) {
+            self.sync_written = Some(s.clone());
+        }
         let written = self.sync_written.clone();
         let mine = c.sync.as_ref().filter(|s| s.leader == me).or_else(|| written.as_ref().filter(|_| c.sync.is_none()));
         let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
