@@ -595,7 +595,14 @@ impl WorldInner {
         let d = &self.dbs[a.node];
         let deposed_resumed =
             d.resumed_at.is_some_and(|t| now.duration_since(t) < RESUME_GRACE) && self.dbs.iter().any(|o| o.timeline > d.timeline);
-        let orphan_without_key = !self.sidecar_up[a.node] && self.key_holder.as_deref() != Some(d.name.as_str());
+        // An orphan as `check_writers` counts one: its sidecar is dead, or
+        // started less than START_GRACE ago and has not fenced it yet. Its
+        // acknowledgements are the node watchdog's to prevent. Counting
+        // only a dead sidecar flagged the 20 writes a primary cut off from
+        // a stopped etcd took in the second its restarted sidecar's first
+        // etcd read timed out (the 30-minute run on 99133dd, seed 8541023).
+        let started_late = self.sidecar_started[a.node].is_some_and(|t| now.duration_since(t) < START_GRACE);
+        let orphan_without_key = (!self.sidecar_up[a.node] || started_late) && self.key_holder.as_deref() != Some(d.name.as_str());
         if deposed_resumed || orphan_without_key || (0..self.dbs.len()).any(|j| j != a.node && self.acknowledges(j, now)) {
             self.watchdog_acks += 1;
         } else {
