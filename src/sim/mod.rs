@@ -1076,6 +1076,11 @@ fn serving_while_one_node_is_down(c: &Cluster, reported: &mut Reported) {
             match set {
                 None => return,
                 Some(s) if down.iter().any(|g| s.standbys.contains(&c.names[*g])) => return,
+                // An empty set: the leader that recorded it acknowledged
+                // commits alone, so only it may take over (the 30-minute
+                // run on 8794cd0, seed 8783919: the lone leader cut off
+                // from etcd, and refusing the others was the rule at work).
+                Some(s) if s.standbys.is_empty() && down.iter().any(|g| c.names[*g] == s.leader) => return,
                 Some(_) => {}
             }
         }
