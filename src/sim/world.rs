@@ -601,7 +601,9 @@ impl WorldInner {
         // only a dead sidecar flagged the 20 writes a primary cut off from
         // a stopped etcd took in the second its restarted sidecar's first
         // etcd read timed out (the 30-minute run on 99133dd, seed 8541023).
-        let started_late = self.sidecar_started[a.node].is_some_and(|t| now.duration_since(t) < START_GRACE);
+        // (A restart: at the cluster's first start nobody holds the key
+        // yet, and the first primary's writes are the cluster's own.)
+        let started_late = self.sidecar_started[a.node].is_some_and(|t| t > self.start && now.duration_since(t) < START_GRACE);
         let orphan_without_key = (!self.sidecar_up[a.node] || started_late) && self.key_holder.as_deref() != Some(d.name.as_str());
         if deposed_resumed || orphan_without_key || (0..self.dbs.len()).any(|j| j != a.node && self.acknowledges(j, now)) {
             self.watchdog_acks += 1;
