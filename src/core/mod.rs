@@ -391,42 +391,32 @@ pub enum Action {
 impl Action {
     /// The action's name as a metric label (`vigil_action_running`).
     pub fn name(&self) -> &'static str {
-        match self {
-            Action::AdoptLeader => "adopt_leader",
-            Action::WriteHeartbeat => "write_heartbeat",
-            Action::AcquireLeader => "acquire_leader",
-            Action::Promote => "promote",
-            Action::ReleaseLeader { .. } => "release_leader",
-            Action::Fence { .. } => "fence",
-            Action::RestartInPlace => "restart_in_place",
-            Action::Start => "start",
-            Action::StartReplica => "start_replica",
-            Action::Rejoin { .. } => "rejoin",
-            Action::Follow { .. } => "follow",
-            Action::HandOver { .. } => "hand_over",
-            Action::ClearRequest { .. } => "clear_request",
-            Action::RefuseRequest { .. } => "refuse_request",
-        }
+        self.words().0
     }
 
     /// What the node is doing while the action runs, for `vigil status`
     /// ("promoting since 12 s").
     pub fn doing(&self) -> &'static str {
+        self.words().1
+    }
+
+    /// One table for both, so that they stay in step.
+    fn words(&self) -> (&'static str, &'static str) {
         match self {
-            Action::AdoptLeader => "adopting the leader key",
-            Action::WriteHeartbeat => "writing the heartbeat",
-            Action::AcquireLeader => "taking the leader key",
-            Action::Promote => "promoting",
-            Action::ReleaseLeader { .. } => "releasing the leader key",
-            Action::Fence { .. } => "fencing",
-            Action::RestartInPlace => "restarting in place",
-            Action::Start => "starting the database",
-            Action::StartReplica => "starting the database as a replica",
-            Action::Rejoin { .. } => "rejoining",
-            Action::Follow { .. } => "following",
-            Action::HandOver { .. } => "handing over",
-            Action::ClearRequest { .. } => "clearing the request",
-            Action::RefuseRequest { .. } => "refusing the request",
+            Action::AdoptLeader => ("adopt_leader", "adopting the leader key"),
+            Action::WriteHeartbeat => ("write_heartbeat", "writing the heartbeat"),
+            Action::AcquireLeader => ("acquire_leader", "taking the leader key"),
+            Action::Promote => ("promote", "promoting"),
+            Action::ReleaseLeader { .. } => ("release_leader", "releasing the leader key"),
+            Action::Fence { .. } => ("fence", "fencing"),
+            Action::RestartInPlace => ("restart_in_place", "restarting in place"),
+            Action::Start => ("start", "starting the database"),
+            Action::StartReplica => ("start_replica", "starting the database as a replica"),
+            Action::Rejoin { .. } => ("rejoin", "rejoining"),
+            Action::Follow { .. } => ("follow", "following"),
+            Action::HandOver { .. } => ("hand_over", "handing over"),
+            Action::ClearRequest { .. } => ("clear_request", "clearing the request"),
+            Action::RefuseRequest { .. } => ("refuse_request", "refusing the request"),
         }
     }
 }
