@@ -98,5 +98,8 @@ mutant timeline-floor-before-promotion src/ha/mod.rs \
 mutant sync-set-forgotten-after-restart src/ha/sync.rs \
   's/            self\.sync_written = Some\(s\.clone\(\)\);\n//' \
   'a restarted leader that has not written the sync key yet reads a garbage value as no set, and re-records every member as joining'
+mutant silent-after-its-sidecar-died src/core/mod.rs \
+  's/PeerSidecar::NotRunning \| PeerSidecar::SilentAfterNotRunning \| PeerSidecar::Unknown/PeerSidecar::NotRunning | PeerSidecar::Unknown/' \
+  'a node frozen after its sidecar died is taken for a frozen node its sidecar will fence, and a replica promotes beside it'
 
 exit $status

@@ -286,6 +286,10 @@ pub enum PeerSidecar {
     Answered,
     /// No answer in time: its node may be lost, frozen or cut off.
     Silent,
+    /// No answer in time, and the last look found no sidecar running there,
+    /// with no sign of one since (its member record not rewritten): a
+    /// silent node nobody will fence when it resumes.
+    SilentAfterNotRunning,
     /// Its host refused the connection: no sidecar runs there.
     NotRunning,
     /// Not asked: a server known only as the upstream this replica streams
@@ -297,7 +301,7 @@ pub enum PeerSidecar {
 impl PeerSidecar {
     /// Nothing says a sidecar runs beside that database to fence it.
     pub fn none_known(self) -> bool {
-        matches!(self, PeerSidecar::NotRunning | PeerSidecar::Unknown)
+        matches!(self, PeerSidecar::NotRunning | PeerSidecar::SilentAfterNotRunning | PeerSidecar::Unknown)
     }
 }
 
@@ -1299,7 +1303,10 @@ fn peer_writer_refusal(i: &Inputs) -> Option<(RefusalKind, String)> {
     // not proof that it is gone (seen in CI: a replica promoted beside such
     // a server). A silent server whose sidecar is silent too is a frozen or
     // lost node, fenced by its own sidecar's lease watchdog on resuming, so
-    // it does not hold up the failover that exists for it. A server known
+    // it does not hold up the failover that exists for it, unless its
+    // sidecar was last found not running (seed 8687433: a node frozen
+    // after its sidecar died resumed writable, with nobody to fence it,
+    // beside the replica promoted in the meantime). A server known
     // only as this replica's upstream has no sidecar anyone can ask: it is
     // treated as unsupervised (the 15-minute run, seeds 7212407 and
     // 7217998: a sidecar restarted while the key was vacant knew the dead

@@ -373,12 +373,16 @@ fn no_promotion_while_the_old_primary_still_accepts_writes() {
 /// with nobody to fence it; under load it answered a replica's probe too
 /// late, and the replica promoted beside it (seen in CI, crash_points).
 /// Its silence counts only while no sidecar runs beside it: a frozen or
-/// lost node (both silent) is what failover exists for.
+/// lost node (both silent) is what failover exists for, unless its sidecar
+/// was found not running before it went silent (seed 8687433).
 #[test]
 fn no_promotion_while_a_server_without_a_sidecar_does_not_say_whether_it_accepts_writes() {
     let table = [
         (PeerDb::Silent, PeerSidecar::NotRunning, false),
         (PeerDb::Silent, PeerSidecar::Silent, true),
+        // Frozen after its sidecar died: nobody fences it on resuming.
+        (PeerDb::Silent, PeerSidecar::SilentAfterNotRunning, false),
+        (PeerDb::Unreachable, PeerSidecar::SilentAfterNotRunning, true),
         // Known only as the upstream: no sidecar anyone could ask.
         (PeerDb::Silent, PeerSidecar::Unknown, false),
         (PeerDb::Unreachable, PeerSidecar::Unknown, true),
@@ -787,7 +791,12 @@ fn arb_peer(name: &'static str) -> impl Strategy<Value = PeerObs> {
     (
         prop_oneof![Just(PeerDb::Writable), Just(PeerDb::ReadOnly), Just(PeerDb::Unreachable), Just(PeerDb::Silent)],
         proptest::option::of((proptest::option::of((1u32..3, 0u64..2000)), 0u32..200, any::<bool>(), any::<bool>())),
-        prop_oneof![Just(PeerSidecar::Silent), Just(PeerSidecar::NotRunning), Just(PeerSidecar::Unknown)],
+        prop_oneof![
+            Just(PeerSidecar::Silent),
+            Just(PeerSidecar::SilentAfterNotRunning),
+            Just(PeerSidecar::NotRunning),
+            Just(PeerSidecar::Unknown)
+        ],
     )
         .prop_map(move |(db, c, unanswered)| PeerObs {
             node: name.into(),
@@ -1255,6 +1264,7 @@ fn a_key_holder_does_not_finish_a_promotion_beside_a_writer() {
     for (db, sidecar, promotes) in [
         (PeerDb::Writable, PeerSidecar::NotRunning, false),
         (PeerDb::Silent, PeerSidecar::NotRunning, false),
+        (PeerDb::Silent, PeerSidecar::SilentAfterNotRunning, false),
         (PeerDb::ReadOnly, PeerSidecar::Answered, true),
         (PeerDb::Unreachable, PeerSidecar::Silent, true),
     ] {

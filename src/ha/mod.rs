@@ -22,6 +22,7 @@
 //! - `sync`: the synchronous set (synchronous mode);
 //! - `publishing`: alerts, hooks, DNS, the member record, the snapshot.
 
+mod dead_sidecars;
 mod executor;
 mod failover_age;
 mod history;
@@ -91,6 +92,8 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     leader_lost_at: Option<Instant>,
     /// Whether the leader's member record keeps changing.
     leader_watch: leader_watch::LeaderWatch,
+    /// Peers whose sidecar last refused connections (`dead_sidecars`).
+    dead_sidecars: dead_sidecars::DeadSidecars,
     /// How long ago the last automatic failover was (for hold_down).
     failover_age: failover_age::FailoverAge,
     /// Rejoins that failed in a row, and when the last one ended (backoff).
@@ -184,6 +187,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             leader_lost_ms: None,
             leader_lost_at: None,
             leader_watch: leader_watch::LeaderWatch::default(),
+            dead_sidecars: dead_sidecars::DeadSidecars::default(),
             failover_age: failover_age::FailoverAge::default(),
             rejoin_failures: 0,
             last_rejoin_failure: None,
@@ -295,6 +299,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         }
         if let Some(c) = &cluster {
             self.remember(c);
+            self.dead_sidecars.read(&c.members);
         }
         if let Some(c) = &cluster {
             self.paused.store(c.pause.is_some(), std::sync::atomic::Ordering::Relaxed);
@@ -317,7 +322,10 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let holder = cluster.as_ref().and_then(|c| c.leader.as_ref()).map(|l| l.node.as_str());
         let probe = cluster.is_some() && core::needs_peer_probes(&obs.local, holder, last_primary, &self.cfg.node);
         let last = cluster.as_ref().and_then(|c| c.last_history.as_ref());
-        let peers = if probe { self.probe_peers(obs.upstream.as_deref(), last).await } else { vec![] };
+        let mut peers = if probe { self.probe_peers(obs.upstream.as_deref(), last).await } else { vec![] };
+        if let Some(c) = &cluster {
+            self.dead_sidecars.look(&mut peers, &c.members);
+        }
         let inputs = self.inputs(&obs, cluster.as_ref(), peers.clone());
         let decision = core::decide(&inputs);
         self.log_decision(&decision);
