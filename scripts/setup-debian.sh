@@ -10,6 +10,8 @@ packages=(
   protobuf-compiler libprotobuf-dev  # the etcd client library compiles etcd's protocol at build time
   haproxy                  # the load-balancer integration test
   prometheus-alertmanager  # the alerting integration test
+  prometheus               # promtool judges /metrics and the shipped alerting rules
+  keepalived               # keepalived -t judges the shipped keepalived config
   bind9 bind9-utils bind9-dnsutils  # the DNS publishing test (named, tsig-keygen, dig)
   redis-server rsync       # session and file sync in the lab and tests
   nftables                 # the partition drill
@@ -31,8 +33,8 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  # Debian's service scripts would start etcd and haproxy on their standard
-  # ports; vigil starts its own on high ports, so keep the packaged ones off.
+  # Debian's service scripts would start etcd, haproxy, Prometheus and
+  # keepalived on their standard ports; vigil starts its own on high ports, so keep the packaged ones off.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
     $sudo chmod +x /usr/sbin/policy-rc.d
