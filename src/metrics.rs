@@ -14,10 +14,14 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     let mut out = String::new();
     let c = esc(&cfg.cluster);
     let n = esc(&cfg.node);
-    let mut gauge = |name: &str, help: &str, value: f64| {
+    // One series labelled with this cluster and node; a counter's name
+    // ends in `_total`, a gauge's never does (promtool check metrics).
+    let mut series = |kind: &str, name: &str, help: &str, value: f64| {
+        debug_assert_eq!(kind == "counter", name.ends_with("_total"), "{name}");
         let _ =
-            writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} gauge\nvigil_{name}{{cluster=\"{c}\",node=\"{n}\"}} {value}");
+            writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} {kind}\nvigil_{name}{{cluster=\"{c}\",node=\"{n}\"}} {value}");
     };
+    let mut gauge = |name: &str, help: &str, value: f64| series("gauge", name, help, value);
     let me = s.me.as_ref();
     gauge("up", "1 while the HA loop runs.", 1.0);
     gauge("primary", "1 if this node is the leader with a writable database.", s.writable_leader as u8 as f64);
@@ -29,7 +33,6 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     gauge("dcs_ok", "1 if the last etcd read succeeded.", s.dcs_ok as u8 as f64);
     gauge("dcs_last_seen_seconds", "Unix time of the last successful etcd read.", s.dcs_last_ok_ms as f64 / 1000.0);
     gauge("eligible", "1 if this node may be promoted now.", me.is_some_and(|m| m.eligible) as u8 as f64);
-    gauge("promotions_total", "Promotions of this node since the sidecar started.", s.promotions as f64);
     if let Some(p) = me.and_then(|m| m.position) {
         gauge("wal_position_bytes", "Current (primary) or received/replayed (replica) WAL position.", p.lsn.0 as f64);
         gauge("timeline", "Current timeline.", p.timeline as f64);
@@ -47,7 +50,6 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
     }
     gauge("members", "Members with a live member key.", s.cluster.members.len() as f64);
     gauge("dns_published_term", "Term this node last published in DNS (0: never).", s.dns_published_term.unwrap_or(0) as f64);
-    gauge("dns_failures", "Failed DNS publication attempts since start.", s.dns_failures as f64);
     if let Some(rep) = &s.sync {
         if let Some(r) = &rep.redis {
             gauge("sync_redis_link_up", "1 if the session store's replica link is up.", r.link_up as u8 as f64);
@@ -72,6 +74,18 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         "hold_down",
         "1 while automatic failover is held down after a recent one.",
         (s.me.as_ref().and_then(|m| m.refusal_kind) == Some(crate::core::RefusalKind::HeldDown)) as u8 as f64,
+    );
+    series("counter", "promotions_total", "Promotions of this node since the sidecar started.", s.promotions as f64);
+    series("counter", "dns_failures_total", "Failed DNS publication attempts since the sidecar started.", s.dns_failures as f64);
+    // One series: 1 while this node's last decision refused an automatic
+    // failover, its label the kind of refusal ("none" otherwise).
+    let refused = s.me.as_ref().and_then(|m| m.refusal_kind);
+    let kind =
+        refused.and_then(|k| serde_json::to_value(k).ok()).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| "none".into());
+    let _ = writeln!(
+        out,
+        "# HELP vigil_failover_refused 1 while this node refuses an automatic failover (kind: why; see vigil status).\n# TYPE vigil_failover_refused gauge\nvigil_failover_refused{{cluster=\"{c}\",node=\"{n}\",kind=\"{kind}\"}} {}",
+        refused.is_some() as u8
     );
     // One series whatever runs: its label says which action ("none" when idle).
     let (action, running, for_s) = match s.action {

@@ -99,6 +99,28 @@ fn dns_follows_the_primary_through_a_failover() {
     assert!(txt.iter().any(|l| l.contains(&format!("term={term}")) && l.contains(&new)), "{txt:?}");
     let h = out(&t.vigil(&["history"]));
     assert!(h.contains("DNS db.example.test. published"), "{h}");
+
+    // Prometheus's own linter judges every sidecar's /metrics, after a
+    // failover (so the history, lag and DNS series are all there).
+    for n in &t.lab.nodes {
+        let url = format!("http://127.0.0.1:{}/metrics", n.api_port);
+        let text = t.rt.block_on(async { reqwest::get(&url).await?.text().await }).unwrap();
+        assert!(text.contains("# TYPE vigil_promotions_total counter"), "{text}");
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (package prometheus)");
+        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let o = promtool.wait_with_output().unwrap();
+        assert!(o.status.success(), "promtool check metrics on {url}: {}{}\n{text}", out_text(&o.stdout), out_text(&o.stderr));
+    }
+}
+
+fn out_text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
