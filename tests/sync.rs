@@ -38,7 +38,7 @@ fn redis_session_sync_is_reported_alerted_and_recovers() {
         s.sync_max_age = "2s".into();
         s.extra_config = format!("\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/hook\"\n");
     });
-    let sync = format!("http://127.0.0.1:{}/sync", t.lab.nodes[1].api_port);
+    let sync = format!("http://127.0.0.1:{}/sync-status", t.lab.nodes[1].api_port);
     let redis = |v: &Value| v["sync"]["redis"].clone();
     wait("redis ok", Duration::from_secs(20), || redis(&get(&sync).1)["state"] == "ok");
     let r = redis(&get(&sync).1);
@@ -79,7 +79,7 @@ fn stopped_file_sync_makes_the_backup_unhealthy_until_it_resumes() {
     let (_, body) = get(&health);
     eprintln!("/health on the backup turned 503 {:?} after the sync stopped: {}", stopped.elapsed(), body["reason"]);
     assert!(body["reason"].as_str().unwrap().contains("file_sync: stale"), "{body}");
-    let age = get(&format!("http://127.0.0.1:{}/sync", t.lab.nodes[1].api_port)).1["sync"]["files"]["age_seconds"].as_f64().unwrap();
+    let age = get(&format!("http://127.0.0.1:{}/sync-status", t.lab.nodes[1].api_port)).1["sync"]["files"]["age_seconds"].as_f64().unwrap();
     assert!(age > 3.0, "age {age}");
     t.lab.start_file_sync().unwrap();
     let back = wait("backup healthy again", Duration::from_secs(15), || get(&health).0 == 200);

@@ -50,7 +50,13 @@ pub fn router<E: Engine, D: Dcs>(state: Arc<ApiState<E, D>>) -> Router {
         .route("/liveness", any(liveness::<E, D>))
         .route("/readiness", any(readiness::<E, D>))
         .route("/member", get(member::<E, D>))
-        .route("/sync", get(sync::<E, D>))
+        .route("/sync", any(synchronous::<E, D>))
+        .route("/synchronous", any(synchronous::<E, D>))
+        .route("/async", any(asynchronous::<E, D>))
+        .route("/asynchronous", any(asynchronous::<E, D>))
+        .route("/standby-leader", any(standby_leader))
+        .route("/standby_leader", any(standby_leader))
+        .route("/sync-status", get(sync_status::<E, D>))
         .route("/cluster", get(cluster::<E, D>))
         .route("/cluster/primary", get(who_is_primary::<E, D>))
         .route("/history", get(history::<E, D>))
@@ -120,6 +126,53 @@ async fn replica<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(q)
     }
 }
 
+/// Whether this node is a running replica the leader counts in its
+/// synchronous set (the `sync` key), and within `?lag=` if given.
+fn synchronous_standby(snap: &Snapshot, node: &str, q: &HashMap<String, String>) -> Result<(bool, bool), String> {
+    let me = snap.me.as_ref();
+    if !is_running(me, DbRole::Replica) {
+        return Ok((false, false));
+    }
+    let in_set = snap.cluster.sync.as_ref().is_some_and(|s| s.standbys.iter().any(|n| n == node));
+    Ok((in_set, lag_ok(me.expect("checked"), q)?))
+}
+
+/// Patroni's `/sync` and `/synchronous`: 200 only on a running replica in
+/// the synchronous set (the one HAProxy may send reads that must see
+/// every acknowledged commit to).
+async fn synchronous<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(q): Query<HashMap<String, String>>) -> Response {
+    let snap = s.shared.get();
+    match synchronous_standby(&snap, &s.cfg.node, &q) {
+        Ok((true, true)) => check(&method, true, &snap, None),
+        Ok((true, false)) => check(&method, false, &snap, Some("lag above the limit".into())),
+        Ok(_) => check(&method, false, &snap, Some("not a running synchronous standby".into())),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// Patroni's `/async` and `/asynchronous`: 200 only on a running replica
+/// outside the synchronous set.
+async fn asynchronous<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method, Query(q): Query<HashMap<String, String>>) -> Response {
+    let snap = s.shared.get();
+    let running = is_running(snap.me.as_ref(), DbRole::Replica);
+    match synchronous_standby(&snap, &s.cfg.node, &q) {
+        Ok((false, true)) if running => check(&method, true, &snap, None),
+        Ok((false, false)) if running => check(&method, false, &snap, Some("lag above the limit".into())),
+        Ok(_) => check(&method, false, &snap, Some("not a running asynchronous standby".into())),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// Patroni's `/standby-leader`: the leader of a standby cluster, which
+/// vigil does not run; always 503, so a check written for Patroni never
+/// sends traffic here by mistake.
+async fn standby_leader(method: Method) -> Response {
+    if method != Method::GET {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "reason": "vigil runs no standby cluster" }))).into_response()
+}
+
 async fn read_only<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Response {
     let snap = s.shared.get();
     let ok = snap.writable_leader || is_running(snap.me.as_ref(), DbRole::Replica);
@@ -147,7 +200,8 @@ async fn health<E: Engine, D: Dcs>(State(s): St<E, D>, method: Method) -> Respon
     check(&method, failing.is_empty(), &snap, why)
 }
 
-async fn sync<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
+/// vigil's file, session and configuration sync report (JSON, always 200).
+async fn sync_status<E: Engine, D: Dcs>(State(s): St<E, D>) -> Response {
     let snap = s.shared.get();
     let leader_hash = snap
         .cluster

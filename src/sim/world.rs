@@ -600,7 +600,7 @@ impl WorldInner {
         // acknowledgements are the node watchdog's to prevent. Counting
         // only a dead sidecar flagged the 20 writes a primary cut off from
         // a stopped etcd took in the second its restarted sidecar's first
-        // etcd read timed out (the 30-minute run on 99133dd, seed 8541023).
+        // etcd read timed out (the 30-minute run on 3acf0d4, seed 8541023).
         // (A restart: at the cluster's first start nobody holds the key
         // yet, and the first primary's writes are the cluster's own.)
         let started_late = self.sidecar_started[a.node].is_some_and(|t| t > self.start && now.duration_since(t) < START_GRACE);

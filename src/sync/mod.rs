@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The sync section of a member record and of `/sync`.
+/// The sync section of a member record and of `/sync-status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SyncReport {
     pub redis: Option<redis::RedisStatus>,
