@@ -37,14 +37,20 @@ fn through(t: &TestLab, port: u16) -> Option<(u16, bool)> {
     })
 }
 
-/// A replica through the read port, once HAProxy's checks have settled.
+/// A replica through the read port, once HAProxy's checks have settled:
+/// six new connections in a row reach a replica other than `not`. (HAProxy
+/// starts every server up; the primary is marked down after `fall` failed
+/// checks, so the time this takes depends on the config, not on vigil.)
 fn wait_replica(t: &TestLab, port: u16, not: u16) {
     let start = Instant::now();
-    // HAProxy starts servers as up; give the checks `fall * inter` to mark the primary down.
-    std::thread::sleep(Duration::from_millis(1500));
-    for _ in 0..6 {
+    let mut in_a_row = 0;
+    while in_a_row < 6 {
         let (p, replica) = through(t, port).expect("read port answers");
-        assert!(replica && p != not, "read port reached {p} (replica: {replica}) after {:?}", start.elapsed());
+        in_a_row = if replica && p != not { in_a_row + 1 } else { 0 };
+        assert!(start.elapsed() < Duration::from_secs(15), "read port reached {p} (replica: {replica}) after {:?}", start.elapsed());
+        if in_a_row == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -139,4 +145,36 @@ fn haproxy_follows_the_primary() {
     let new = t.wait_new_primary("pg2", Duration::from_secs(20));
     let took = wait_route(&t, wp, t.port(&new), Duration::from_secs(10));
     eprintln!("write port reached {new} {took:?} after it was elected");
+}
+
+/// HAProxy configured as Patroni's documentation configures it
+/// (`option httpchk OPTIONS /master` and `OPTIONS /replica`, `http-check
+/// expect status 200`, `on-marked-down shutdown-sessions`, checks on the
+/// REST API port), only the addresses, ports and the check interval made
+/// the lab's: vigil's sidecars answer those checks as Patroni's would.
+#[test]
+fn patronis_documented_haproxy_checks_work_unchanged() {
+    let t = TestLab::up("haproxy-patroni", |s| s.with_sync = false);
+    let base = vigil::lab::free_base_port(2);
+    let (wp, rp) = (base, base + 1);
+    let listen = |name: &str, port: u16, check: &str| {
+        let mut l = format!(
+            "listen {name}\n    bind 127.0.0.1:{port}\n    option httpchk OPTIONS {check}\n    http-check expect status 200\n    \
+             default-server inter 500ms fall 3 rise 2 on-marked-down shutdown-sessions\n"
+        );
+        for n in &t.lab.nodes {
+            l += &format!("    server postgresql_127.0.0.1_{p} 127.0.0.1:{p} maxconn 100 check port {a}\n", p = n.db_port, a = n.api_port);
+        }
+        l
+    };
+    let cfg = format!(
+        "global\n    maxconn 100\n\ndefaults\n    log global\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n    \
+         timeout server 30m\n    timeout check 5s\n\n{}\n{}",
+        listen("master", wp, "/master"),
+        listen("replicas", rp, "/replica"),
+    );
+    let _haproxy = start_haproxy(&t, &cfg);
+    let pg1 = t.port("pg1");
+    wait_route(&t, wp, pg1, Duration::from_secs(10));
+    wait_replica(&t, rp, pg1);
 }
