@@ -101,5 +101,8 @@ mutant sync-set-forgotten-after-restart src/ha/sync.rs \
 mutant silent-after-its-sidecar-died src/core/mod.rs \
   's/PeerSidecar::NotRunning \| PeerSidecar::SilentAfterNotRunning \| PeerSidecar::Unknown/PeerSidecar::NotRunning | PeerSidecar::Unknown/' \
   'a node frozen after its sidecar died is taken for a frozen node its sidecar will fence, and a replica promotes beside it'
+mutant sync-write-that-timed-out-forgotten src/ha/sync.rs \
+  's/plan_recording\(&current, &self\.sync_unconfirmed, &step\.next\)/plan_recording(\&current, \&[], \&step.next)/' \
+  'a sync-key write that timed out is forgotten: applied after a stalled etcd disk recovers, it names a set that lacks commits the database acknowledged since'
 
 exit $status

@@ -135,6 +135,9 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     /// The `sync` key as this leader last wrote it, while it leads: the
     /// set it keeps when the key reads as garbage or vanishes.
     sync_written: Option<crate::dcs::SyncRecord>,
+    /// Sets written to the `sync` key since the last confirmed write whose
+    /// writes failed: any may still be applied (`core::sync_set::plan_recording`).
+    sync_unconfirmed: Vec<std::collections::BTreeSet<String>>,
     /// The action under way asked the database to promote.
     promote_sent: bool,
     /// The term in which the database was last promoted by this process.
@@ -212,6 +215,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             vetoed_at: None,
             sync_marks: BTreeMap::new(),
             sync_written: None,
+            sync_unconfirmed: vec![],
             promote_sent: false,
             promoted_term: None,
             released_term: None,

@@ -47,6 +47,7 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         // as leader before says nothing now.
         if matches!(moment_kind, MomentKind::Promoting) || c.leader.as_ref().is_some_and(|l| l.node != me) {
             self.sync_written = None;
+            self.sync_unconfirmed.clear();
         }
         // This leader is the key's only writer: when the key reads as
         // garbage or vanished, the set it last wrote is still the set. Read
@@ -64,6 +65,11 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let written = self.sync_written.clone();
         let mine = c.sync.as_ref().filter(|s| s.leader == me).or_else(|| written.as_ref().filter(|_| c.sync.is_none()));
         let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
+        // A failed write read back is applied, and so is every one before it.
+        if let Some(i) = c.sync.as_ref().filter(|s| s.leader == me).and_then(|_| self.sync_unconfirmed.iter().rposition(|u| *u == current))
+        {
+            self.sync_unconfirmed.drain(..=i);
+        }
         let mut connected: BTreeMap<&str, Lsn> =
             obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
         // MariaDB names its connected replicas by server_id only, and any
@@ -87,15 +93,25 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             marks: std::mem::take(&mut self.sync_marks),
             joining: mine.map(|s| s.joining.clone()).unwrap_or_default(),
         });
-        for gone in &step.dropped {
+        self.sync_marks = step.marks;
+        let plan = core::sync_set::plan_recording(&current, &self.sync_unconfirmed, &step.next);
+        for gone in step.dropped.iter().filter(|g| !plan.record.contains(*g)) {
             tracing::info!(node = %gone, "dropping a departed replica from the synchronous set (another member has all it could have acknowledged)");
         }
-        self.sync_marks = step.marks;
-        let next = step.next;
+        let next = plan.record;
         let recorded = c.sync.as_ref().is_some_and(|s| s.leader == me);
-        if !recorded || next != current || mine.is_some_and(|s| s.joining != step.joining) {
+        // A write that failed is superseded only by one confirmed after it.
+        let unconfirmed = !self.sync_unconfirmed.is_empty();
+        if !recorded || next != current || unconfirmed || mine.is_some_and(|s| s.joining != step.joining) {
+            // Before the key changes (a no-op when the database already
+            // counts `meanwhile`).
+            self.engine.set_synchronous(&plan.meanwhile.into_iter().collect::<Vec<_>>()).await?;
             let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms(), joining: step.joining };
-            self.dcs.set_sync(&rec).await.context("write the sync key")?;
+            if let Err(e) = self.dcs.set_sync(&rec).await {
+                self.sync_unconfirmed.push(next);
+                return Err(e).context("write the sync key");
+            }
+            self.sync_unconfirmed.clear();
             self.sync_written = Some(rec);
         }
         self.engine.set_synchronous(&next.into_iter().collect::<Vec<_>>()).await
