@@ -356,8 +356,10 @@ advertise_url = "{url}"
         if let Some(t) = slots[i].task.take() {
             t.abort();
         }
+        let record = self.store.get(&format!("members/{}", self.names[i]));
         let mut w = self.world.lock();
         w.sidecar_up[i] = false;
+        w.sidecar_unproven[i] = Some(record);
         w.changed_at = Instant::now();
     }
 
@@ -431,10 +433,14 @@ impl SimPeers {
             tokio::time::sleep(Duration::from_millis(700)).await;
             return Err(MemberAnswer::Silent);
         }
-        let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &slots[t];
-        s.task.as_ref().ok_or(MemberAnswer::NotRunning)?;
-        Ok((s.cfg.clone(), Arc::clone(&s.shared), Arc::clone(&s.engine)))
+        let target = {
+            let slots = c.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &slots[t];
+            s.task.as_ref().ok_or(MemberAnswer::NotRunning)?;
+            (s.cfg.clone(), Arc::clone(&s.shared), Arc::clone(&s.engine))
+        };
+        c.world.lock().sidecar_unproven[t] = None;
+        Ok(target)
     }
 }
 
@@ -1045,17 +1051,26 @@ fn serving_while_one_node_is_down(c: &Cluster, reported: &mut Reported) {
     // primary whose open sessions still write (a fence made while etcd was
     // down is in no record), so the replicas refuse by design, with the
     // reason, until it answers or is gone (the 15-minute run, seeds
-    // 7114297, 7139209, 7177397). A node frozen with its sidecar dead is
-    // such a server too: the replicas that found its sidecar not running
-    // before it froze refuse until it is gone (seed 8687433). Whether they
+    // 7114297, 7139209, 7177397). A frozen node whose sidecar died and was
+    // not shown alive to its peers since (none reached it, its member key
+    // not rewritten) is such a server too, even if the sidecar was
+    // restarted unseen: the replicas that found it not running refuse
+    // until it answers or is gone (seeds 8687433, 9122627). Whether they
     // saw the sidecar dead first is not checked here, so a liveness miss
     // while such a node is frozen goes unreported (lenient, never unsafe).
     if !c.opts.watchdog {
         let w = c.world.lock();
         let now = Instant::now();
+        let unproven = |i: usize| {
+            w.sidecar_unproven[i].as_ref().is_some_and(|at_stop| {
+                let record = c.store.get(&format!("members/{}", c.names[i]));
+                record.is_none() || record == *at_stop
+            })
+        };
         let unsupervised = |i: usize| {
             let d = &w.dbs[i];
-            !w.sidecar_up[i] && (d.accepts_writes(now) || (d.running() && (d.hung || d.slow_connects || d.frozen)))
+            (!w.sidecar_up[i] && (d.accepts_writes(now) || (d.running() && (d.hung || d.slow_connects || d.frozen))))
+                || (d.running() && d.frozen && unproven(i))
         };
         if (0..c.opts.nodes).any(unsupervised) {
             return;

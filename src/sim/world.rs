@@ -149,6 +149,11 @@ pub struct WorldInner {
     /// Which nodes' sidecars run (kept by the harness).
     pub sidecar_up: Vec<bool>,
     pub sidecar_started: Vec<Option<Instant>>,
+    /// A sidecar stopped (crashed) and not shown alive to its peers since:
+    /// its member key's value when it stopped (None inside: it had none).
+    /// A peer that reached it, or a member key rewritten since, proves it
+    /// alive again (`ha::dead_sidecars` is the shell's side of this).
+    pub sidecar_unproven: Vec<Option<Option<Vec<u8>>>>,
     /// Each node's watchdog device (the `watchdog` option): it counts on
     /// the simulated clock whatever its sidecar does, frozen or gone.
     pub watchdogs: Vec<SimWatchdog>,
@@ -348,6 +353,7 @@ impl World {
                 orphan_window: 0,
                 sidecar_up: vec![false; n],
                 sidecar_started: vec![None; n],
+                sidecar_unproven: vec![None; n],
                 key_holder: None,
                 watchdogs: vec![SimWatchdog::default(); n],
                 watchdog_resets: 0,
