@@ -277,8 +277,12 @@ pub async fn member_answer<E: Engine>(cfg: &Config, shared: &crate::status::Shar
 /// etcd failsafe, member side, shared by the HTTP handler and the
 /// simulation: Ok when this member cannot reach etcd either.
 pub fn failsafe_answer(cfg: &Config, shared: &crate::status::Shared, ask: &FailsafeAsk) -> Result<(), String> {
-    if reaches_etcd(cfg, &shared.get()) {
-        return Err(format!("{} reaches etcd: the leader key there decides", cfg.node));
+    let snap = shared.get();
+    // What this member's last successful read of etcd said of the leader key.
+    let known = snap.dcs_last_ok.map(|_| (snap.cluster.leader.as_ref().map(|l| l.node.as_str()), snap.cluster.term));
+    if let Err(why) = crate::core::failsafe::vouch(reaches_etcd(cfg, &snap), known, &ask.leader, ask.term) {
+        tracing::info!(leader = %ask.leader, reason = %why, "not vouching for a leader asking for the failsafe");
+        return Err(format!("{}: {why}", cfg.node));
     }
     tracing::info!(leader = %ask.leader, "etcd unreachable here too: confirmed the leader may keep serving (failsafe)");
     // The vouch is a promise: this node takes no key for ttl (core rule).
