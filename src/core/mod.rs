@@ -610,7 +610,7 @@ fn lead(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
             // the same rule as any promotion. A peer that accepts writes
             // meanwhile (a frozen old primary resumed without its sidecar)
             // holds it up (the 30-minute simulation run, seed 7338080).
-            if let Some((kind, why)) = peer_writer_refusal(&i.peers) {
+            if let Some((kind, why)) = peer_writer_refusal(i) {
                 d.state = "leader key held; not promoting beside a writable peer".into();
                 return d.refuse(kind, why);
             }
@@ -909,7 +909,7 @@ fn race_outcome(i: &Inputs, view: &View, elig: &Eligibility) -> Decision {
     // accept writes. (A running primary competes with writable peers on
     // freshness instead, below.)
     if !me_primary {
-        if let Some((kind, why)) = peer_writer_refusal(&i.peers) {
+        if let Some((kind, why)) = peer_writer_refusal(i) {
             d.state = match kind {
                 RefusalKind::PeerWritable => "no leader; a peer is still writable",
                 _ => "no leader; a peer's database without a sidecar did not answer",
@@ -1293,8 +1293,8 @@ pub fn needs_peer_probes(local: &LocalObs, key_holder: Option<&str>, last_primar
 /// A peer beside which no node may be promoted: its database accepts
 /// writes, or takes connections without saying whether it does while no
 /// sidecar runs beside it to fence it.
-pub(crate) fn peer_writer_refusal(peers: &[PeerObs]) -> Option<(RefusalKind, String)> {
-    if let Some(w) = peers.iter().find(|p| p.writable()) {
+fn peer_writer_refusal(i: &Inputs) -> Option<(RefusalKind, String)> {
+    if let Some(w) = i.peers.iter().find(|p| p.writable()) {
         return Some((RefusalKind::PeerWritable, format!("{} still accepts writes; not promoting while it does", w.node)));
     }
     // A server that takes connections but did not say whether it accepts
@@ -1312,7 +1312,7 @@ pub(crate) fn peer_writer_refusal(peers: &[PeerObs]) -> Option<(RefusalKind, Str
     // 7217998: a sidecar restarted while the key was vacant knew the dead
     // leader's server only from `primary_conninfo`, and promoted beside it
     // when it was slow to take connections).
-    peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar.none_known()).map(|w| {
+    i.peers.iter().find(|p| p.db == PeerDb::Silent && p.sidecar.none_known()).map(|w| {
         (
             RefusalKind::PeerUnsupervised,
             format!(

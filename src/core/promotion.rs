@@ -38,47 +38,11 @@ pub fn promotion_basis_changed(decided: &View, held: &View) -> Option<String> {
     None
 }
 
-/// Whether the looks at the peers a promotion was decided on are too old
-/// to promote on: taken more than one loop before the database would be
-/// asked. Decision, acquire and promotion normally follow within
-/// milliseconds; under a slow etcd they took 4.6 s, in which a partition
-/// between the deciding node and a primary whose sidecar had died healed,
-/// and the node promoted beside that writable primary (the 30-minute
-/// simulation run, seed 9264348). Fresh looks then cost one more probe
-/// round only on that slow path.
-pub fn peer_looks_too_old(age: std::time::Duration, loop_wait: std::time::Duration) -> bool {
-    age > loop_wait
-}
-
-/// Why fresh looks at the peers, taken just before promoting, forbid it:
-/// the rule of any promotion (`decide`), none beside a writer.
-pub fn writer_beside(peers: &[super::PeerObs]) -> Option<String> {
-    super::peer_writer_refusal(peers).map(|(_, why)| why)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::{Request, RequestKind};
     use std::time::Duration;
-
-    #[test]
-    fn looks_older_than_a_loop_are_taken_again_before_promoting() {
-        let s = Duration::from_millis;
-        for (age, again) in [(s(0), false), (s(900), false), (s(1_000), false), (s(1_001), true), (s(4_600), true)] {
-            assert_eq!(peer_looks_too_old(age, s(1_000)), again, "{age:?}");
-        }
-    }
-
-    #[test]
-    fn a_peer_found_writable_by_the_fresh_looks_forbids_the_promotion() {
-        use crate::core::{PeerDb, PeerObs, PeerSidecar};
-        let peer = |db| PeerObs { node: "pg3".into(), db, candidate: None, sidecar: PeerSidecar::NotRunning };
-        assert!(writer_beside(&[peer(PeerDb::Writable)]).is_some());
-        assert!(writer_beside(&[peer(PeerDb::Silent)]).is_some(), "silent, with no sidecar");
-        assert!(writer_beside(&[peer(PeerDb::ReadOnly)]).is_none());
-        assert!(writer_beside(&[peer(PeerDb::Unreachable)]).is_none());
-    }
 
     fn view(last: Option<&str>) -> View {
         View { last_primary: last.map(String::from), ..View::default() }

@@ -166,22 +166,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
                     self.forget_history_of_this_term().await;
                     bail!("the leader lease lapsed before the promotion could start; not promoting");
                 }
-                // Looks at the peers older than a loop (a slow etcd between
-                // decision and acquire) are taken again: a partition may
-                // have healed onto a writable peer meanwhile.
-                if self.peers_looked_at.is_some_and(|t| core::promotion::peer_looks_too_old(t.elapsed(), self.cfg.timing.loop_wait)) {
-                    let last = cluster.and_then(|c| c.last_history.as_ref());
-                    let mut again = self.probe_peers(obs.upstream.as_deref(), last).await;
-                    if let Some(c) = cluster {
-                        self.dead_sidecars.look(&mut again, &c.members);
-                    }
-                    if let Some(why) = core::promotion::writer_beside(&again) {
-                        tracing::warn!(reason = %why, "not promoting: a fresh look before promoting found a writer; giving the leader key back");
-                        self.forget_history_of_this_term().await;
-                        let _ = self.give_up_leader_key().await;
-                        bail!("not promoting: {why}");
-                    }
-                }
                 let t0 = Instant::now();
                 self.promote_sent = true;
                 if let Err(e) = self.engine.promote().await {

@@ -140,8 +140,6 @@ pub struct Ha<E: Engine, D: Dcs, P: PeerApi = HttpPeers> {
     sync_unconfirmed: Vec<std::collections::BTreeSet<String>>,
     /// The action under way asked the database to promote.
     promote_sent: bool,
-    /// When this loop's looks at the peers were taken (`core::promotion::peer_looks_too_old`).
-    peers_looked_at: Option<Instant>,
     /// The term in which the database was last promoted by this process.
     promoted_term: Option<i64>,
     /// The term whose leader key this process last gave up (`core::LeaseState::given_up`).
@@ -219,7 +217,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             sync_written: None,
             sync_unconfirmed: vec![],
             promote_sent: false,
-            peers_looked_at: None,
             promoted_term: None,
             released_term: None,
             db_owner: Arc::default(),
@@ -329,7 +326,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let holder = cluster.as_ref().and_then(|c| c.leader.as_ref()).map(|l| l.node.as_str());
         let probe = cluster.is_some() && core::needs_peer_probes(&obs.local, holder, last_primary, &self.cfg.node);
         let last = cluster.as_ref().and_then(|c| c.last_history.as_ref());
-        self.peers_looked_at = probe.then(Instant::now);
         let mut peers = if probe { self.probe_peers(obs.upstream.as_deref(), last).await } else { vec![] };
         if let Some(c) = &cluster {
             self.dead_sidecars.look(&mut peers, &c.members);
