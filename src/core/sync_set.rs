@@ -125,20 +125,35 @@ pub struct Recording {
 /// resumed and acknowledged 323 commits the set then in the key lacked,
 /// and a member of that set took over without them: the 30-minute
 /// simulation run, seed 9023982.)
+///
+/// Should the possible sets share no member at all (writes failing for
+/// several steps in a row), no set of standbys is safe under all of them;
+/// the database then counts the newest one rather than none (an empty
+/// `synchronous_standby_names` would acknowledge with no replica at all).
 pub fn plan_recording(recorded: &BTreeSet<String>, unconfirmed: &[BTreeSet<String>], next: &BTreeSet<String>) -> Recording {
-    let record = if !recorded.is_empty() && !next.is_empty() && recorded.is_disjoint(next) {
-        recorded.union(next).cloned().collect()
-    } else {
-        next.clone()
-    };
+    let possible: Vec<&BTreeSet<String>> = std::iter::once(recorded).chain(unconfirmed).filter(|s| !s.is_empty()).collect();
+    let mut record = next.clone();
+    if !record.is_empty() {
+        for set in &possible {
+            if record.is_disjoint(set) {
+                record.extend(set.iter().cloned());
+            }
+        }
+    }
     let mut meanwhile: Option<BTreeSet<String>> = None;
-    for set in std::iter::once(recorded).chain(unconfirmed).chain(std::iter::once(&record)).filter(|s| !s.is_empty()) {
+    for set in possible.iter().copied().chain(std::iter::once(&record)).filter(|s| !s.is_empty()) {
         meanwhile = Some(match meanwhile {
             None => set.clone(),
             Some(m) => m.intersection(set).cloned().collect(),
         });
     }
-    Recording { meanwhile: meanwhile.unwrap_or_default(), record }
+    let meanwhile = match meanwhile {
+        Some(m) if m.is_empty() => {
+            possible.iter().copied().chain(std::iter::once(&record)).rfind(|s| !s.is_empty()).cloned().unwrap_or_default()
+        }
+        m => m.unwrap_or_default(),
+    };
+    Recording { meanwhile, record }
 }
 
 #[cfg(test)]
@@ -183,6 +198,13 @@ mod tests {
         assert_eq!(plan, Recording { record: set(&["pg1", "pg2"]), meanwhile: set(&["pg1"]) });
         let plan = plan_recording(&set(&["pg1", "pg2"]), &[set(&[])], &set(&["pg1", "pg2"]));
         assert_eq!(plan.meanwhile, set(&["pg1", "pg2"]), "an empty set constrains nothing");
+        // The next set would share nothing with a possible one: it grows
+        // to include it, so that one member is safe under all.
+        let plan = plan_recording(&set(&["pg1", "pg2"]), &[set(&["pg1"])], &set(&["pg2"]));
+        assert_eq!(plan, Recording { record: set(&["pg1", "pg2"]), meanwhile: set(&["pg1"]) });
+        // Pairwise overlapping, nothing common to all: the newest is counted, never none.
+        let plan = plan_recording(&set(&["pg1", "pg2"]), &[set(&["pg2", "pg3"])], &set(&["pg1", "pg3"]));
+        assert_eq!(plan.meanwhile, set(&["pg1", "pg3"]));
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {

@@ -65,11 +65,6 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
         let written = self.sync_written.clone();
         let mine = c.sync.as_ref().filter(|s| s.leader == me).or_else(|| written.as_ref().filter(|_| c.sync.is_none()));
         let current: BTreeSet<String> = mine.map(|s| s.standbys.iter().cloned().collect()).unwrap_or_default();
-        // A failed write read back is applied, and so is every one before it.
-        if let Some(i) = c.sync.as_ref().filter(|s| s.leader == me).and_then(|_| self.sync_unconfirmed.iter().rposition(|u| *u == current))
-        {
-            self.sync_unconfirmed.drain(..=i);
-        }
         let mut connected: BTreeMap<&str, Lsn> =
             obs.map(|o| o.standbys.iter().map(|(n, l)| (n.as_str(), *l)).collect()).unwrap_or_default();
         // MariaDB names its connected replicas by server_id only, and any
@@ -108,7 +103,12 @@ impl<E: Engine, D: Dcs, P: PeerApi> Ha<E, D, P> {
             self.engine.set_synchronous(&plan.meanwhile.into_iter().collect::<Vec<_>>()).await?;
             let rec = SyncRecord { leader: me, standbys: next.iter().cloned().collect(), updated_ms: now_ms(), joining: step.joining };
             if let Err(e) = self.dcs.set_sync(&rec).await {
-                self.sync_unconfirmed.push(next);
+                // Only a write confirmed later settles it: reading a value
+                // back proves nothing (the same set may have been written
+                // before, and a stalled write may still land after the read).
+                if !self.sync_unconfirmed.contains(&next) {
+                    self.sync_unconfirmed.push(next);
+                }
                 return Err(e).context("write the sync key");
             }
             self.sync_unconfirmed.clear();
